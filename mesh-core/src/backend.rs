@@ -1,0 +1,82 @@
+//! The pluggable edges of the system: where the cluster comes from and where the data plane goes.
+//!
+//! Both traits are object safe (`async-trait`), so an agent can pick its backends at run time.
+//! With the `mock` feature, `mockall` generates `MockClusterBackend` and `MockDataplane`.
+
+use std::collections::BTreeMap;
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+
+use crate::{ClusterSnapshot, Endpoint, Granularity, Key, ObservedState, Plan};
+
+/// An error from a backend, naming the operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation}: {source}")]
+pub struct BackendError {
+    /// What was being done, e.g. `failed to patch node "a"`.
+    pub operation: String,
+    /// The underlying error.
+    #[source]
+    pub source: Box<dyn StdError + Send + Sync>,
+}
+
+impl BackendError {
+    /// An error for `operation` caused by `source`.
+    pub fn new(operation: impl Into<String>, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        BackendError { operation: operation.into(), source: source.into() }
+    }
+}
+
+/// What a node publishes about itself (Kilo's annotations, §2.2 of the reference).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalAnnouncement {
+    /// The node name.
+    pub hostname: String,
+    /// The node's WireGuard public key.
+    pub key: Option<Key>,
+    /// The endpoint in use.
+    pub endpoint: Option<Endpoint>,
+    /// The private IP in use, with its mask.
+    pub internal_ip: Option<IpNet>,
+    /// The WireGuard CIDR while the node is a leader.
+    pub wireguard_ip: Option<IpNet>,
+    /// Heartbeat, Unix seconds.
+    pub last_seen: i64,
+    /// NAT endpoints this node observed, by public key.
+    pub discovered_endpoints: BTreeMap<Key, SocketAddr>,
+    /// The agent's granularity.
+    pub granularity: Granularity,
+    /// The CNI-compatibility IP (Cilium's `cilium_host` address).
+    pub cni_compatibility_ip: Option<IpNet>,
+}
+
+/// Where nodes and peers come from, and where the local node publishes itself.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait::async_trait]
+pub trait ClusterBackend: Send {
+    /// Waits for the next snapshot of the cluster. Bursts of changes may be coalesced into one
+    /// snapshot. `Ok(None)` means the backend has ended.
+    async fn next_snapshot(&mut self) -> Result<Option<ClusterSnapshot>, BackendError>;
+
+    /// Publishes the local node's announcement, changing only the fields this agent owns.
+    async fn announce(&mut self, announcement: &LocalAnnouncement) -> Result<(), BackendError>;
+
+    /// Removes everything `announce` published for `node`.
+    async fn clean_up(&mut self, node: &str) -> Result<(), BackendError>;
+}
+
+/// The node's data plane: only what the mesh owns (its interface, routes, rules and chains).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait::async_trait]
+pub trait Dataplane: Send {
+    /// Reads what the mesh owns on this node now.
+    async fn observe(&mut self) -> Result<ObservedState, BackendError>;
+
+    /// Applies the plan's operations in order. Its semantics are [`Plan::apply_to`].
+    async fn apply(&mut self, plan: &Plan) -> Result<(), BackendError>;
+
+    /// Removes everything the mesh created on this node.
+    async fn clean_up(&mut self) -> Result<(), BackendError>;
+}

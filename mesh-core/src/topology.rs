@@ -1,0 +1,518 @@
+//! Segments, leaders, WireGuard IPs and allowed IPs: Kilo's `NewTopology`, plus `cross` granularity.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+use crate::diagnostics::{ObjectKind, Skipped, Warning};
+use crate::ip::{Allocator, intersect, is_public, one_address_cidr};
+use crate::{ClusterSnapshot, Endpoint, Granularity, Key, NodeSpec, Options, PeerSpec, PresharedKey};
+
+/// Why a topology cannot be computed for this node at all.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ComputeError {
+    /// The snapshot has no node named like `--hostname`.
+    #[error("local node {hostname:?} is not in the cluster")]
+    LocalNodeMissing {
+        /// The `--hostname` that was looked for.
+        hostname: String,
+    },
+    /// The local node exists but is not ready, so nothing can be configured yet.
+    #[error("local node {hostname:?} is {reason}")]
+    LocalNodeNotReady {
+        /// The local node's name.
+        hostname: String,
+        /// Why it is not ready.
+        reason: String,
+    },
+    /// The WireGuard subnet has fewer addresses than there are segments.
+    #[error(
+        "failed to allocate a WireGuard IP for segment {segment:?}: subnet {subnet} has no addresses left for {segments} segments"
+    )]
+    SubnetExhausted {
+        /// `--subnet`.
+        subnet: IpNet,
+        /// The first segment left without an address.
+        segment: String,
+        /// How many segments needed an address.
+        segments: usize,
+    },
+}
+
+/// A node inside a segment, with what routes to it need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The node name.
+    pub name: String,
+    /// Its pod subnet.
+    pub pod_subnet: IpNet,
+    /// Its private IP, without mask.
+    pub private_ip: Option<IpAddr>,
+    /// Its CNI-compatibility IP (Cilium's `cilium_host` address), with mask.
+    pub cni_compatibility_ip: Option<IpNet>,
+}
+
+/// A group of nodes that shares one WireGuard peer entry, terminated by its leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Kilo's segment key: `location:<location>` or `node:<name>`. Segments sort by it.
+    pub name: String,
+    /// In `cross` granularity, `location:<location>` of the segment's node; `None` otherwise.
+    pub group: Option<String>,
+    /// The nodes, sorted by name.
+    pub members: Vec<Member>,
+    /// Index of the leader in `members`.
+    pub leader: usize,
+    /// The leader's endpoint.
+    pub endpoint: Option<Endpoint>,
+    /// The leader's public key.
+    pub key: Key,
+    /// The leader's persistent keepalive in seconds (0 = off; decides whether discovered endpoints apply).
+    pub persistent_keepalive: u16,
+    /// Per member: pod subnet then private IP `/32`; finally the WireGuard IP `/32`.
+    pub allowed_ips: Vec<IpNet>,
+    /// The members' `allowed-location-ips`, merged, sorted and filtered for overlaps.
+    pub allowed_location_ips: Vec<IpNet>,
+    /// The WireGuard IP allocated to the segment's leader.
+    pub wireguard_ip: IpAddr,
+}
+
+/// A ready `Peer`, with its allowed IPs de-duplicated against earlier peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The Peer name.
+    pub name: String,
+    /// Allowed IPs, host bits kept (possibly empty after de-duplication).
+    pub allowed_ips: Vec<IpNet>,
+    /// The public key.
+    pub public_key: Key,
+    /// The configured endpoint.
+    pub endpoint: Option<Endpoint>,
+    /// Persistent keepalive in seconds.
+    pub persistent_keepalive: u16,
+    /// Optional preshared key.
+    pub preshared_key: Option<PresharedKey>,
+}
+
+/// The mesh as seen from one node: what Kilo's `NewTopology` computes, value for value.
+///
+/// Values keep Kilo's forms (host bits included) so that renderers print what `kgctl` prints;
+/// [`DesiredState`](crate::DesiredState) normalises them to what the kernel stores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// The local node.
+    pub hostname: String,
+    /// The granularity used.
+    pub granularity: Granularity,
+    /// Whether the local node terminates WireGuard (always, in `full` and `cross`).
+    pub leader: bool,
+    /// Index of the local node's segment in `segments`.
+    pub local_segment: usize,
+    /// The local private IP with its mask.
+    pub private_ip: Option<IpNet>,
+    /// The local pod subnet.
+    pub pod_subnet: IpNet,
+    /// The local WireGuard address (`ip/subnet-prefix`) when leader; otherwise the subnet itself.
+    pub wireguard_cidr: IpNet,
+    /// The WireGuard listen port: the port of the local node's endpoint.
+    pub listen_port: u16,
+    /// The local node's persistent keepalive, applied to every WireGuard peer.
+    pub persistent_keepalive: u16,
+    /// Segments sorted by name.
+    pub segments: Vec<Segment>,
+    /// Ready peers sorted by name.
+    pub peers: Vec<Peer>,
+    /// NAT endpoints learned by the nodes: the local node's first, then in segment and name order.
+    pub discovered_endpoints: BTreeMap<Key, SocketAddr>,
+    /// Nodes and peers left out, with the reason.
+    pub skipped: Vec<Skipped>,
+    /// Values that were ignored (overlapping allowed-location IPs, …).
+    pub warnings: Vec<Warning>,
+}
+
+/// A node that passed the readiness check, with its required fields unwrapped.
+struct ReadyNode<'a> {
+    spec: &'a NodeSpec,
+    key: Key,
+    pod_subnet: IpNet,
+}
+
+impl ReadyNode<'_> {
+    fn has_public_endpoint(&self) -> bool {
+        self.spec.endpoint.as_ref().and_then(Endpoint::ip).is_some_and(is_public)
+    }
+}
+
+impl Topology {
+    /// Computes the mesh from the point of view of `options.hostname`.
+    ///
+    /// Nodes and peers that are not ready are left out and listed in [`Topology::skipped`]; the
+    /// local node must be ready. The result does not depend on the order of the snapshot's lists.
+    ///
+    /// ```
+    /// use mesh_core::{ClusterSnapshot, Endpoint, Key, NodeSpec, Options, Topology};
+    ///
+    /// let node = |name: &str, ip: &str, pods: &str, key: u8| NodeSpec {
+    ///     name: name.into(),
+    ///     endpoint: Some(Endpoint::parse(&format!("{ip}:51820")).unwrap()),
+    ///     key: Some(Key::from_bytes([key; 32])),
+    ///     internal_ip: Some(format!("{ip}/24").parse().unwrap()),
+    ///     location: name.into(),
+    ///     pod_subnet: Some(pods.parse().unwrap()),
+    ///     last_seen: Some(1_000),
+    ///     ..NodeSpec::default()
+    /// };
+    /// let snapshot = ClusterSnapshot {
+    ///     nodes: vec![node("a", "192.168.1.1", "10.2.1.0/24", 1), node("b", "192.168.2.1", "10.2.2.0/24", 2)],
+    ///     peers: vec![],
+    ///     now: 1_010,
+    /// };
+    /// let topology = Topology::compute(&snapshot, &Options::for_host("a")).unwrap();
+    /// assert!(topology.leader);
+    /// assert_eq!(topology.wireguard_cidr.to_string(), "10.4.0.1/16");
+    /// assert_eq!(topology.segments[1].allowed_ips.len(), 3); // pods, private /32, WireGuard /32
+    /// ```
+    pub fn compute(snapshot: &ClusterSnapshot, options: &Options) -> Result<Topology, ComputeError> {
+        let mut skipped = Vec::new();
+        let mut warnings = Vec::new();
+        let nodes = ready_nodes(snapshot, options, &mut skipped)?;
+        let local =
+            nodes.iter().find(|node| node.spec.name == options.hostname).expect("ready_nodes keeps the local node");
+
+        let local_segment_name = segment_name(options.granularity, local.spec);
+        let mut groups: BTreeMap<String, Vec<&ReadyNode<'_>>> = BTreeMap::new();
+        for node in &nodes {
+            groups.entry(segment_name(options.granularity, node.spec)).or_default().push(node);
+        }
+
+        let mut leader = options.granularity != Granularity::Location;
+        let mut segments = Vec::with_capacity(groups.len());
+        let mut local_segment = 0;
+        for (name, members) in groups {
+            // `nodes` is sorted by name, so every group already is.
+            let leader_index = find_leader(&members);
+            if name == local_segment_name {
+                local_segment = segments.len();
+                leader |= members[leader_index].spec.name == options.hostname;
+            }
+            segments.push(build_segment(name, options.granularity, &members, leader_index));
+        }
+
+        let peers = ready_peers(snapshot, &mut skipped);
+        let mut discovered_endpoints = local.spec.discovered_endpoints.clone();
+        let members_by_name: BTreeMap<&str, &NodeSpec> =
+            nodes.iter().map(|node| (node.spec.name.as_str(), node.spec)).collect();
+
+        let mut allocator = Allocator::new(options.subnet);
+        let mut wireguard_cidr = options.subnet.trunc();
+        let mut known = AddressIndex::new(segments.iter().flat_map(|s| s.allowed_ips.iter()));
+        let segment_count = segments.len();
+        for index in 0..segments.len() {
+            let address = allocator.next().ok_or_else(|| ComputeError::SubnetExhausted {
+                subnet: options.subnet,
+                segment: segments[index].name.clone(),
+                segments: segment_count,
+            })?;
+            let segment = &mut segments[index];
+            segment.wireguard_ip = address.addr();
+            let wireguard_ip = one_address_cidr(address.addr());
+            segment.allowed_ips.push(wireguard_ip);
+            known.insert(&wireguard_ip);
+            if leader && index == local_segment {
+                wireguard_cidr = address;
+            }
+            for member in &segment.members {
+                for (key, endpoint) in &members_by_name[member.name.as_str()].discovered_endpoints {
+                    discovered_endpoints.entry(*key).or_insert(*endpoint);
+                }
+            }
+            let filtered =
+                filter_allowed_location_ips(&segments, index, &known, &peers, &members_by_name, &mut warnings);
+            segments[index].allowed_location_ips = filtered;
+        }
+
+        Ok(Topology {
+            hostname: options.hostname.clone(),
+            granularity: options.granularity,
+            leader,
+            local_segment,
+            private_ip: local.spec.internal_ip,
+            pod_subnet: local.pod_subnet,
+            wireguard_cidr,
+            listen_port: local.spec.endpoint.as_ref().map_or(options.port, |e| e.port),
+            persistent_keepalive: local.spec.persistent_keepalive,
+            segments,
+            peers,
+            discovered_endpoints,
+            skipped,
+            warnings,
+        })
+    }
+
+    /// The local node's segment.
+    pub fn local(&self) -> &Segment {
+        &self.segments[self.local_segment]
+    }
+
+    /// Whether `segment` is in the local node's location: its own segment, or in `cross`
+    /// granularity any segment of the same location (reached without WireGuard).
+    pub fn is_local_location(&self, segment: &Segment) -> bool {
+        segment.name == self.local().name || (segment.group.is_some() && segment.group == self.local().group)
+    }
+
+    /// The endpoint to give WireGuard for a target: a discovered NAT endpoint when the target has a
+    /// persistent keepalive (it is behind NAT and keeps its mapping open), else the configured one.
+    pub fn effective_endpoint(&self, configured: Option<&Endpoint>, key: &Key, keepalive: u16) -> Option<Endpoint> {
+        if keepalive != 0
+            && let Some(discovered) = self.discovered_endpoints.get(key)
+        {
+            return Some(Endpoint::from_socket_addr(*discovered));
+        }
+        configured.cloned()
+    }
+
+    /// The local node's private address, without mask.
+    pub fn local_private_addr(&self) -> Option<IpAddr> {
+        self.private_ip.map(|ip| ip.addr())
+    }
+}
+
+/// Nodes that take part, sorted by name; the local node must be among them.
+fn ready_nodes<'a>(
+    snapshot: &'a ClusterSnapshot,
+    options: &Options,
+    skipped: &mut Vec<Skipped>,
+) -> Result<Vec<ReadyNode<'a>>, ComputeError> {
+    let mut sorted: Vec<&NodeSpec> = snapshot.nodes.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut ready = Vec::with_capacity(sorted.len());
+    let mut local_found = false;
+    for (index, spec) in sorted.iter().enumerate() {
+        if index > 0 && sorted[index - 1].name == spec.name {
+            skipped.push(Skipped::node(&spec.name, "duplicate node name; only the first is used"));
+            continue;
+        }
+        let is_local = spec.name == options.hostname;
+        local_found |= is_local;
+        match (spec.readiness(snapshot.now), spec.key, spec.pod_subnet) {
+            (Ok(()), Some(key), Some(pod_subnet)) => {
+                ready.push(ReadyNode { spec, key, pod_subnet: pod_subnet.trunc() })
+            }
+            (result, ..) => {
+                let reason = result.err().map_or_else(|| "not ready".to_owned(), |e| e.to_string());
+                if is_local {
+                    return Err(ComputeError::LocalNodeNotReady { hostname: spec.name.clone(), reason });
+                }
+                skipped.push(Skipped::node(&spec.name, reason));
+            }
+        }
+    }
+    if !local_found {
+        return Err(ComputeError::LocalNodeMissing { hostname: options.hostname.clone() });
+    }
+    Ok(ready)
+}
+
+/// Ready peers sorted by name, allowed IPs de-duplicated across peers (earlier names keep them).
+fn ready_peers(snapshot: &ClusterSnapshot, skipped: &mut Vec<Skipped>) -> Vec<Peer> {
+    let mut sorted: Vec<&PeerSpec> = snapshot.peers.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut peers: Vec<Peer> = Vec::with_capacity(sorted.len());
+    let mut keys: BTreeMap<Key, &str> = BTreeMap::new();
+    for (index, spec) in sorted.iter().enumerate() {
+        if index > 0 && sorted[index - 1].name == spec.name {
+            skipped.push(Skipped::peer(&spec.name, "duplicate peer name; only the first is used"));
+            continue;
+        }
+        let public_key = match (spec.readiness(), spec.public_key) {
+            (Ok(()), Some(key)) => key,
+            (result, _) => {
+                skipped.push(Skipped::peer(&spec.name, result.err().unwrap_or("not ready")));
+                continue;
+            }
+        };
+        // Kilo keys peers by public key, so two Peers with one key replace each other in an order
+        // that depends on informer timing. We keep the first by name and say so.
+        if let Some(owner) = keys.get(&public_key) {
+            skipped
+                .push(Skipped::peer(&spec.name, format!("public key {public_key} is already used by peer {owner:?}")));
+            continue;
+        }
+        keys.insert(public_key, &spec.name);
+        peers.push(Peer {
+            name: spec.name.clone(),
+            allowed_ips: spec.allowed_ips.clone(),
+            public_key,
+            endpoint: spec.endpoint.clone(),
+            persistent_keepalive: spec.persistent_keepalive,
+            preshared_key: spec.preshared_key,
+        });
+    }
+    deduplicate_peer_ips(&mut peers);
+    peers
+}
+
+/// Kilo's `deduplicatePeerIPs`: an allowed IP (compared with its host bits) belongs to the first
+/// peer in order that lists it; later peers, and later entries of the same peer, lose it.
+pub fn deduplicate_peer_ips(peers: &mut [Peer]) {
+    let mut seen: HashSet<IpNet> = HashSet::new();
+    for peer in peers {
+        peer.allowed_ips.retain(|ip| seen.insert(*ip));
+    }
+}
+
+/// Kilo's segment key for a node under a granularity.
+fn segment_name(granularity: Granularity, node: &NodeSpec) -> String {
+    match granularity {
+        Granularity::Location if node.internal_ip.is_some() => format!("location:{}", node.location),
+        _ => format!("node:{}", node.name),
+    }
+}
+
+/// Kilo's `findLeader` over a name-sorted segment: the first annotated node with a public
+/// endpoint, else the first annotated node, else the first node with a public endpoint, else the first.
+fn find_leader(members: &[&ReadyNode<'_>]) -> usize {
+    members
+        .iter()
+        .position(|n| n.spec.leader && n.has_public_endpoint())
+        .or_else(|| members.iter().position(|n| n.spec.leader))
+        .or_else(|| members.iter().position(|n| n.has_public_endpoint()))
+        .unwrap_or(0)
+}
+
+fn build_segment(name: String, granularity: Granularity, members: &[&ReadyNode<'_>], leader: usize) -> Segment {
+    let mut allowed_ips = Vec::with_capacity(members.len() * 2 + 1);
+    let mut allowed_location_ips: Vec<IpNet> = Vec::new();
+    let mut seen_location_ips = HashSet::new();
+    for node in members {
+        allowed_ips.push(node.pod_subnet);
+        for ip in &node.spec.allowed_location_ips {
+            if seen_location_ips.insert(*ip) {
+                allowed_location_ips.push(*ip);
+            }
+        }
+        if let Some(internal) = node.spec.internal_ip {
+            allowed_ips.push(one_address_cidr(internal.addr()));
+        }
+    }
+    // Kilo sorts by the CIDR text; keep that order so renderers print what kgctl prints.
+    allowed_location_ips.sort_by_cached_key(ToString::to_string);
+    let leader_node = members[leader];
+    Segment {
+        group: (granularity == Granularity::Cross).then(|| format!("location:{}", leader_node.spec.location)),
+        name,
+        members: members
+            .iter()
+            .map(|node| Member {
+                name: node.spec.name.clone(),
+                pod_subnet: node.pod_subnet,
+                private_ip: node.spec.internal_ip.map(|ip| ip.addr()),
+                cni_compatibility_ip: node.spec.cni_compatibility_ip,
+            })
+            .collect(),
+        leader,
+        endpoint: leader_node.spec.endpoint.clone(),
+        key: leader_node.key,
+        persistent_keepalive: leader_node.spec.persistent_keepalive,
+        allowed_ips,
+        allowed_location_ips,
+        wireguard_ip: IpAddr::from([0, 0, 0, 0]),
+    }
+}
+
+/// Which addresses fall inside a set of networks, answered with one hash lookup per distinct
+/// prefix length instead of a scan of every network (Kilo's filter is quadratic).
+struct AddressIndex {
+    networks: HashSet<(bool, u8, u128)>,
+    prefixes: BTreeSet<(bool, u8)>,
+}
+
+impl AddressIndex {
+    fn new<'a>(networks: impl Iterator<Item = &'a IpNet>) -> Self {
+        let mut index = AddressIndex { networks: HashSet::new(), prefixes: BTreeSet::new() };
+        for network in networks {
+            index.insert(network);
+        }
+        index
+    }
+
+    fn insert(&mut self, network: &IpNet) {
+        let v6 = network.addr().is_ipv6();
+        self.prefixes.insert((v6, network.prefix_len()));
+        self.networks.insert((v6, network.prefix_len(), masked_bits(network.addr(), network.prefix_len())));
+    }
+
+    /// Whether some network in the index contains `addr`.
+    fn contains(&self, addr: IpAddr) -> bool {
+        let v6 = addr.is_ipv6();
+        self.prefixes
+            .range((v6, 0)..=(v6, u8::MAX))
+            .any(|&(_, prefix)| self.networks.contains(&(v6, prefix, masked_bits(addr, prefix))))
+    }
+}
+
+fn masked_bits(addr: IpAddr, prefix: u8) -> u128 {
+    match addr {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            u128::from(if prefix == 0 { 0 } else { bits & (u32::MAX << (32 - u32::from(prefix))) })
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            if prefix == 0 { 0 } else { bits & (u128::MAX << (128 - u32::from(prefix))) }
+        }
+    }
+}
+
+/// Kilo's `filterAllowedLocationIPs` for segment `index`, against the current state: earlier
+/// segments are already filtered, later ones are not, and only segments up to `index` have their
+/// WireGuard IP among their allowed IPs (in `known`).
+fn filter_allowed_location_ips(
+    segments: &[Segment],
+    index: usize,
+    known: &AddressIndex,
+    peers: &[Peer],
+    nodes: &BTreeMap<&str, &NodeSpec>,
+    warnings: &mut Vec<Warning>,
+) -> Vec<IpNet> {
+    let segment = &segments[index];
+    // Name the node whose annotation holds the value, so the warning points at what to fix.
+    let owner = |ip: &IpNet| {
+        segment
+            .members
+            .iter()
+            .find(|m| nodes[m.name.as_str()].allowed_location_ips.contains(ip))
+            .map_or_else(|| segment.name.clone(), |m| m.name.clone())
+    };
+    let mut kept = Vec::with_capacity(segment.allowed_location_ips.len());
+    'candidates: for candidate in &segment.allowed_location_ips {
+        let mut reject = |reason: String| {
+            warnings.push(Warning {
+                kind: ObjectKind::Node,
+                name: owner(candidate),
+                annotation: Some("kilo.squat.ai/allowed-location-ips".to_owned()),
+                value: Some(candidate.to_string()),
+                reason,
+            });
+        };
+        for other in segments.iter().filter(|other| other.name != segment.name) {
+            if let Some(clash) = other.allowed_location_ips.iter().find(|ip| intersect(candidate, ip)) {
+                reject(format!("overlaps allowed location IP {clash} of segment {}; ignored", other.name));
+                continue 'candidates;
+            }
+        }
+        if known.contains(candidate.addr()) {
+            reject("lies inside an allowed IP of the mesh (a pod subnet, private or WireGuard IP); ignored".to_owned());
+            continue 'candidates;
+        }
+        for peer in peers {
+            if let Some(clash) = peer.allowed_ips.iter().find(|ip| intersect(candidate, ip)) {
+                reject(format!("overlaps allowed IP {clash} of peer {}; ignored", peer.name));
+                continue 'candidates;
+            }
+        }
+        kept.push(*candidate);
+    }
+    kept
+}

@@ -288,13 +288,20 @@ fn ready_nodes<'a>(
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut ready = Vec::with_capacity(sorted.len());
     let mut local_found = false;
-    for (index, spec) in sorted.iter().enumerate() {
-        if index > 0 && sorted[index - 1].name == spec.name {
-            skipped.push(Skipped::node(&spec.name, "duplicate node name; only the first is used"));
-            continue;
-        }
+    for namesakes in sorted.chunk_by(|a, b| a.name == b.name) {
+        let spec = namesakes[0];
         let is_local = spec.name == options.hostname;
         local_found |= is_local;
+        // Which of several objects with one name is meant cannot be told (only files allow it);
+        // picking one by input order would make agents disagree, so none is used.
+        if namesakes.len() > 1 {
+            let reason = format!("ambiguous: {} nodes have this name; all are ignored", namesakes.len());
+            if is_local {
+                return Err(ComputeError::LocalNodeNotReady { hostname: spec.name.clone(), reason });
+            }
+            skipped.extend(namesakes.iter().map(|n| Skipped::node(&n.name, reason.clone())));
+            continue;
+        }
         match (spec.readiness(snapshot.now), spec.key, spec.pod_subnet) {
             (Ok(()), Some(key), Some(pod_subnet)) => {
                 ready.push(ReadyNode { spec, key, pod_subnet: pod_subnet.trunc() })
@@ -320,9 +327,11 @@ fn ready_peers(snapshot: &ClusterSnapshot, skipped: &mut Vec<Skipped>) -> Vec<Pe
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut peers: Vec<Peer> = Vec::with_capacity(sorted.len());
     let mut keys: BTreeMap<Key, &str> = BTreeMap::new();
-    for (index, spec) in sorted.iter().enumerate() {
-        if index > 0 && sorted[index - 1].name == spec.name {
-            skipped.push(Skipped::peer(&spec.name, "duplicate peer name; only the first is used"));
+    for namesakes in sorted.chunk_by(|a, b| a.name == b.name) {
+        let spec = namesakes[0];
+        if namesakes.len() > 1 {
+            let reason = format!("ambiguous: {} peers have this name; all are ignored", namesakes.len());
+            skipped.extend(namesakes.iter().map(|p| Skipped::peer(&p.name, reason.clone())));
             continue;
         }
         let public_key = match (spec.readiness(), spec.public_key) {

@@ -63,6 +63,6 @@ pub use key::{Key, KeyError, PresharedKey};
 pub use model::{ClusterSnapshot, Granularity, NodeSpec, NotReady, PeerSpec, READINESS_WINDOW_SECONDS};
 pub use options::{Compatibility, Encapsulation, KILO_TABLE, MAIN_TABLE, Options, RULE_PRIORITY};
 pub use plan::{Operation, Plan};
-pub use routes::{DeviceNames, Dev, Route, Rule};
+pub use routes::{Dev, DeviceNames, Route, Rule};
 pub use state::{DataplaneState, DesiredState, ObservedState};
 pub use topology::{ComputeError, Topology};

@@ -11,14 +11,8 @@ use mesh_core::{Compatibility, Dev, Encapsulation, Granularity, Options, Route, 
 
 fn route(text: &str) -> Route {
     let words: Vec<&str> = text.split_whitespace().collect();
-    let mut route = Route {
-        dst: words[0].parse().unwrap(),
-        gateway: None,
-        dev: Dev::Kilo,
-        src: None,
-        table: 254,
-        onlink: false,
-    };
+    let mut route =
+        Route { dst: words[0].parse().unwrap(), gateway: None, dev: Dev::Kilo, src: None, table: 254, onlink: false };
     let mut i = 1;
     while i < words.len() {
         match words[i] {

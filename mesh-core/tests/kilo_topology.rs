@@ -49,16 +49,7 @@ fn seg(
     alips: &[&str],
 ) -> SegmentView {
     let owned = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    (
-        name.into(),
-        owned(allowed),
-        endpoint.into(),
-        key_n(key),
-        owned(members),
-        owned(private),
-        wg.into(),
-        owned(alips),
-    )
+    (name.into(), owned(allowed), endpoint.into(), key_n(key), owned(members), owned(private), wg.into(), owned(alips))
 }
 
 fn location_segments() -> Vec<SegmentView> {
@@ -199,8 +190,8 @@ fn find_leader_matches_kilo() {
         let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
         let host = names[0].clone();
         let snapshot = ClusterSnapshot { nodes, peers: vec![], now: NOW };
-        let topology = Topology::compute(&snapshot, &options(&host, Granularity::Location, true, Encapsulation::Never))
-            .unwrap();
+        let topology =
+            Topology::compute(&snapshot, &options(&host, Granularity::Location, true, Encapsulation::Never)).unwrap();
         assert_eq!(topology.segments.len(), 1);
         assert_eq!(topology.segments[0].leader, expected, "{names:?}");
     }
@@ -300,7 +291,8 @@ fn filter_allowed_location_ips_matches_kilo() {
             })
             .collect();
         assert_eq!(got, want, "input {input:?}");
-        let dropped: usize = input.iter().map(|ips| ips.len()).sum::<usize>() - want.iter().map(Vec::len).sum::<usize>();
+        let dropped: usize =
+            input.iter().map(|ips| ips.len()).sum::<usize>() - want.iter().map(Vec::len).sum::<usize>();
         assert_eq!(topology.warnings.len(), dropped, "every dropped IP is reported: {:?}", topology.warnings);
     }
 }
@@ -328,7 +320,10 @@ fn readiness_follows_kilo_and_is_reported() {
     let error = Topology::compute(&broken, &options("a", Granularity::Location, false, Encapsulation::Never));
     assert_eq!(
         error,
-        Err(ComputeError::LocalNodeNotReady { hostname: "a".into(), reason: "not ready: no WireGuard public key".into() })
+        Err(ComputeError::LocalNodeNotReady {
+            hostname: "a".into(),
+            reason: "not ready: no WireGuard public key".into()
+        })
     );
     let error = Topology::compute(&snapshot, &options("zz", Granularity::Location, false, Encapsulation::Never));
     assert_eq!(error, Err(ComputeError::LocalNodeMissing { hostname: "zz".into() }));

@@ -55,19 +55,10 @@ pub fn snapshot() -> ClusterSnapshot {
         endpoint: Some(Endpoint::parse("192.168.0.1:51820").unwrap()),
         ..PeerSpec::default()
     };
-    ClusterSnapshot {
-        nodes: vec![a, b, c, d],
-        peers: vec![peer_a, peer_b],
-        now: NOW,
-    }
+    ClusterSnapshot { nodes: vec![a, b, c, d], peers: vec![peer_a, peer_b], now: NOW }
 }
 
 /// Agent options for `host` with the given granularity, `--local` and `--encapsulate`.
 pub fn options(host: &str, granularity: Granularity, local: bool, encapsulation: Encapsulation) -> Options {
-    Options {
-        granularity,
-        local,
-        encapsulation,
-        ..Options::for_host(host)
-    }
+    Options { granularity, local, encapsulation, ..Options::for_host(host) }
 }

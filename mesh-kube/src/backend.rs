@@ -1,0 +1,481 @@
+//! The live Kubernetes backend: Node and Peer watchers feeding coalesced snapshots, and the
+//! local node's annotations.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource, ResourceExt};
+use mesh_core::backend::{BackendError, ClusterBackend, LocalAnnouncement};
+use mesh_core::{ClusterSnapshot, NodeSpec, PeerSpec, Skipped, Warning};
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::annotations::{OWNED_ANNOTATIONS, announcement_annotations};
+use crate::crd::Peer;
+use crate::translate::{self, TranslatedNode, TranslatedPeer};
+use crate::{Error, Result};
+
+/// The field manager of every write, so `kubectl get node -o yaml --show-managed-fields` names us.
+pub const FIELD_MANAGER: &str = "mesh-agent";
+
+/// How API calls are retried: exponential backoff with jitter, bounded.
+///
+/// Writes (`announce`, `clean_up`, `check_crd`) give up after `attempts` tries; the watchers
+/// never give up, they wait between `initial` and `max` after each failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries of one write, the first included (at least 1).
+    pub attempts: u32,
+    /// The delay after the first failure; it doubles after each further failure.
+    pub initial: Duration,
+    /// The longest delay.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 5 tries, 200 ms doubling to at most 30 s, jittered: a write gives up after about 3 s; a
+    /// watcher facing a long outage settles at one try per 15 to 30 s, like client-go's.
+    fn default() -> Self {
+        RetryPolicy { attempts: 5, initial: Duration::from_millis(200), max: Duration::from_secs(30) }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after failure number `failure` (0-based): `initial * 2^failure`, capped at
+    /// `max`, then scaled by a random factor in [0.5, 1] so that agents restarted together do
+    /// not hammer the API server in step.
+    pub fn delay(&self, failure: u32) -> Duration {
+        let base = self.initial.saturating_mul(2u32.saturating_pow(failure.min(30))).min(self.max);
+        let random = RandomState::new().hash_one(std::time::Instant::now());
+        let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
+        base.mul_f64(0.5 + fraction / 2.0)
+    }
+}
+
+/// What the last snapshot left out or ignored: skipped (invalid) Peers, and the warnings of
+/// every Node and Peer (Nodes first, then Peers, each by name).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diagnostics {
+    /// Objects left out of the snapshot, with the reason (Peers Kilo's validation rejects).
+    pub skipped: Vec<Skipped>,
+    /// Values that were ignored while their object stayed in the snapshot.
+    pub warnings: Vec<Warning>,
+}
+
+/// The Kubernetes [`ClusterBackend`]: watches Nodes and Peers, publishes the local node.
+///
+/// The watchers run while [`next_snapshot`](ClusterBackend::next_snapshot) is awaited (no
+/// background task; the HTTP streams buffer in between). `next_snapshot` is cancel safe: a
+/// change seen by a cancelled call is delivered by the next one.
+///
+/// Failure handling: a failed list or watch is retried with jittered exponential backoff
+/// ([`RetryPolicy`]); a `410 Gone` relists at once (kube's watcher, and a restart of the watcher
+/// when the API server answers the watch request itself with 410). Until the first complete
+/// list of both Nodes and Peers, and whenever the API server is unreachable afterwards,
+/// `next_snapshot` keeps waiting: it never returns an empty or partial cluster because of an
+/// error, so the data plane is never torn down by an API outage.
+pub struct KubeBackend {
+    hostname: String,
+    nodes_api: Api<Node>,
+    crds_api: Api<CustomResourceDefinition>,
+    nodes: Reflector<Node, TranslatedNode>,
+    peers: Reflector<Peer, std::result::Result<TranslatedPeer, Skipped>>,
+    /// A change arrived that no returned snapshot holds yet.
+    dirty: bool,
+    debounce: Duration,
+    retry: RetryPolicy,
+    last: Option<(Vec<NodeSpec>, Vec<PeerSpec>, Diagnostics)>,
+    diagnostics: Diagnostics,
+}
+
+impl std::fmt::Debug for KubeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeBackend")
+            .field("hostname", &self.hostname)
+            .field("nodes", &self.nodes.store.len())
+            .field("peers", &self.peers.store.len())
+            .field("synced", &(self.nodes.synced && self.peers.synced))
+            .field("debounce", &self.debounce)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeBackend {
+    /// The default coalescing window: changes arriving within it make one snapshot.
+    pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+
+    /// A backend for the agent on `hostname` (the Node name), reading locations from
+    /// `topology_label` when a Node has no `kilo.squat.ai/location` annotation.
+    ///
+    /// Nothing is requested until the first [`next_snapshot`](ClusterBackend::next_snapshot).
+    pub fn new(client: Client, hostname: impl Into<String>, topology_label: impl Into<String>) -> Self {
+        let topology_label = topology_label.into();
+        let nodes_api: Api<Node> = Api::all(client.clone());
+        let peers_api: Api<Peer> = Api::all(client.clone());
+        let retry = RetryPolicy::default();
+        KubeBackend {
+            hostname: hostname.into(),
+            nodes: Reflector::new(
+                "nodes",
+                nodes_api.clone(),
+                Box::new(move |node: &Node| translate::node(node, &topology_label)),
+                retry.clone(),
+            ),
+            peers: Reflector::new("peers", peers_api, Box::new(translate::peer), retry.clone()),
+            nodes_api,
+            crds_api: Api::all(client),
+            dirty: false,
+            debounce: Self::DEFAULT_DEBOUNCE,
+            retry,
+            last: None,
+            diagnostics: Diagnostics::default(),
+        }
+    }
+
+    /// Sets the coalescing window (default [`Self::DEFAULT_DEBOUNCE`]).
+    #[must_use]
+    pub fn with_debounce(mut self, debounce: Duration) -> Self {
+        self.debounce = debounce;
+        self
+    }
+
+    /// Sets how API calls are retried (default [`RetryPolicy::default`]).
+    #[must_use]
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.nodes.retry = retry.clone();
+        self.peers.retry = retry.clone();
+        self.retry = retry;
+        self
+    }
+
+    /// The node this backend announces.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// Skipped objects and warnings of the last snapshot returned.
+    pub fn diagnostics(&self) -> &Diagnostics {
+        &self.diagnostics
+    }
+
+    /// The latest translation of a Node (it may be newer than the last snapshot), e.g. to read
+    /// [`TranslatedNode::force_no_internal_ip`] of the local node.
+    pub fn node(&self, name: &str) -> Option<&TranslatedNode> {
+        self.nodes.store.get(name)
+    }
+
+    /// The latest translation of the local Node.
+    pub fn local_node(&self) -> Option<&TranslatedNode> {
+        self.node(&self.hostname)
+    }
+
+    /// Whether both Nodes and Peers have been listed completely at least once.
+    pub fn is_synced(&self) -> bool {
+        self.nodes.synced && self.peers.synced
+    }
+
+    /// The last list or watch error, until the next successful event (for health reporting).
+    pub fn last_watch_error(&self) -> Option<&str> {
+        self.nodes.last_error.as_deref().or(self.peers.last_error.as_deref())
+    }
+
+    /// Checks that the Peer CRD (`peers.kilo.squat.ai`) is installed, as Kilo does at start.
+    pub async fn check_crd(&self) -> Result<()> {
+        let name = format!("{}.{}", Peer::plural(&()), Peer::group(&()));
+        with_retries(&self.retry, || self.crds_api.get(&name))
+            .await
+            .map(drop)
+            .map_err(|source| Error::GetCrd { name, source })
+    }
+
+    /// Publishes `announcement` on the local Node; see [`ClusterBackend::announce`].
+    pub async fn announce_node(&self, announcement: &LocalAnnouncement) -> Result<()> {
+        let annotations = announcement_annotations(announcement);
+        let patch = serde_json::json!({ "metadata": { "annotations": annotations } });
+        self.patch_annotations(&self.hostname, &patch).await
+    }
+
+    /// Removes the annotations of [`OWNED_ANNOTATIONS`] that `node` has; see
+    /// [`ClusterBackend::clean_up`]. A Node that does not exist has nothing to clean.
+    pub async fn clean_up_node(&self, node: &str) -> Result<()> {
+        let current = with_retries(&self.retry, || self.nodes_api.get_opt(node))
+            .await
+            .map_err(|source| Error::GetNode { node: node.to_owned(), source })?;
+        let Some(current) = current else { return Ok(()) };
+        let present: BTreeMap<&str, serde_json::Value> = OWNED_ANNOTATIONS
+            .iter()
+            .filter(|key| current.annotations().contains_key(**key))
+            .map(|key| (*key, serde_json::Value::Null))
+            .collect();
+        if present.is_empty() {
+            return Ok(());
+        }
+        // A JSON merge patch: `null` deletes a key, and unlike a JSON patch `remove` it cannot
+        // fail because another writer removed the key first.
+        let patch = serde_json::json!({ "metadata": { "annotations": present } });
+        self.patch_annotations(node, &patch).await
+    }
+
+    async fn patch_annotations(&self, node: &str, patch: &serde_json::Value) -> Result<()> {
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+        let patch = Patch::Merge(patch);
+        with_retries(&self.retry, || self.nodes_api.patch(node, &params, &patch))
+            .await
+            .map(drop)
+            .map_err(|source| Error::PatchNode { node: node.to_owned(), source })
+    }
+
+    /// Runs both watchers until one of them reports a change (or until `deadline`).
+    async fn step(&mut self, deadline: Option<Instant>) {
+        let nodes = &mut self.nodes;
+        let peers = &mut self.peers;
+        let changed = tokio::select! {
+            changed = nodes.step() => changed,
+            changed = peers.step() => changed,
+            () = sleep_until_or_forever(deadline) => false,
+        };
+        self.dirty |= changed;
+    }
+
+    fn build(&self) -> (Vec<NodeSpec>, Vec<PeerSpec>, Diagnostics) {
+        let mut diagnostics = Diagnostics::default();
+        let nodes = self
+            .nodes
+            .store
+            .values()
+            .map(|node| {
+                diagnostics.warnings.extend(node.warnings.iter().cloned());
+                node.spec.clone()
+            })
+            .collect();
+        let mut peers = Vec::new();
+        for peer in self.peers.store.values() {
+            match peer {
+                Ok(peer) => {
+                    diagnostics.warnings.extend(peer.warnings.iter().cloned());
+                    peers.push(peer.spec.clone());
+                }
+                Err(skipped) => diagnostics.skipped.push(skipped.clone()),
+            }
+        }
+        (nodes, peers, diagnostics)
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterBackend for KubeBackend {
+    /// Waits until both Nodes and Peers are listed and something changed, lets further changes
+    /// arrive for the debounce window, and returns the cluster as of then. A change that leaves
+    /// every translated Node, Peer and diagnostic as it was (a status update, a relist that
+    /// finds nothing new) does not produce a snapshot. Never returns `Ok(None)` or an error.
+    async fn next_snapshot(&mut self) -> Result<Option<ClusterSnapshot>, BackendError> {
+        loop {
+            while !(self.is_synced() && self.dirty) {
+                self.step(None).await;
+            }
+            let deadline = Instant::now() + self.debounce;
+            while Instant::now() < deadline {
+                self.step(Some(deadline)).await;
+            }
+            self.dirty = false;
+            let current = self.build();
+            if self.last.as_ref() == Some(&current) {
+                continue;
+            }
+            let (nodes, peers, diagnostics) = current.clone();
+            self.last = Some(current);
+            self.diagnostics = diagnostics;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs() as i64);
+            return Ok(Some(ClusterSnapshot { nodes, peers, now }));
+        }
+    }
+
+    async fn announce(&mut self, announcement: &LocalAnnouncement) -> Result<(), BackendError> {
+        if !announcement.hostname.is_empty() && announcement.hostname != self.hostname {
+            return Err(BackendError::new(
+                format!("failed to announce node {:?}", announcement.hostname),
+                format!("this backend publishes only its own node {:?}", self.hostname),
+            ));
+        }
+        self.announce_node(announcement)
+            .await
+            .map_err(|error| BackendError::new(format!("failed to announce node {:?}", self.hostname), error))
+    }
+
+    async fn clean_up(&mut self, node: &str) -> Result<(), BackendError> {
+        self.clean_up_node(node)
+            .await
+            .map_err(|error| BackendError::new(format!("failed to clean up node {node:?}"), error))
+    }
+}
+
+async fn sleep_until_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Retries `operation` on errors that may go away (5xx, 429, transport), per `policy`.
+async fn with_retries<T, F, Fut>(policy: &RetryPolicy, mut operation: F) -> kube::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = kube::Result<T>>,
+{
+    let mut failures = 0;
+    loop {
+        match operation().await {
+            Err(error) if failures + 1 < policy.attempts && is_retryable(&error) => {
+                tracing::debug!(%error, attempt = failures + 1, "API call failed; retrying");
+                sleep(policy.delay(failures)).await;
+                failures += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn is_retryable(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
+    }
+}
+
+type Translate<K, V> = Box<dyn Fn(&K) -> V + Send + Sync>;
+
+/// A watcher stream. The mutex is never locked (only `get_mut` is used): it makes the backend
+/// `Sync`, so futures borrowing it are `Send`.
+type WatchStream<K> = Mutex<BoxStream<'static, watcher::Result<Event<K>>>>;
+
+/// One watched resource: a kube watcher and the translated objects by name.
+///
+/// Like kube's reflector, but it stores translations instead of objects (a Node is large, its
+/// translation small) and it can restart its watcher.
+struct Reflector<K: Resource + 'static, V> {
+    resource: &'static str,
+    api: Api<K>,
+    stream: WatchStream<K>,
+    translate: Translate<K, V>,
+    store: BTreeMap<String, V>,
+    /// Objects of a relist in progress; they replace `store` when it completes.
+    relist: Option<BTreeMap<String, V>>,
+    synced: bool,
+    retry: RetryPolicy,
+    failures: u32,
+    resume_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl<K, V> Reflector<K, V>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    fn new(resource: &'static str, api: Api<K>, translate: Translate<K, V>, retry: RetryPolicy) -> Self {
+        Reflector {
+            resource,
+            stream: Self::watch(&api),
+            api,
+            translate,
+            store: BTreeMap::new(),
+            relist: None,
+            synced: false,
+            retry,
+            failures: 0,
+            resume_at: None,
+            last_error: None,
+        }
+    }
+
+    fn watch(api: &Api<K>) -> WatchStream<K> {
+        // Lists are served from the API server's watch cache (resourceVersion=0, as client-go's
+        // informers do), not as quorum reads from etcd: every node runs an agent.
+        let mut config = watcher::Config::default().any_semantic();
+        config.page_size = None;
+        Mutex::new(watcher::watcher(api.clone(), config).boxed())
+    }
+
+    /// Waits for the next watcher event and applies it; `true` when the store changed.
+    ///
+    /// Cancel safe: state lives in `self`, and an event is applied without an await.
+    async fn step(&mut self) -> bool {
+        if let Some(resume_at) = self.resume_at {
+            sleep_until(resume_at).await;
+            self.resume_at = None;
+        }
+        let stream = self.stream.get_mut().unwrap_or_else(PoisonError::into_inner);
+        match stream.next().await {
+            Some(Ok(event)) => {
+                self.failures = 0;
+                self.last_error = None;
+                self.apply(event)
+            }
+            Some(Err(error)) => {
+                self.failed(error);
+                false
+            }
+            None => {
+                // kube's watcher never ends; should it, start over.
+                self.stream = Self::watch(&self.api);
+                false
+            }
+        }
+    }
+
+    fn apply(&mut self, event: Event<K>) -> bool {
+        match event {
+            Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(object) => {
+                let translated = (self.translate)(&object);
+                self.relist.get_or_insert_with(BTreeMap::new).insert(object.name_any(), translated);
+                false
+            }
+            Event::InitDone => {
+                self.store = self.relist.take().unwrap_or_default();
+                self.synced = true;
+                true
+            }
+            Event::Apply(object) => {
+                let translated = (self.translate)(&object);
+                self.store.insert(object.name_any(), translated);
+                true
+            }
+            Event::Delete(object) => self.store.remove(&object.name_any()).is_some(),
+        }
+    }
+
+    fn failed(&mut self, error: watcher::Error) {
+        let gone = match &error {
+            watcher::Error::WatchError(status) => status.code == 410,
+            watcher::Error::WatchStartFailed(kube::Error::Api(status)) if status.code == 410 => {
+                // kube's watcher would retry the same stale resourceVersion forever.
+                self.stream = Self::watch(&self.api);
+                true
+            }
+            _ => false,
+        };
+        if gone {
+            // Routine: the resourceVersion left the API server's window. Relist now.
+            tracing::debug!(resource = self.resource, %error, "watch expired; relisting");
+            return;
+        }
+        let delay = self.retry.delay(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        tracing::warn!(resource = self.resource, %error, retry_in = ?delay, "failed to watch; keeping the last known state");
+        self.last_error = Some(format!("failed to watch {}: {error}", self.resource));
+        self.resume_at = Some(Instant::now() + delay);
+    }
+}

@@ -1,0 +1,109 @@
+//! The agent flags that shape the mesh, with Kilo's names and defaults.
+
+use ipnet::IpNet;
+use mesh_core::{Compatibility, Encapsulation, Granularity, Options};
+
+/// Flags shared by every command that computes a topology.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MeshFlags {
+    /// The granularity of the mesh: location, full or cross (the offline tools also accept auto:
+    /// the `kilo.squat.ai/granularity` annotation the agents publish).
+    #[arg(long = "mesh-granularity")]
+    pub granularity: Option<String>,
+    /// The subnet WireGuard IPs are allocated from [default: 10.4.0.0/16; for showconf and graph,
+    /// the subnet of the nodes' `kilo.squat.ai/wireguard-ip` annotations].
+    #[arg(long, value_parser = parse_cidr)]
+    pub subnet: Option<IpNet>,
+    /// The WireGuard port.
+    #[arg(long, default_value_t = 51820, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// When to encapsulate traffic inside a location: never, crosssubnet or always.
+    #[arg(long, default_value = "always", value_parser = parse_encapsulation)]
+    pub encapsulate: Encapsulation,
+    /// Run beside another CNI: flannel or cilium (empty: Kilo's own IPIP).
+    #[arg(long, default_value = "", value_parser = parse_compatibility)]
+    pub compatibility: Compatibility,
+    /// Whether the mesh routes traffic inside a location.
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub local: bool,
+    /// Service CIDRs that are never masqueraded (repeatable, comma-separated).
+    #[arg(long = "service-cidr", value_delimiter = ',', value_parser = parse_cidr)]
+    pub service_cidrs: Vec<IpNet>,
+    /// Add ACCEPT rules to the FORWARD chain (with --cni).
+    #[arg(long = "iptables-forward-rules", default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub iptables_forward_rules: bool,
+    /// Whether the mesh NATs its pod subnet like Kilo's CNI mode.
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cni: bool,
+    /// The WireGuard interface name.
+    #[arg(long, default_value = "kilo0")]
+    pub interface: String,
+    /// The node label used as location when `kilo.squat.ai/location` is absent.
+    #[arg(long = "topology-label", default_value = mesh_kube::annotations::DEFAULT_TOPOLOGY_LABEL)]
+    pub topology_label: String,
+}
+
+/// The granularity a command asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GranularityChoice {
+    /// A fixed granularity.
+    Fixed(Granularity),
+    /// The granularity the agents announced.
+    Auto,
+}
+
+impl MeshFlags {
+    /// The granularity flag, with the command's default; `auto` only where allowed.
+    pub fn granularity(&self, default: &str, allow_auto: bool) -> Result<GranularityChoice, String> {
+        let text = self.granularity.as_deref().unwrap_or(default);
+        match (text, Granularity::parse(text)) {
+            (_, Some(granularity)) => Ok(GranularityChoice::Fixed(granularity)),
+            ("auto", None) if allow_auto => Ok(GranularityChoice::Auto),
+            _ => Err(format!(
+                "invalid value {text:?} for --mesh-granularity: possible values are: location, full, cross{}",
+                if allow_auto { ", auto" } else { "" }
+            )),
+        }
+    }
+
+    /// The granularity flag for commands that need a fixed one (`auto` is a usage error).
+    pub fn fixed_granularity(&self, default: &str) -> Result<Granularity, String> {
+        match self.granularity(default, false)? {
+            GranularityChoice::Fixed(granularity) => Ok(granularity),
+            GranularityChoice::Auto => Err("--mesh-granularity=auto needs the annotations of a cluster".to_owned()),
+        }
+    }
+
+    /// The core options for `hostname` with a resolved granularity and subnet.
+    pub fn options(&self, hostname: &str, granularity: Granularity, subnet: IpNet) -> Options {
+        Options {
+            hostname: hostname.to_owned(),
+            granularity,
+            subnet: subnet.trunc(),
+            port: self.port,
+            local: self.local,
+            encapsulation: self.encapsulate,
+            compatibility: self.compatibility,
+            cni: self.cni,
+            iptables_forward_rules: self.iptables_forward_rules,
+            service_cidrs: self.service_cidrs.iter().map(IpNet::trunc).collect(),
+            interface: self.interface.clone(),
+            mtu: None,
+        }
+    }
+}
+
+/// Parses a CIDR, naming the value on error.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    text.parse().map_err(|_| format!("failed to parse {text:?} as CIDR"))
+}
+
+fn parse_encapsulation(text: &str) -> Result<Encapsulation, String> {
+    Encapsulation::parse(text)
+        .ok_or_else(|| format!("encapsulation {text:?} unknown; possible values are: never, crosssubnet, always"))
+}
+
+fn parse_compatibility(text: &str) -> Result<Compatibility, String> {
+    Compatibility::parse(text)
+        .ok_or_else(|| format!("compatibility {text:?} unknown; possible values are: flannel, cilium (or empty)"))
+}

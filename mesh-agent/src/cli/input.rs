@@ -1,0 +1,139 @@
+//! Nodes and Peers from files as `kubectl get -o yaml|json` prints them, or from a live cluster.
+
+use std::io::Read as _;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::Node;
+use mesh_kube::crd::Peer;
+use serde::Deserialize as _;
+use serde_json::Value;
+
+use super::CliError;
+
+/// The Kubernetes objects the CLI works on.
+#[derive(Debug, Default)]
+pub struct Objects {
+    /// Node objects.
+    pub nodes: Vec<Node>,
+    /// Peer objects.
+    pub peers: Vec<Peer>,
+}
+
+impl Objects {
+    /// Reads every file (`-` is standard input) and collects the Nodes and Peers they hold.
+    pub fn from_files(paths: &[&Path]) -> Result<Objects, CliError> {
+        let mut objects = Objects::default();
+        for path in paths {
+            let (name, text) = read(path)?;
+            objects.add_documents(&name, &text)?;
+        }
+        Ok(objects)
+    }
+
+    /// Lists Nodes and Peers from the cluster of a kubeconfig (or the in-cluster configuration).
+    pub async fn from_cluster(kubeconfig: Option<&Path>) -> Result<Objects, CliError> {
+        let config = match kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| CliError::input(format!("failed to read kubeconfig {}: {e}", path.display())))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| CliError::input(format!("invalid kubeconfig {}: {e}", path.display())))?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| CliError::input(format!("failed to find a Kubernetes configuration: {e}")))?,
+        };
+        let client = kube::Client::try_from(config)
+            .map_err(|e| CliError::input(format!("failed to create a Kubernetes client: {e}")))?;
+        let params = kube::api::ListParams::default();
+        let nodes = kube::Api::<Node>::all(client.clone())
+            .list(&params)
+            .await
+            .map_err(|e| CliError::input(format!("failed to list nodes: {e}")))?;
+        let peers = kube::Api::<Peer>::all(client)
+            .list(&params)
+            .await
+            .map_err(|e| CliError::input(format!("failed to list peers.kilo.squat.ai: {e}")))?;
+        Ok(Objects { nodes: nodes.items, peers: peers.items })
+    }
+
+    /// Adds the objects of a YAML or JSON text: single objects, `List`s (`NodeList`, `PeerList`, …)
+    /// and multi-document streams.
+    fn add_documents(&mut self, file: &str, text: &str) -> Result<(), CliError> {
+        // YAML is a superset of JSON, and its parser reports lines for both.
+        for document in serde_norway::Deserializer::from_str(text) {
+            let value = Value::deserialize(document).map_err(|e| CliError::input(format!("{file}: {e}")))?;
+            self.add_value(file, value)?;
+        }
+        Ok(())
+    }
+
+    fn add_value(&mut self, file: &str, value: Value) -> Result<(), CliError> {
+        if value.is_null() {
+            return Ok(()); // an empty document, e.g. after a trailing `---`
+        }
+        let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>").to_owned();
+        if let Some(items) = value.get("items").and_then(Value::as_array) {
+            for item in items {
+                self.add_value(file, item.clone())?;
+            }
+            return Ok(());
+        }
+        let invalid = |e: serde_json::Error| CliError::input(format!("{file}: {kind} {name:?}: {e}"));
+        match kind.as_str() {
+            "Node" => self.nodes.push(serde_json::from_value(value).map_err(invalid)?),
+            "Peer" => self.peers.push(serde_json::from_value(value).map_err(invalid)?),
+            "" => return Err(CliError::input(format!("{file}: object {name:?} has no kind"))),
+            // Other objects (a Service in the same dump, …) are not ours to judge.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<(String, String), CliError> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| CliError::input(format!("failed to read standard input: {e}")))?;
+        return Ok(("<stdin>".to_owned(), text));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::input(format!("failed to read {}: {e}", path.display())))?;
+    Ok((path.display().to_string(), text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_lists_streams_and_json() {
+        let mut objects = Objects::default();
+        let yaml = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Node\n  metadata: {name: a}\n\
+                    - apiVersion: kilo.squat.ai/v1alpha1\n  kind: Peer\n  metadata: {name: p}\n  spec:\n    \
+                    allowedIPs: [10.5.0.1/32]\n    publicKey: a2V5MQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\
+                    ---\napiVersion: v1\nkind: Node\nmetadata: {name: b}\n---\n";
+        objects.add_documents("cluster.yaml", yaml).unwrap();
+        objects
+            .add_documents("nodes.json", r#"{"kind":"NodeList","items":[{"kind":"Node","metadata":{"name":"c"}}]}"#)
+            .unwrap();
+        let names: Vec<_> = objects.nodes.iter().map(|n| n.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(objects.peers.len(), 1);
+    }
+
+    #[test]
+    fn malformed_input_names_the_file_and_the_line() {
+        let error = Objects::default().add_documents("bad.yaml", "kind: Node\nmetadata: [\n").unwrap_err();
+        let message = error.to_string();
+        assert!(message.starts_with("bad.yaml: "), "{message}");
+        assert!(message.contains("line 3"), "{message}");
+        let error =
+            Objects::default().add_documents("x.yaml", "kind: Node\nmetadata: {name: a}\nspec: 3\n").unwrap_err();
+        assert!(error.to_string().starts_with("x.yaml: Node \"a\": "), "{error}");
+    }
+}

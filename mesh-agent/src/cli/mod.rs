@@ -1,0 +1,209 @@
+//! The offline command-line tools: `plan`, `showconf`, `graph` and `crd`.
+//!
+//! Exit codes: 0 success, 1 usage error, 2 input error (unreadable or malformed files, unknown
+//! node or peer, a cluster the topology cannot be computed for).
+
+mod flags;
+mod graph;
+mod input;
+mod plan;
+mod showconf;
+
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use mesh_core::{ClusterSnapshot, Granularity, Skipped, Warning};
+
+use flags::GranularityChoice;
+pub use flags::MeshFlags;
+use input::Objects;
+
+/// Exit code of a usage error.
+pub const EXIT_USAGE: u8 = 1;
+/// Exit code of an input error.
+pub const EXIT_INPUT: u8 = 2;
+
+/// A command failure, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    /// What went wrong, naming the value, file or object.
+    pub message: String,
+    /// [`EXIT_USAGE`] or [`EXIT_INPUT`].
+    pub code: u8,
+}
+
+impl CliError {
+    /// An error in the command line.
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError { message: message.into(), code: EXIT_USAGE }
+    }
+
+    /// An error in the input data.
+    pub fn input(message: impl Into<String>) -> Self {
+        CliError { message: message.into(), code: EXIT_INPUT }
+    }
+}
+
+/// Where the Nodes and Peers come from.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Source {
+    /// A file of Node objects (YAML or JSON; a List or a multi-document stream; `-` for stdin).
+    /// It may also hold Peers.
+    #[arg(long)]
+    pub nodes: Option<PathBuf>,
+    /// A file of Peer objects (same formats).
+    #[arg(long)]
+    pub peers: Option<PathBuf>,
+    /// Read Nodes and Peers from the cluster of this kubeconfig instead of files.
+    #[arg(long, conflicts_with_all = ["nodes", "peers"])]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Source {
+    async fn load(&self) -> Result<Objects, CliError> {
+        if let Some(kubeconfig) = &self.kubeconfig {
+            return Objects::from_cluster(Some(kubeconfig)).await;
+        }
+        let paths: Vec<&std::path::Path> = self.nodes.iter().chain(&self.peers).map(PathBuf::as_path).collect();
+        if paths.is_empty() {
+            return Err(CliError::usage("give --nodes FILE (and optionally --peers FILE), or --kubeconfig FILE"));
+        }
+        Objects::from_files(&paths)
+    }
+}
+
+/// The cluster as the core sees it, with what translation had to say about it.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Nodes and peers as values.
+    pub snapshot: ClusterSnapshot,
+    /// Objects left out at translation (invalid Peers).
+    pub skipped: Vec<Skipped>,
+    /// Values ignored at translation.
+    pub warnings: Vec<Warning>,
+}
+
+impl Cluster {
+    fn translate(objects: &Objects, topology_label: &str, now: i64) -> Cluster {
+        let mut cluster = Cluster {
+            snapshot: ClusterSnapshot { nodes: Vec::new(), peers: Vec::new(), now },
+            skipped: Vec::new(),
+            warnings: Vec::new(),
+        };
+        for node in &objects.nodes {
+            let translated = mesh_kube::translate::node(node, topology_label);
+            cluster.snapshot.nodes.push(translated.spec);
+            cluster.warnings.extend(translated.warnings);
+        }
+        for peer in &objects.peers {
+            match mesh_kube::translate::peer(peer) {
+                Ok(translated) => {
+                    cluster.snapshot.peers.push(translated.spec);
+                    cluster.warnings.extend(translated.warnings);
+                }
+                Err(skipped) => cluster.skipped.push(skipped),
+            }
+        }
+        cluster
+    }
+
+    /// Names of the nodes, for "unknown node" messages.
+    fn node_names(&self) -> String {
+        let mut names: Vec<&str> = self.snapshot.nodes.iter().map(|n| n.name.as_str()).collect();
+        names.sort_unstable();
+        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+    }
+
+    /// Names of the ready nodes, sorted.
+    fn ready_nodes(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.readiness(self.snapshot.now).is_ok())
+            .map(|n| n.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Resolves `auto` as kgctl does, from the agents' `granularity` annotations (the first node
+    /// by name that has one; Kilo takes the first in informer order, which is not stable).
+    fn granularity(&self, choice: GranularityChoice) -> Result<Granularity, CliError> {
+        match choice {
+            GranularityChoice::Fixed(granularity) => Ok(granularity),
+            GranularityChoice::Auto => {
+                let mut nodes: Vec<_> = self.snapshot.nodes.iter().collect();
+                nodes.sort_by(|a, b| a.name.cmp(&b.name));
+                nodes.iter().find_map(|n| n.granularity).ok_or_else(|| {
+                    CliError::input(
+                        "--mesh-granularity=auto: no node has a valid kilo.squat.ai/granularity annotation; \
+                         give --mesh-granularity",
+                    )
+                })
+            }
+        }
+    }
+
+    /// The WireGuard subnet as kgctl finds it: the network of the nodes' `wireguard-ip`
+    /// annotations (the last by name wins), else Kilo's default.
+    fn announced_subnet(&self) -> IpNet {
+        let mut nodes: Vec<_> = self.snapshot.nodes.iter().filter(|n| n.wireguard_ip.is_some()).collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes.last().and_then(|n| n.wireguard_ip).map_or_else(default_subnet, |ip| ip.trunc())
+    }
+}
+
+fn default_subnet() -> IpNet {
+    mesh_core::Options::default().subnet
+}
+
+/// The tools.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "mesh-agent",
+    version,
+    about = "A Kilo-compatible WireGuard mesh for Kubernetes: offline tools",
+    after_help = "Exit codes: 0 success, 1 usage error, 2 input error (unreadable or malformed files, \
+                  unknown node or peer, a cluster the mesh cannot be computed for)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Compute what the agent on --hostname would configure (WireGuard, routes, rules, firewall).
+    Plan(plan::PlanArgs),
+    /// Show the WireGuard configuration of a node or a peer, as `kgctl showconf`.
+    Showconf(showconf::ShowconfArgs),
+    /// Print the mesh as a Graphviz DOT graph, as `kgctl graph`.
+    Graph(graph::GraphArgs),
+    /// Print the Peer CustomResourceDefinition (deploy/crds.yaml).
+    Crd,
+}
+
+impl Cli {
+    /// Runs the command, writing its output to `out`.
+    pub async fn run(self, out: &mut dyn std::io::Write) -> Result<(), CliError> {
+        match self.command {
+            Command::Plan(args) => plan::run(args, out).await,
+            Command::Showconf(args) => showconf::run(args, out).await,
+            Command::Graph(args) => graph::run(args, out).await,
+            Command::Crd => write(out, &mesh_kube::crd::crd_yaml()),
+        }
+    }
+}
+
+fn write(out: &mut dyn std::io::Write, text: &str) -> Result<(), CliError> {
+    out.write_all(text.as_bytes()).map_err(|e| CliError::input(format!("failed to write output: {e}")))
+}
+
+/// The current Unix time, for commands that judge readiness against now.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

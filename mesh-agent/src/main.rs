@@ -1,0 +1,32 @@
+//! `mesh-agent`: the Kilo-compatible mesh agent and its offline tools.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use mesh_agent::cli::{Cli, EXIT_USAGE};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            // Help and version are not errors; everything else is a usage error (exit 1).
+            return if error.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("mesh-agent: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match runtime.block_on(cli.run(&mut stdout)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mesh-agent: {error}");
+            ExitCode::from(error.code)
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The offline tools as a user runs them, on the example cluster in `examples/`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// The example's heartbeats are from just before this instant.
+const NOW: &str = "1767225600";
+
+fn example() -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/cozystack-cluster.yaml");
+    root.to_string_lossy().into_owned()
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mesh-agent")).args(args).output().expect("mesh-agent runs")
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let output = run(args);
+    assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn plan(host: &str, extra: &[&str]) -> Value {
+    let example = example();
+    let mut args = vec!["plan", "--nodes", &example, "--hostname", host, "--now", NOW, "-o", "json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&run_ok(&args)).unwrap()
+}
+
+const CILIUM: &[&str] = &["--compatibility=cilium", "--local=false", "--subnet", "100.66.0.0/16"];
+
+#[test]
+fn plan_json_follows_the_contract() {
+    let plan = plan("onprem-1", CILIUM);
+    for key in ["hostname", "leader", "wireguard", "routes", "rules", "firewall", "skipped", "warnings"] {
+        assert!(plan.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(plan["hostname"], "onprem-1");
+    assert_eq!(plan["leader"], true);
+    let wireguard = &plan["wireguard"];
+    assert_eq!(wireguard["interface"], "kilo0");
+    assert_eq!(wireguard["address"], "100.66.0.3/16");
+    assert_eq!(wireguard["listen_port"], 51820);
+    let peers = wireguard["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 3, "two cloud locations and the laptop: {peers:?}");
+    for peer in peers {
+        for key in ["public_key", "endpoint", "allowed_ips", "persistent_keepalive", "preshared_key"] {
+            assert!(peer.get(key).is_some(), "peer misses {key}");
+        }
+    }
+    // The NATed cloud leaders have a keepalive, so onprem-1 uses the endpoints it discovered.
+    let fsn1 = peers.iter().find(|p| p["public_key"] == "sMhBg4bGO3rSh62Tj0y/wdugnnLt+ztShX87RMQztmo=").unwrap();
+    assert_eq!(fsn1["endpoint"], "198.51.100.17:51820");
+    let allowed: Vec<&str> = fsn1["allowed_ips"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for ip in ["10.244.3.0/24", "10.0.1.2/32", "10.244.4.0/24", "10.0.1.3/32", "100.66.0.2/32"] {
+        assert!(allowed.contains(&ip), "{ip} not in {allowed:?}");
+    }
+    // Cilium without --local: return traffic to local non-leaders goes through the overlay.
+    let routes = plan["routes"].as_array().unwrap();
+    let back = routes.iter().find(|r| r["dst"] == "192.168.1.12/32" && r["table"] == 1107).expect("return route");
+    assert_eq!(back["gateway"], "10.244.1.47");
+    assert_eq!(back["dev"], "cilium_tunl");
+    assert!(plan["rules"].as_array().unwrap().iter().any(|r| r["iif"] == "kilo0" && r["dst"] == "192.168.1.12/32"));
+    let masquerade = plan["firewall"].as_array().unwrap().iter().any(|r| {
+        r["family"] == "ipv4"
+            && r["table"] == "nat"
+            && r["chain"] == "KILO-NAT"
+            && r["args"] == serde_json::json!(["-j", "MASQUERADE"])
+    });
+    assert!(masquerade);
+    assert_eq!(plan["skipped"], serde_json::json!([]));
+}
+
+#[test]
+fn a_non_leader_sends_everything_to_its_leader_through_the_overlay() {
+    let plan = plan("onprem-2", CILIUM);
+    assert_eq!(plan["leader"], false);
+    assert_eq!(plan["wireguard"]["address"], Value::Null);
+    assert_eq!(plan["wireguard"]["peers"], serde_json::json!([]));
+    for route in plan["routes"].as_array().unwrap() {
+        assert_eq!(route["gateway"], "10.244.0.118", "via onprem-1's cilium_host: {route}");
+        assert_eq!(route["dev"], "cilium_tunl");
+        assert_eq!(route["src"], "192.168.1.12");
+    }
+}
+
+#[test]
+fn stale_nodes_are_skipped_with_the_reason() {
+    let example = example();
+    let output = run_ok(&["plan", "--nodes", &example, "--hostname", "ams3-a", "--now", "1767225700"]);
+    let plan: Value = serde_json::from_str(&output).unwrap();
+    let skipped = plan["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 5, "{skipped:?}");
+    assert!(
+        skipped.iter().any(|s| s["name"] == "onprem-1" && s["reason"] == "not ready: last-seen 109 s ago (limit 60 s)")
+    );
+}
+
+#[test]
+fn plan_text_is_a_readable_summary() {
+    let example = example();
+    let text = run_ok(&["plan", "--nodes", &example, "--hostname", "onprem-1", "--now", NOW, "-o", "text"]);
+    assert!(text.starts_with("onprem-1: leader\n"), "{text}");
+    assert!(text.contains("WireGuard kilo0 10.4.0.3/16, listening on 51820, 3 peers:"), "{text}");
+    assert!(text.contains("Routes ("), "{text}");
+}
+
+#[test]
+fn flags_accept_kilo_forms_and_reject_unknown_values() {
+    let example = example();
+    let base = ["plan", "--nodes", example.as_str(), "--hostname", "onprem-1", "--now", NOW];
+    for extra in
+        [&["--local"][..], &["--local=true"], &["--local=false"], &["--service-cidr=10.96.0.0/16,10.97.0.0/16"]]
+    {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        run_ok(&args);
+    }
+    let mut args = base.to_vec();
+    args.push("--compatibility=cillium");
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("compatibility \"cillium\" unknown; possible values are: flannel, cilium"), "{stderr}");
+}
+
+#[test]
+fn input_errors_exit_2_and_say_what_is_wrong() {
+    let example = example();
+    let output = run(&["plan", "--nodes", &example, "--hostname", "nope", "--now", NOW]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("known nodes: ams3-a, fsn1-a, fsn1-b, onprem-1, onprem-2, onprem-3"), "{stderr}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
+        .args(["plan", "--nodes", "-", "--hostname", "a"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"kind: Node\nmetadata:\n  name: [a\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("<stdin>: ") && stderr.contains("line 4"), "{stderr}");
+
+    let output = run(&["plan", "--hostname", "a"]);
+    assert_eq!(output.status.code(), Some(1), "no input is a usage error");
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Exit codes: 0 success, 1 usage error, 2 input error"));
+}
+
+/// A strict reader of wg-quick files: known sections and keys, valid keys, CIDRs and endpoints.
+fn check_wg_quick(text: &str) -> usize {
+    let mut peers = 0;
+    let mut section = "";
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if line.starts_with('[') {
+            section = line;
+            assert!(matches!(line, "[Interface]" | "[Peer]"), "unknown section {line}");
+            peers += usize::from(line == "[Peer]");
+            continue;
+        }
+        let (key, value) = line.split_once(" = ").unwrap_or_else(|| panic!("not key = value: {line}"));
+        match (section, key) {
+            ("[Interface]", "ListenPort") | ("[Peer]", "PersistentKeepalive") => {
+                value.parse::<u16>().unwrap();
+            }
+            ("[Interface]", "PrivateKey") | ("[Peer]", "PublicKey" | "PresharedKey") => {
+                mesh_core::Key::from_base64(value).unwrap();
+            }
+            ("[Peer]", "AllowedIPs") => value.split(", ").for_each(|ip| {
+                ip.parse::<ipnet::IpNet>().unwrap();
+            }),
+            ("[Peer]", "Endpoint") => {
+                mesh_core::Endpoint::parse(value).unwrap();
+            }
+            _ => panic!("unexpected {key} in {section}"),
+        }
+    }
+    peers
+}
+
+#[test]
+fn showconf_prints_valid_wg_quick_files() {
+    let example = example();
+    let node = run_ok(&["showconf", "node", "onprem-1", "--nodes", &example, "--now", NOW]);
+    assert!(node.starts_with("[Interface]\nListenPort = 51820\n"), "{node}");
+    assert_eq!(check_wg_quick(&node), 3);
+
+    let peer = run_ok(&["showconf", "peer", "admin-laptop", "--nodes", &example, "--now", NOW]);
+    assert_eq!(check_wg_quick(&peer), 3, "one peer per location: {peer}");
+    assert!(peer.contains("PersistentKeepalive = 25"), "the laptop's own keepalive: {peer}");
+
+    let as_peer = run_ok(&[
+        "showconf",
+        "node",
+        "onprem-1",
+        "--as-peer",
+        "--allowed-ips",
+        "10.96.0.0/16",
+        "--nodes",
+        &example,
+        "--now",
+        NOW,
+    ]);
+    assert_eq!(check_wg_quick(&as_peer), 1);
+    assert!(as_peer.contains("10.96.0.0/16"), "{as_peer}");
+
+    let output = run(&["showconf", "node", "onprem-2", "--nodes", &example, "--now", NOW]);
+    assert!(output.status.success());
+    assert!(output.stdout.is_empty());
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "Node \"onprem-2\" is not a leader node\n");
+
+    let output = run(&["showconf", "peer", "nobody", "--nodes", &example, "--now", NOW]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn showconf_as_peer_manifests_are_peer_objects() {
+    let example = example();
+    let yaml = run_ok(&["showconf", "node", "onprem-1", "--as-peer", "-o", "yaml", "--nodes", &example, "--now", NOW]);
+    let manifest: Value = serde_norway::from_str(&yaml).unwrap();
+    assert_eq!(manifest["apiVersion"], "kilo.squat.ai/v1alpha1");
+    assert_eq!(manifest["kind"], "Peer");
+    assert_eq!(manifest["metadata"]["name"], "onprem-1");
+    assert_eq!(manifest["spec"]["endpoint"], serde_json::json!({"dnsOrIP": {"ip": "203.0.113.10"}, "port": 51820}));
+    assert_eq!(manifest["spec"]["publicKey"], "7w7adx5aMG36uKQ4akVe/ziJF588DNm8DpY1OP0fKxQ=");
+    let json = run_ok(&["showconf", "node", "onprem-1", "--as-peer", "-o", "json", "--nodes", &example, "--now", NOW]);
+    assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), manifest);
+}
+
+#[test]
+fn graph_is_valid_dot_with_granularity_from_the_annotations() {
+    let example = example();
+    let auto = run_ok(&["graph", "--nodes", &example, "--now", NOW]);
+    let explicit = run_ok(&["graph", "--nodes", &example, "--now", NOW, "--mesh-granularity", "location"]);
+    assert_eq!(auto, explicit);
+    assert!(auto.starts_with("digraph kilo {\n\tlabel=\"100.66.0.0/16\";\n"), "{auto}");
+    assert!(auto.ends_with("\n}\n\n"), "kgctl prints one more newline");
+
+    let mut dot = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("Graphviz `dot` must be installed for this test (apt-get install -y graphviz)");
+    dot.stdin.take().unwrap().write_all(auto.as_bytes()).unwrap();
+    let output = dot.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("<svg"));
+}
+
+#[test]
+fn crd_prints_the_deployed_crd() {
+    let crd = run_ok(&["crd"]);
+    let deployed =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds.yaml")).unwrap();
+    assert_eq!(crd, deployed, "regenerate with: cargo run -p mesh-agent -- crd > deploy/crds.yaml");
+}

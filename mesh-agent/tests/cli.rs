@@ -265,3 +265,72 @@ fn crd_prints_the_deployed_crd() {
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds.yaml")).unwrap();
     assert_eq!(crd, deployed, "regenerate with: cargo run -p mesh-agent -- crd > deploy/crds.yaml");
 }
+
+/// A one-thread HTTP/1.1 server on loopback that answers the two list requests of `--kubeconfig`
+/// with the example's objects, so the live-cluster path runs against real HTTP.
+fn fake_api_server() -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead as _, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let objects: Value = serde_norway::from_str(&std::fs::read_to_string(example()).unwrap()).unwrap();
+    let items = objects["items"].as_array().unwrap().clone();
+    let list = |kind: &str, api: &str| {
+        let items: Vec<&Value> = items.iter().filter(|item| item["kind"] == kind).collect();
+        serde_json::json!({"apiVersion": api, "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items})
+            .to_string()
+    };
+    let nodes = list("Node", "v1");
+    let peers = list("Peer", "kilo.squat.ai/v1alpha1");
+    let handle = std::thread::spawn(move || {
+        let mut requests = Vec::new();
+        for stream in listener.incoming().take(2) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).unwrap();
+                if header == "\r\n" || header.is_empty() {
+                    break;
+                }
+            }
+            let body = if request_line.contains("/api/v1/nodes") { &nodes } else { &peers };
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            requests.push(request_line.trim().to_owned());
+        }
+        requests
+    });
+    (address, handle)
+}
+
+#[test]
+fn plan_reads_a_live_cluster_through_a_kubeconfig() {
+    let (server, handle) = fake_api_server();
+    let dir = std::env::temp_dir().join(format!("mesh-agent-kubeconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n\
+             contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
+             current-context: test\nusers:\n- name: test\n  user:\n    token: test\n"
+        ),
+    )
+    .unwrap();
+    let from_cluster =
+        run_ok(&["plan", "--kubeconfig", kubeconfig.to_str().unwrap(), "--hostname", "onprem-1", "--now", NOW]);
+    let requests = handle.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(requests[0].starts_with("GET /api/v1/nodes"), "{requests:?}");
+    assert!(requests[1].starts_with("GET /apis/kilo.squat.ai/v1alpha1/peers"), "{requests:?}");
+    let example = example();
+    let from_files = run_ok(&["plan", "--nodes", &example, "--hostname", "onprem-1", "--now", NOW]);
+    assert_eq!(from_cluster, from_files);
+}

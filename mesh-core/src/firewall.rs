@@ -80,7 +80,8 @@ impl FirewallRule {
 }
 
 /// The firewall this node wants: chains we own, and our rules in the order they take in their
-/// chains. Identical rules (same family, table, chain and arguments) appear once.
+/// chains, grouped by family, table and chain ([`Firewall::canonicalize`]). Identical rules (same
+/// family, table, chain and arguments) appear once.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Firewall {
     /// Chains to create.
@@ -95,6 +96,14 @@ impl Firewall {
         if !self.chains.contains(&chain) {
             self.chains.push(chain);
         }
+    }
+
+    /// Puts chains and rules in one canonical order: by family, table and chain, keeping the
+    /// order of rules inside a chain (the only order the kernel keeps, and the only one that
+    /// matters). States built in different ways then compare equal.
+    pub fn canonicalize(&mut self) {
+        self.chains.sort_by(|a, b| (a.family, &a.table, &a.name).cmp(&(b.family, &b.table, &b.name)));
+        self.rules.sort_by(|a, b| (a.family, &a.table, &a.chain).cmp(&(b.family, &b.table, &b.chain)));
     }
 
     /// The part of the firewall of one IP version.
@@ -199,9 +208,7 @@ impl Topology {
             ));
         }
         firewall.rules = rules.rules;
-        // One canonical order (IPv4 first, chain order kept) so states compare equal.
-        firewall.chains.sort_by_key(|chain| chain.family);
-        firewall.rules.sort_by_key(|rule| rule.family);
+        firewall.canonicalize();
         firewall
     }
 

@@ -284,9 +284,7 @@ impl Plan {
                     next.firewall.rules.retain(|rule| rule.family != *family);
                     next.firewall.chains.extend(firewall.chains.iter().cloned());
                     next.firewall.rules.extend(firewall.rules.iter().cloned());
-                    // Keep IPv4 before IPv6 so a state compares equal however it was assembled.
-                    next.firewall.chains.sort_by_key(|chain| chain.family);
-                    next.firewall.rules.sort_by_key(|rule| rule.family);
+                    next.firewall.canonicalize();
                 }
             }
         }

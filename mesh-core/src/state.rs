@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::diagnostics::{ObjectKind, Warning};
 use crate::firewall::Firewall;
 use crate::ip::{Allocator, one_address_cidr};
-use crate::routes::{Route, Rule};
+use crate::routes::{Dev, Route, Rule};
 use crate::{Encapsulation, Key, Options, PresharedKey, Topology};
 
 /// A WireGuard peer as the kernel holds it.
@@ -181,6 +181,26 @@ impl DataplaneState {
         let mut routes: BTreeMap<RouteKey, Route> = BTreeMap::new();
         for mut route in route_list {
             route.dst = route.dst.trunc();
+            // Kilo mixes families (an IPv4 source or WireGuard gateway on a route to an IPv6
+            // network), which the kernel refuses. WireGuard routes by allowed IPs and needs no
+            // gateway; a private-network or tunnel route cannot cross families at all.
+            let family = |ip: IpAddr| ip.is_ipv4();
+            let dst_family = family(route.dst.addr());
+            if route.src.is_some_and(|src| family(src) != dst_family) {
+                route.src = None;
+            }
+            if route.gateway.is_some_and(|gateway| family(gateway) != dst_family) {
+                if route.dev != Dev::Kilo {
+                    warn(format!(
+                        "no route to {} over the private network: its gateway {} is of the other IP version",
+                        route.dst,
+                        display_gateway(route.gateway)
+                    ));
+                    continue;
+                }
+                route.gateway = None;
+                route.onlink = false;
+            }
             // Kilo replaces routes in order, so the kernel keeps the last one for a destination.
             if let Some(previous) = routes.insert(route.key(), route.clone())
                 && previous != route

@@ -1062,7 +1062,7 @@ proptest! {
     fn every_ready_pod_subnet_is_routed(case in case(MESSY)) {
         let Some(views) = all_views(&case) else { return Ok(()) };
         let options = &case.options;
-        for (x, _, desired) in &views {
+        for (x, topology, desired) in &views {
             let x_pods = x.pod_subnet.expect("ready").trunc();
             let x_ip = x.internal_ip.map(|ip| ip.addr());
             for (y, ..) in views.iter().filter(|(y, ..)| y.name != x.name) {
@@ -1077,11 +1077,24 @@ proptest! {
                     Granularity::Full => false,
                     Granularity::Cross => x.location == y.location,
                 };
-                let must_route = !same_location
-                    || (options.local
+                // The gateway a route over the private network takes: to Y itself inside the
+                // location, to X's leader from a non-leader. It must be of the pod subnet's IP
+                // version (mixed-family routes are dropped with a warning; the kernel refuses them).
+                let same_family = |gateway: Option<IpAddr>| gateway.is_none_or(|ip| ip.is_ipv4() == y_pods.addr().is_ipv4());
+                let y_gateway = match options.compatibility {
+                    Compatibility::None => y_ip,
+                    Compatibility::Flannel => Some(y_pods.network()),
+                    Compatibility::Cilium => Some(y.cni_compatibility_ip.map_or_else(|| y_pods.network(), |ip| ip.addr())),
+                };
+                let must_route = if same_location {
+                    options.local
                         && x_ip.is_some()
                         && y_ip != x_ip
-                        && (options.compatibility != Compatibility::None || y_ip.is_some()));
+                        && (options.compatibility != Compatibility::None || y_ip.is_some())
+                        && same_family(y_gateway)
+                } else {
+                    topology.leader || same_family(leader_gateway(topology, options.compatibility))
+                };
                 if must_route {
                     prop_assert!(
                         desired.routes.contains_key(&RouteKey { table: MAIN_TABLE, dst: y_pods }),
@@ -1117,12 +1130,22 @@ proptest! {
                         continue;
                     }
                     let route = desired.routes.get(&RouteKey { table: MAIN_TABLE, dst: pods });
+                    let gateway_family_matches = |gateway: Option<IpAddr>| {
+                        gateway.is_none_or(|ip| ip.is_ipv4() == pods.addr().is_ipv4())
+                    };
+                    if !topology.leader && !gateway_family_matches(leader_gateway(topology, case.options.compatibility)) {
+                        // A non-leader cannot send an IPv6 subnet to an IPv4 gateway: no route.
+                        prop_assert!(route.is_none());
+                        continue;
+                    }
                     prop_assert!(route.is_some(), "{} has no route to {} of {}", x.name, pods, member.name);
                     let route = route.expect("checked");
                     if topology.leader {
                         prop_assert_eq!(route.dev, Dev::Kilo);
                         if !peer_ips.contains(&pods) {
-                            prop_assert_eq!(route.gateway, Some(segment.wireguard_ip));
+                            // WireGuard needs no gateway, and gets none across IP versions.
+                            let wireguard_ip = Some(segment.wireguard_ip).filter(|ip| gateway_family_matches(Some(*ip)));
+                            prop_assert_eq!(route.gateway, wireguard_ip);
                         }
                         let peer = desired.peers.get(&segment.key);
                         prop_assert!(
@@ -1130,13 +1153,7 @@ proptest! {
                             "{}: the WireGuard peer of {} does not accept {} of {}", x.name, segment.name, pods, member.name
                         );
                     } else {
-                        let gateway = match case.options.compatibility {
-                            Compatibility::None => leader.private_ip,
-                            Compatibility::Flannel => Some(leader.pod_subnet.network()),
-                            Compatibility::Cilium => Some(
-                                leader.cni_compatibility_ip.map_or_else(|| leader.pod_subnet.network(), |ip| ip.addr()),
-                            ),
-                        };
+                        let gateway = leader_gateway(topology, case.options.compatibility);
                         prop_assert_eq!(route.gateway, gateway, "{} routes {} not to its leader {}", x.name, pods, leader.name);
                         prop_assert!(matches!(route.dev, Dev::Private | Dev::Tunnel));
                     }
@@ -1225,6 +1242,19 @@ proptest! {
                 _ => continue,
             };
             prop_assert!(touched.insert(key), "peer {} touched twice", key);
+        }
+    }
+}
+
+/// Where a non-leader sends traffic for other locations: its leader's gateway under `compatibility`.
+fn leader_gateway(topology: &Topology, compatibility: Compatibility) -> Option<IpAddr> {
+    let local = topology.local();
+    let leader = &local.members[local.leader];
+    match compatibility {
+        Compatibility::None => leader.private_ip,
+        Compatibility::Flannel => Some(leader.pod_subnet.network()),
+        Compatibility::Cilium => {
+            Some(leader.cni_compatibility_ip.map_or_else(|| leader.pod_subnet.network(), |ip| ip.addr()))
         }
     }
 }

@@ -1,6 +1,43 @@
 //! The Linux data plane of the mesh: WireGuard (kernel or userspace), links, addresses, routes,
-//! rules, the IPIP tunnel and iptables, implementing [`mesh_core::backend::Dataplane`].
+//! rules, the IPIP tunnel and iptables, implementing [`mesh_core::backend::Dataplane`] with
+//! minimal diffs.
 //!
-//! Not implemented yet: this crate is filled by the mesh-netlink issue. It deliberately exports
-//! nothing, so that nothing can depend on a data plane that does not exist.
+//! [`LinuxDataplane`] writes exactly the operations of a [`mesh_core::Plan`]: a steady-state
+//! resync writes nothing, a change touches only what changed, and WireGuard peers are added,
+//! updated and removed one by one (never `replace_peers`), so established sessions survive.
+//!
+//! What the mesh owns, and so what [`observe`](mesh_core::backend::Dataplane::observe) reports
+//! and [`clean_up`](mesh_core::backend::Dataplane::clean_up) removes:
+//!
+//! * the WireGuard interface (`kilo0`): its state, MTU, addresses (except IPv6 link-local ones),
+//!   listen port and every peer;
+//! * routes with protocol [`ROUTE_PROTOCOL`] (107) in any table, and everything in table 1107;
+//! * policy rules that look up table 1107 (installed with priority 32765 and the `ToTable` action);
+//! * the tunnel's address, and the `tunl0` device when this data plane created it
+//!   (`cilium_tunl` and `flannel.1` are never created or deleted);
+//! * iptables chains named `KILO-*` with their rules, and rules in built-in chains that carry a
+//!   `Kilo:` comment or jump to a `KILO-*` chain (see the `firewall` module docs).
+//!
+//! Several network namespaces can be driven from one process ([`Namespace`]): the rtnetlink
+//! socket is opened inside the namespace, and `iptables-restore` and WireGuard calls run on a
+//! thread that entered it. Userspace WireGuard UAPI sockets live in one global directory
+//! (`/var/run/wireguard`), so such namespaces need distinct interface names.
 #![warn(missing_docs)]
+
+mod dataplane;
+mod error;
+mod firewall;
+mod link;
+mod netns;
+mod route;
+mod rule;
+mod tunnel;
+mod wireguard;
+
+pub use dataplane::{DataplaneConfig, LinuxDataplane};
+pub use error::{Error, Result};
+pub use firewall::{CHAIN_PREFIX, COMMENT_PREFIX};
+pub use netns::Namespace;
+pub use route::ROUTE_PROTOCOL;
+pub use tunnel::{CILIUM_TUNNEL, IPIP_OVERHEAD, ipip_link_message};
+pub use wireguard::{WireGuardBackend, kernel_module_available, uapi_socket_path};

@@ -1,0 +1,106 @@
+//! The crate's one error type: every variant names the operation and the object it failed on.
+
+use std::io;
+
+use mesh_core::backend::BackendError;
+
+/// A data-plane operation that failed, e.g.
+/// `failed to add route 10.2.1.0/24 via 10.4.0.2 dev kilo0 table 1107: Network is unreachable (os error 101)`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A netlink request (link, address, route, rule) failed.
+    #[error("failed to {operation}: {source}")]
+    Netlink {
+        /// What was being done, e.g. `add route 10.2.1.0/24 dev kilo0 table 1107`.
+        operation: String,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading or configuring the WireGuard device failed.
+    #[error("failed to {operation}: {source}")]
+    WireGuard {
+        /// What was being done, e.g. `add WireGuard peer <key> on kilo0`.
+        operation: String,
+        /// The kernel's or the userspace daemon's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// `iptables-save` or `iptables-restore` (or their IPv6 twins) failed.
+    #[error("failed to {operation}: {reason}")]
+    Firewall {
+        /// What was being done, e.g. `apply IPv4 firewall rules with iptables-restore`.
+        operation: String,
+        /// The exit status and what the tool printed.
+        reason: String,
+    },
+    /// Entering the configured network namespace failed.
+    #[error("failed to {operation}: {source}")]
+    Namespace {
+        /// What was being done, e.g. `enter network namespace /run/netns/a`.
+        operation: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A device the operation needs does not exist (and is not ours to create).
+    #[error("failed to {operation}: interface {interface} not found{hint}")]
+    InterfaceNotFound {
+        /// What was being done.
+        operation: String,
+        /// The missing interface.
+        interface: String,
+        /// What to do about it, starting with `: ` (or empty).
+        hint: String,
+    },
+    /// `--compatibility=cilium` needs Cilium's IPIP device, which Cilium only creates with
+    /// `enable-ipip-termination=true`. The message is the one the cilium-kilo documentation
+    /// tells users to look for.
+    #[error("cilium_tunl interface not found: run Cilium with enable-ipip-termination=true")]
+    CiliumTunnelNotFound,
+    /// A `--wireguard-backend` value that is not `auto`, `kernel` or `userspace`.
+    #[error("invalid WireGuard backend {0:?}: expected auto, kernel or userspace")]
+    InvalidBackend(String),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The OS error number behind the failure, if there is one (e.g. `libc::EEXIST` = 17).
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Netlink { source, .. } | Error::WireGuard { source, .. } | Error::Namespace { source, .. } => {
+                source.raw_os_error()
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn netlink(operation: impl Into<String>, source: io::Error) -> Self {
+        Error::Netlink { operation: operation.into(), source }
+    }
+
+    pub(crate) fn wireguard(operation: impl Into<String>, source: io::Error) -> Self {
+        Error::WireGuard { operation: operation.into(), source }
+    }
+
+    pub(crate) fn not_found(operation: impl Into<String>, interface: impl Into<String>) -> Self {
+        Error::InterfaceNotFound { operation: operation.into(), interface: interface.into(), hint: String::new() }
+    }
+
+    /// Wraps the error as the data-plane trait's error, with `operation` (`failed to apply plan`)
+    /// in front of this error's own message.
+    pub fn into_backend(self, operation: &str) -> BackendError {
+        BackendError::new(operation, self)
+    }
+}
+
+/// The `io::Error` behind an rtnetlink error: the kernel's errno when it sent one.
+pub(crate) fn netlink_io(error: rtnetlink::Error) -> io::Error {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => message.to_io(),
+        other => io::Error::other(other.to_string()),
+    }
+}

@@ -49,6 +49,7 @@ mod graph;
 pub mod ip;
 mod key;
 mod model;
+pub mod nat;
 mod options;
 pub mod plan;
 pub mod routes;

@@ -24,6 +24,9 @@ pub struct NodeSpec {
     pub key: Option<Key>,
     /// The private IP with its interface mask (`force-internal-ip`, else `internal-ip`).
     pub internal_ip: Option<IpNet>,
+    /// `force-internal-ip` is `""` or `-`: the node has no private IP on purpose, and its agent
+    /// must not fill in one it detects (Kilo's `NoInternalIP`).
+    pub no_internal_ip: bool,
     /// The CNI-compatibility IP (`cni-compatibility-ip`; Cilium's `cilium_host` address).
     pub cni_compatibility_ip: Option<IpNet>,
     /// Unix seconds of the last heartbeat (`last-seen`).

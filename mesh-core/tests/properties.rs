@@ -383,6 +383,7 @@ fn build(
                     KeyChoice::Missing => None,
                 },
                 internal_ip: raw.internal_ip,
+                no_internal_ip: false,
                 cni_compatibility_ip: raw.cni_compatibility_ip,
                 last_seen: raw.age.map(|age| NOW - age),
                 leader: raw.leader,

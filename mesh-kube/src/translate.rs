@@ -201,6 +201,7 @@ pub fn node(node: &Node, topology_label: &str) -> TranslatedNode {
             endpoint,
             key,
             internal_ip,
+            no_internal_ip: force_no_internal_ip,
             cni_compatibility_ip,
             last_seen,
             leader,

@@ -175,7 +175,7 @@ fn main() -> ExitCode {
         println!("--- firewall ---");
         for rule in &desired.firewall.rules {
             let family = if rule.family == mesh_core::Family::Ipv4 { "iptables" } else { "ip6tables" };
-            println!("{family} -t {} -A {} {}", rule.table, rule.chain, rule.args.join(" "));
+            println!("{family} -t {} -A {} {}", rule.table(), rule.chain.as_str(), rule.args().join(" "));
         }
         for warning in warnings.iter().chain(&topology.warnings) {
             println!("warning: {}: {}", warning.name, warning.reason);

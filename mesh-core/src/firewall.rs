@@ -1,10 +1,17 @@
 //! iptables rules: Kilo's `Topology.Rules` and the encapsulators' IPIP rules.
+//!
+//! Rules are small `Copy` values (a chain, a match, a target, a comment) rather than argument
+//! strings: a leader of a 5,000-node mesh has about 10,000 of them, and building, comparing and
+//! de-duplicating them must cost nanoseconds each. [`FirewallRule::args`] writes the iptables
+//! arguments; [`FirewallRule::parse`] reads them back.
 
-use std::collections::HashSet;
+use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use rustc_hash::FxHashSet;
 use serde::Serialize;
+use serde::ser::SerializeStruct as _;
 
 use crate::ip::one_address_cidr;
 use crate::{Encapsulation, Granularity, Options, Topology};
@@ -34,181 +41,476 @@ impl Family {
     }
 }
 
+/// The chains the mesh puts rules in, ordered by table then name (the order of their texts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChainName {
+    /// `filter FORWARD`: our ACCEPT rules go at the top.
+    Forward,
+    /// `filter INPUT`: our IPIP jump and drop go at the end, in that order.
+    Input,
+    /// `filter KILO-IPIP` (ours).
+    KiloIpip,
+    /// `nat KILO-NAT` (ours).
+    KiloNat,
+    /// `nat POSTROUTING`: our jumps go at the top.
+    Postrouting,
+}
+
+impl ChainName {
+    const ALL: [ChainName; 5] =
+        [ChainName::Forward, ChainName::Input, ChainName::KiloIpip, ChainName::KiloNat, ChainName::Postrouting];
+
+    /// The table: `filter` or `nat`.
+    pub const fn table(self) -> &'static str {
+        match self {
+            ChainName::Forward | ChainName::Input | ChainName::KiloIpip => "filter",
+            ChainName::KiloNat | ChainName::Postrouting => "nat",
+        }
+    }
+
+    /// The chain's name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ChainName::Forward => "FORWARD",
+            ChainName::Input => "INPUT",
+            ChainName::KiloIpip => IPIP_CHAIN,
+            ChainName::KiloNat => NAT_CHAIN,
+            ChainName::Postrouting => "POSTROUTING",
+        }
+    }
+
+    /// Whether the mesh owns the whole chain (creates, fills and deletes it).
+    pub const fn is_owned(self) -> bool {
+        matches!(self, ChainName::KiloIpip | ChainName::KiloNat)
+    }
+
+    /// The chain with this table and name, if the mesh uses it.
+    pub fn parse(table: &str, name: &str) -> Option<ChainName> {
+        ChainName::ALL.into_iter().find(|chain| chain.table() == table && chain.as_str() == name)
+    }
+}
+
+/// What a rule matches, besides its chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Match {
+    /// Everything.
+    Any,
+    /// `-s CIDR`.
+    Source(IpNet),
+    /// `-d CIDR`.
+    Destination(IpNet),
+    /// `-d CIDR ! -s CIDR`: into a range, from outside it (Cozystack's VIP fix).
+    DestinationFromOutside(IpNet),
+    /// `-p ipencap` (IP protocol 4, IPIP).
+    Ipip,
+}
+
+/// Where a matching packet goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    /// `RETURN`.
+    Return,
+    /// `MASQUERADE`.
+    Masquerade,
+    /// `ACCEPT`.
+    Accept,
+    /// `DROP`.
+    Drop,
+    /// Jump to `KILO-NAT`.
+    NatChain,
+    /// Jump to `KILO-IPIP`.
+    IpipChain,
+}
+
+impl Target {
+    /// The `-j` argument.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Target::Return => "RETURN",
+            Target::Masquerade => "MASQUERADE",
+            Target::Accept => "ACCEPT",
+            Target::Drop => "DROP",
+            Target::NatChain => NAT_CHAIN,
+            Target::IpipChain => IPIP_CHAIN,
+        }
+    }
+
+    const ALL: [Target; 6] =
+        [Target::Return, Target::Masquerade, Target::Accept, Target::Drop, Target::NatChain, Target::IpipChain];
+}
+
+/// Kilo's rule comments, which mark our rules in chains we do not own. The texts are Kilo's,
+/// including the upstream typo "WireGuared".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)] // Each variant is documented by its text, see `as_str`.
+pub enum Comment {
+    WireGuardIps,
+    KnownIps,
+    Peers,
+    ServiceCidrs,
+    NatRemaining,
+    JumpToKiloNat,
+    JumpToNat,
+    ForwardFromPodSubnet,
+    ForwardToPodSubnet,
+    ForwardFromAllowedLocationIps,
+    ForwardToAllowedLocationIps,
+    ForwardFromPrivateIps,
+    ForwardToPrivateIps,
+    ForwardFromNodePodSubnet,
+    ForwardToNodePodSubnet,
+    AllowIpip,
+    JumpToIpip,
+    RejectIpip,
+}
+
+impl Comment {
+    const ALL: [Comment; 18] = [
+        Comment::WireGuardIps,
+        Comment::KnownIps,
+        Comment::Peers,
+        Comment::ServiceCidrs,
+        Comment::NatRemaining,
+        Comment::JumpToKiloNat,
+        Comment::JumpToNat,
+        Comment::ForwardFromPodSubnet,
+        Comment::ForwardToPodSubnet,
+        Comment::ForwardFromAllowedLocationIps,
+        Comment::ForwardToAllowedLocationIps,
+        Comment::ForwardFromPrivateIps,
+        Comment::ForwardToPrivateIps,
+        Comment::ForwardFromNodePodSubnet,
+        Comment::ForwardToNodePodSubnet,
+        Comment::AllowIpip,
+        Comment::JumpToIpip,
+        Comment::RejectIpip,
+    ];
+
+    /// Kilo's text.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Comment::WireGuardIps => "Kilo: do not NAT packets destined for WireGuared IPs",
+            Comment::KnownIps => "Kilo: do not NAT packets destined for known IPs",
+            Comment::Peers => "Kilo: do not NAT packets destined for peers",
+            Comment::ServiceCidrs => "Kilo: do not NAT packets destined for service CIDRs",
+            Comment::NatRemaining => "Kilo: NAT remaining packets",
+            Comment::JumpToKiloNat => "Kilo: jump to KILO-NAT chain",
+            Comment::JumpToNat => "Kilo: jump to NAT chain",
+            Comment::ForwardFromPodSubnet => "Kilo: forward packets from the pod subnet",
+            Comment::ForwardToPodSubnet => "Kilo: forward packets to the pod subnet",
+            Comment::ForwardFromAllowedLocationIps => "Kilo: forward packets from allowed location IPs",
+            Comment::ForwardToAllowedLocationIps => "Kilo: forward packets to allowed location IPs",
+            Comment::ForwardFromPrivateIps => "Kilo: forward packets from private IPs",
+            Comment::ForwardToPrivateIps => "Kilo: forward packets to private IPs",
+            Comment::ForwardFromNodePodSubnet => "Kilo: forward packets from the node's pod subnet",
+            Comment::ForwardToNodePodSubnet => "Kilo: forward packets to the node's pod subnet",
+            Comment::AllowIpip => "Kilo: allow IPIP traffic",
+            Comment::JumpToIpip => "Kilo: jump to IPIP chain",
+            Comment::RejectIpip => "Kilo: reject other IPIP traffic",
+        }
+    }
+
+    /// The comment with Kilo's text `text`.
+    pub fn parse(text: &str) -> Option<Comment> {
+        Comment::ALL.into_iter().find(|comment| comment.as_str() == text)
+    }
+}
+
+impl fmt::Display for Comment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A chain we own (create, fill and delete).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Chain {
     /// IP version.
     pub family: Family,
-    /// `nat` or `filter`.
-    pub table: String,
     /// `KILO-NAT` or `KILO-IPIP`.
-    pub name: String,
+    pub name: ChainName,
 }
 
-/// One iptables rule. Rules in chains we own are all ours; in other chains (`POSTROUTING`,
-/// `FORWARD`, `INPUT`) the comment marks ours.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+impl Serialize for Chain {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut state = serializer.serialize_struct("Chain", 3)?;
+        state.serialize_field("family", &self.family)?;
+        state.serialize_field("table", self.name.table())?;
+        state.serialize_field("name", self.name.as_str())?;
+        state.end()
+    }
+}
+
+/// One iptables rule of the mesh. CIDRs are stored with host bits cleared, as iptables stores
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FirewallRule {
     /// IP version.
     pub family: Family,
-    /// `nat` or `filter`.
-    pub table: String,
-    /// The chain.
-    pub chain: String,
-    /// Matches and target, without the comment match (`-d 10.4.0.1/32 -j RETURN`).
-    pub args: Vec<String>,
-    /// Kilo's comment, e.g. `Kilo: do not NAT packets destined for known IPs`.
-    #[serde(skip)]
-    pub comment: String,
+    /// The chain (and so the table).
+    pub chain: ChainName,
+    /// What it matches.
+    pub matches: Match,
+    /// Where matching packets go.
+    pub target: Target,
+    /// Kilo's comment.
+    pub comment: Comment,
 }
 
 impl FirewallRule {
-    fn new(family: Family, table: &str, chain: &str, args: &[&str], comment: &str) -> Self {
-        FirewallRule {
-            family,
-            table: table.to_owned(),
-            chain: chain.to_owned(),
-            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
-            comment: comment.to_owned(),
+    fn new(chain: ChainName, matches: Match, target: Target, comment: Comment) -> Self {
+        let (matches, family) = match matches {
+            Match::Source(net) => (Match::Source(net.trunc()), Family::of(net.addr())),
+            Match::Destination(net) => (Match::Destination(net.trunc()), Family::of(net.addr())),
+            Match::DestinationFromOutside(net) => (Match::DestinationFromOutside(net.trunc()), Family::of(net.addr())),
+            Match::Any | Match::Ipip => (matches, Family::Ipv4),
+        };
+        FirewallRule { family, chain, matches, target, comment }
+    }
+
+    /// The table: `nat` or `filter`.
+    pub const fn table(&self) -> &'static str {
+        self.chain.table()
+    }
+
+    /// The iptables arguments without the comment, e.g. `-d 10.4.0.1/32 -j RETURN`
+    /// (`-d 192.168.10.0/24 ! -s 192.168.10.0/24 -j KILO-NAT` for the VIP rule).
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = match self.matches {
+            Match::Any => Vec::new(),
+            Match::Source(net) => vec!["-s".into(), net.to_string()],
+            Match::Destination(net) => vec!["-d".into(), net.to_string()],
+            Match::DestinationFromOutside(net) => {
+                vec!["-d".into(), net.to_string(), "!".into(), "-s".into(), net.to_string()]
+            }
+            Match::Ipip => vec!["-p".into(), "ipencap".into()],
+        };
+        args.extend(["-j".to_owned(), self.target.as_str().to_owned()]);
+        args
+    }
+
+    /// Reads a rule back from its chain, arguments (in any order, as `iptables-save` prints
+    /// them: `! -s A -d B`, `-p 4` or `-p ipencap`) and comment. `None` when it is not a rule
+    /// the mesh generates.
+    pub fn parse(family: Family, table: &str, chain: &str, args: &[&str], comment: &str) -> Option<FirewallRule> {
+        let chain = ChainName::parse(table, chain)?;
+        let comment = Comment::parse(comment)?;
+        let (mut source, mut not_source, mut destination, mut ipip, mut target) = (None, None, None, false, None);
+        let mut words = args.iter().copied();
+        let cidr = |text: Option<&str>| -> Option<IpNet> {
+            let text = text?;
+            // iptables-save writes a single address without /32.
+            text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(one_address_cidr))
+        };
+        while let Some(word) = words.next() {
+            match word {
+                "!" => match words.next()? {
+                    "-s" => not_source = Some(cidr(words.next())?),
+                    _ => return None,
+                },
+                "-s" => source = Some(cidr(words.next())?),
+                "-d" => destination = Some(cidr(words.next())?),
+                "-p" => match words.next()? {
+                    "ipencap" | "4" => ipip = true,
+                    _ => return None,
+                },
+                "-j" => {
+                    let name = words.next()?;
+                    target = Some(Target::ALL.into_iter().find(|t| t.as_str() == name)?);
+                }
+                _ => return None,
+            }
         }
+        let matches = match (source, not_source, destination, ipip) {
+            (None, None, None, false) => Match::Any,
+            (Some(source), None, None, false) => Match::Source(source),
+            (None, None, Some(destination), false) => Match::Destination(destination),
+            (None, Some(outside), Some(destination), false) if outside == destination => {
+                Match::DestinationFromOutside(destination)
+            }
+            (None, None, None, true) => Match::Ipip,
+            _ => return None,
+        };
+        let rule = FirewallRule { family, chain, matches, target: target?, comment };
+        // A CIDR of the other IP version cannot come from this family's table.
+        let consistent = match matches {
+            Match::Source(net) | Match::Destination(net) | Match::DestinationFromOutside(net) => {
+                Family::of(net.addr()) == family
+            }
+            Match::Any | Match::Ipip => true,
+        };
+        consistent.then_some(rule)
     }
 
     /// Whether this rule sits in a chain we own rather than in a built-in chain.
     pub fn in_owned_chain(&self) -> bool {
-        self.chain == NAT_CHAIN || self.chain == IPIP_CHAIN
+        self.chain.is_owned()
     }
 }
 
-/// The firewall this node wants: chains we own, and our rules in the order they take in their
-/// chains, grouped by family, table and chain ([`Firewall::canonicalize`]). Identical rules (same
-/// family, table, chain and arguments) appear once.
+impl Serialize for FirewallRule {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut state = serializer.serialize_struct("FirewallRule", 5)?;
+        state.serialize_field("family", &self.family)?;
+        state.serialize_field("table", self.table())?;
+        state.serialize_field("chain", self.chain.as_str())?;
+        state.serialize_field("args", &self.args())?;
+        state.serialize_field("comment", self.comment.as_str())?;
+        state.end()
+    }
+}
+
+/// A rule found in the data plane that the mesh owns (it is in a `KILO-*` chain or carries a
+/// `Kilo:` comment) but does not generate, e.g. one left by another Kilo version. Its presence
+/// makes the firewall differ, so the next plan rewrites it away.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ForeignRule {
+    /// IP version.
+    pub family: Family,
+    /// The table.
+    pub table: String,
+    /// The chain.
+    pub chain: String,
+    /// The rule as `iptables-save` prints it after `-A CHAIN`.
+    pub spec: String,
+}
+
+/// The firewall this node wants (or has): chains we own, our rules grouped by family and chain
+/// ([`Firewall::canonicalize`]) in the order they take inside each chain, and — in observed
+/// states only — rules of ours the mesh does not generate. Identical rules (same family, chain,
+/// match and target) appear once.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Firewall {
     /// Chains to create.
     pub chains: Vec<Chain>,
-    /// Rules, in chain order.
+    /// Rules, grouped by family and chain.
     pub rules: Vec<FirewallRule>,
+    /// Rules that must go (observed states only).
+    pub foreign: Vec<ForeignRule>,
 }
 
 impl Firewall {
-    fn chain(&mut self, family: Family, table: &str, name: &str) {
-        let chain = Chain { family, table: table.to_owned(), name: name.to_owned() };
-        if !self.chains.contains(&chain) {
-            self.chains.push(chain);
-        }
-    }
-
     /// Puts chains and rules in one canonical order: by family, table and chain, keeping the
     /// order of rules inside a chain (the only order the kernel keeps, and the only one that
     /// matters). States built in different ways then compare equal.
     pub fn canonicalize(&mut self) {
-        self.chains.sort_by(|a, b| (a.family, &a.table, &a.name).cmp(&(b.family, &b.table, &b.name)));
-        self.rules.sort_by(|a, b| (a.family, &a.table, &a.chain).cmp(&(b.family, &b.table, &b.chain)));
+        self.chains.sort();
+        self.chains.dedup();
+        self.rules.sort_by_key(|rule| (rule.family, rule.chain));
+        self.foreign.sort();
     }
 
     /// The part of the firewall of one IP version.
     pub fn family(&self, family: Family) -> Firewall {
-        Firewall {
-            chains: self.chains.iter().filter(|c| c.family == family).cloned().collect(),
-            rules: self.rules.iter().filter(|r| r.family == family).cloned().collect(),
+        let (chains, rules, foreign) = self.family_parts(family);
+        Firewall { chains: chains.to_vec(), rules: rules.to_vec(), foreign: foreign.to_vec() }
+    }
+
+    /// Whether the parts of one IP version are equal, without copying them.
+    pub fn family_eq(&self, other: &Firewall, family: Family) -> bool {
+        self.family_parts(family) == other.family_parts(family)
+    }
+
+    /// Chains, rules and foreign rules of one family, as slices of a canonical firewall.
+    fn family_parts(&self, family: Family) -> (&[Chain], &[FirewallRule], &[ForeignRule]) {
+        fn part<T>(items: &[T], family: Family, of: impl Fn(&T) -> Family) -> &[T] {
+            let start = items.partition_point(|item| of(item) < family);
+            let end = items.partition_point(|item| of(item) <= family);
+            &items[start..end]
         }
+        (
+            part(&self.chains, family, |chain| chain.family),
+            part(&self.rules, family, |rule| rule.family),
+            part(&self.foreign, family, |rule| rule.family),
+        )
     }
 }
 
-/// Collects rules, dropping exact repeats.
-#[derive(Default)]
+/// Collects rules in per-chain buckets, dropping exact repeats, so the result comes out
+/// canonical without sorting.
 struct RuleList {
-    rules: Vec<FirewallRule>,
-    seen: HashSet<(Family, String, String, Vec<String>)>,
+    buckets: [Vec<FirewallRule>; 10],
+    seen: FxHashSet<(Family, ChainName, Match, Target)>,
 }
 
 impl RuleList {
+    fn with_capacity(capacity: usize) -> Self {
+        let mut seen = FxHashSet::default();
+        seen.reserve(capacity);
+        RuleList { buckets: Default::default(), seen }
+    }
+
     fn push(&mut self, rule: FirewallRule) {
-        if self.seen.insert((rule.family, rule.table.clone(), rule.chain.clone(), rule.args.clone())) {
-            self.rules.push(rule);
+        if self.seen.insert((rule.family, rule.chain, rule.matches, rule.target)) {
+            let family = match rule.family {
+                Family::Ipv4 => 0,
+                Family::Ipv6 => 5,
+            };
+            let chain = ChainName::ALL.iter().position(|chain| *chain == rule.chain).unwrap_or(0);
+            self.buckets[family + chain].push(rule);
         }
     }
 
-    fn nat_return(&mut self, dst: IpNet, comment: &str) {
-        let family = Family::of(dst.addr());
-        let dst = dst.trunc().to_string();
-        self.push(FirewallRule::new(family, "nat", NAT_CHAIN, &["-d", &dst, "-j", "RETURN"], comment));
+    fn rule(&mut self, chain: ChainName, matches: Match, target: Target, comment: Comment) {
+        self.push(FirewallRule::new(chain, matches, target, comment));
     }
 
-    fn accept(&mut self, selector: &str, net: IpNet, comment: &str) {
-        let family = Family::of(net.addr());
-        let net = net.trunc().to_string();
-        self.push(FirewallRule::new(family, "filter", "FORWARD", &[selector, &net, "-j", "ACCEPT"], comment));
+    fn both_families(&mut self, chain: ChainName, matches: Match, target: Target, comment: Comment) {
+        for family in [Family::Ipv4, Family::Ipv6] {
+            self.push(FirewallRule { family, ..FirewallRule::new(chain, matches, target, comment) });
+        }
+    }
+
+    fn into_rules(self) -> Vec<FirewallRule> {
+        let mut rules = Vec::with_capacity(self.buckets.iter().map(Vec::len).sum());
+        for bucket in self.buckets {
+            rules.extend(bucket);
+        }
+        rules
     }
 }
 
 impl Topology {
     /// The iptables rules this node installs (Kilo's rule set, with the encapsulation rules first).
-    ///
-    /// CIDRs are written with host bits cleared, as iptables stores them.
     pub fn firewall(&self, options: &Options) -> Firewall {
-        let mut firewall = Firewall::default();
-        let mut rules = RuleList::default();
+        let known: usize = self.segments.iter().map(|s| s.allowed_ips.len() + 1).sum();
+        let mut rules = RuleList::with_capacity(known + 2 * self.peers.len() + 16);
+        let mut chains = Vec::with_capacity(4);
         if self.installs_ipip_rules(options) {
-            self.ipip_rules(&mut firewall, &mut rules);
+            chains.extend([Family::Ipv4, Family::Ipv6].map(|family| Chain { family, name: ChainName::KiloIpip }));
+            self.ipip_rules(&mut rules);
         }
-        firewall.chain(Family::Ipv4, "nat", NAT_CHAIN);
-        firewall.chain(Family::Ipv6, "nat", NAT_CHAIN);
+        chains.extend([Family::Ipv4, Family::Ipv6].map(|family| Chain { family, name: ChainName::KiloNat }));
         if options.cni {
             self.cni_rules(options, &mut rules);
         }
+        use {ChainName::*, Comment::*, Match::*, Target::*};
         for (index, segment) in self.segments.iter().enumerate() {
-            rules.nat_return(
-                one_address_cidr(segment.wireguard_ip),
-                "Kilo: do not NAT packets destined for WireGuared IPs",
-            );
+            rules.rule(KiloNat, Destination(one_address_cidr(segment.wireguard_ip)), Return, WireGuardIps);
             for ip in &segment.allowed_ips {
-                rules.nat_return(*ip, "Kilo: do not NAT packets destined for known IPs");
+                rules.rule(KiloNat, Destination(*ip), Return, KnownIps);
             }
             // Traffic into the location's non-cluster hosts is masqueraded so replies find their
             // way back, except traffic that starts inside the same range (Cozystack's fix: VIPs
             // and floating IPs must keep their source).
             if index == self.local_segment {
                 for ip in &segment.allowed_location_ips {
-                    let family = Family::of(ip.addr());
-                    let ip = ip.trunc().to_string();
-                    rules.push(FirewallRule::new(
-                        family,
-                        "nat",
-                        "POSTROUTING",
-                        &["-d", &ip, "!", "-s", &ip, "-j", NAT_CHAIN],
-                        "Kilo: jump to NAT chain",
-                    ));
+                    rules.rule(Postrouting, DestinationFromOutside(*ip), NatChain, JumpToNat);
                 }
             }
         }
         for peer in &self.peers {
             for ip in &peer.allowed_ips {
-                let text = ip.trunc().to_string();
-                rules.push(FirewallRule::new(
-                    Family::of(ip.addr()),
-                    "nat",
-                    "POSTROUTING",
-                    &["-s", &text, "-j", NAT_CHAIN],
-                    "Kilo: jump to NAT chain",
-                ));
-                rules.nat_return(*ip, "Kilo: do not NAT packets destined for peers");
+                rules.rule(Postrouting, Source(*ip), NatChain, JumpToNat);
+                rules.rule(KiloNat, Destination(*ip), Return, Peers);
             }
         }
         for cidr in &options.service_cidrs {
-            rules.nat_return(*cidr, "Kilo: do not NAT packets destined for service CIDRs");
+            rules.rule(KiloNat, Destination(*cidr), Return, ServiceCidrs);
         }
-        for family in [Family::Ipv4, Family::Ipv6] {
-            rules.push(FirewallRule::new(
-                family,
-                "nat",
-                NAT_CHAIN,
-                &["-j", "MASQUERADE"],
-                "Kilo: NAT remaining packets",
-            ));
-        }
-        firewall.rules = rules.rules;
-        firewall.canonicalize();
+        rules.both_families(KiloNat, Any, Masquerade, NatRemaining);
+        let mut firewall = Firewall { chains, rules: rules.into_rules(), foreign: Vec::new() };
+        firewall.chains.sort();
         firewall
     }
 
@@ -222,9 +524,7 @@ impl Topology {
     }
 
     /// IPIP is accepted from the private IPs of the local location's nodes and dropped otherwise.
-    fn ipip_rules(&self, firewall: &mut Firewall, rules: &mut RuleList) {
-        firewall.chain(Family::Ipv4, "filter", IPIP_CHAIN);
-        firewall.chain(Family::Ipv6, "filter", IPIP_CHAIN);
+    fn ipip_rules(&self, rules: &mut RuleList) {
         let sources: Vec<IpAddr> = match self.granularity {
             Granularity::Location => self.local().members.iter().filter_map(|m| m.private_ip).collect(),
             // Each node is its own segment; no IPIP flows inside a location.
@@ -239,54 +539,87 @@ impl Topology {
                 .collect(),
         };
         for source in sources {
-            let family = Family::of(source);
-            let source = one_address_cidr(source).to_string();
-            rules.push(FirewallRule::new(
-                family,
-                "filter",
-                IPIP_CHAIN,
-                &["-s", &source, "-j", "ACCEPT"],
-                "Kilo: allow IPIP traffic",
-            ));
+            rules.rule(
+                ChainName::KiloIpip,
+                Match::Source(one_address_cidr(source)),
+                Target::Accept,
+                Comment::AllowIpip,
+            );
         }
-        for (target, comment) in [(IPIP_CHAIN, "Kilo: jump to IPIP chain"), ("DROP", "Kilo: reject other IPIP traffic")]
-        {
-            for family in [Family::Ipv4, Family::Ipv6] {
-                rules.push(FirewallRule::new(family, "filter", "INPUT", &["-p", "ipencap", "-j", target], comment));
-            }
-        }
+        rules.both_families(ChainName::Input, Match::Ipip, Target::IpipChain, Comment::JumpToIpip);
+        rules.both_families(ChainName::Input, Match::Ipip, Target::Drop, Comment::RejectIpip);
     }
 
     fn cni_rules(&self, options: &Options, rules: &mut RuleList) {
-        let pods = self.pod_subnet.trunc().to_string();
-        rules.push(FirewallRule::new(
-            Family::of(self.pod_subnet.addr()),
-            "nat",
-            "POSTROUTING",
-            &["-s", &pods, "-j", NAT_CHAIN],
-            "Kilo: jump to KILO-NAT chain",
-        ));
+        use {ChainName::*, Comment::*, Match::*, Target::*};
+        rules.rule(Postrouting, Source(self.pod_subnet), NatChain, JumpToKiloNat);
         if !options.iptables_forward_rules {
             return;
         }
         if !self.leader {
-            rules.accept("-s", self.pod_subnet, "Kilo: forward packets from the node's pod subnet");
-            rules.accept("-d", self.pod_subnet, "Kilo: forward packets to the node's pod subnet");
+            rules.rule(Forward, Source(self.pod_subnet), Accept, ForwardFromNodePodSubnet);
+            rules.rule(Forward, Destination(self.pod_subnet), Accept, ForwardToNodePodSubnet);
             return;
         }
         // A leader forwards for its whole location (its own segment, as in Kilo).
         let local = self.local();
         for member in &local.members {
-            rules.accept("-s", member.pod_subnet, "Kilo: forward packets from the pod subnet");
-            rules.accept("-d", member.pod_subnet, "Kilo: forward packets to the pod subnet");
+            rules.rule(Forward, Source(member.pod_subnet), Accept, ForwardFromPodSubnet);
+            rules.rule(Forward, Destination(member.pod_subnet), Accept, ForwardToPodSubnet);
         }
         for ip in &local.allowed_location_ips {
-            rules.accept("-s", *ip, "Kilo: forward packets from allowed location IPs");
-            rules.accept("-d", *ip, "Kilo: forward packets to allowed location IPs");
+            rules.rule(Forward, Source(*ip), Accept, ForwardFromAllowedLocationIps);
+            rules.rule(Forward, Destination(*ip), Accept, ForwardToAllowedLocationIps);
         }
         for ip in local.members.iter().filter_map(|m| m.private_ip) {
-            rules.accept("-s", one_address_cidr(ip), "Kilo: forward packets from private IPs");
-            rules.accept("-d", one_address_cidr(ip), "Kilo: forward packets to private IPs");
+            rules.rule(Forward, Source(one_address_cidr(ip)), Accept, ForwardFromPrivateIps);
+            rules.rule(Forward, Destination(one_address_cidr(ip)), Accept, ForwardToPrivateIps);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_read_back_from_iptables_save_order() {
+        let rule = FirewallRule::new(
+            ChainName::Postrouting,
+            Match::DestinationFromOutside("192.168.10.7/24".parse().unwrap()),
+            Target::NatChain,
+            Comment::JumpToNat,
+        );
+        assert_eq!(rule.args().join(" "), "-d 192.168.10.0/24 ! -s 192.168.10.0/24 -j KILO-NAT");
+        let saved = ["!", "-s", "192.168.10.0/24", "-d", "192.168.10.0/24", "-j", "KILO-NAT"];
+        assert_eq!(
+            FirewallRule::parse(Family::Ipv4, "nat", "POSTROUTING", &saved, "Kilo: jump to NAT chain"),
+            Some(rule)
+        );
+        let ipip = FirewallRule::parse(
+            Family::Ipv6,
+            "filter",
+            "INPUT",
+            &["-p", "4", "-j", "DROP"],
+            Comment::RejectIpip.as_str(),
+        );
+        assert_eq!(ipip.map(|rule| rule.args().join(" ")), Some("-p ipencap -j DROP".to_owned()));
+        let single = FirewallRule::parse(
+            Family::Ipv4,
+            "nat",
+            "KILO-NAT",
+            &["-d", "10.4.0.1", "-j", "RETURN"],
+            Comment::KnownIps.as_str(),
+        );
+        assert_eq!(single.map(|rule| rule.matches), Some(Match::Destination("10.4.0.1/32".parse().unwrap())));
+        for (chain, args, comment) in [
+            ("KILO-NAT", &["-d", "10.4.0.1/32", "-j", "RETURN"][..], "Kilo: something else"),
+            ("KILO-NAT", &["-d", "10.4.0.1/32", "-j", "LOG"], Comment::KnownIps.as_str()),
+            ("KILO-NAT", &["-d", "10.4.0.1/32", "-s", "10.0.0.0/8", "-j", "RETURN"], Comment::KnownIps.as_str()),
+            ("OUTPUT", &["-j", "RETURN"], Comment::KnownIps.as_str()),
+            ("KILO-NAT", &["-d", "fd00::/64", "-j", "RETURN"], Comment::KnownIps.as_str()),
+        ] {
+            assert_eq!(FirewallRule::parse(Family::Ipv4, "nat", chain, args, comment), None, "{args:?}");
         }
     }
 }

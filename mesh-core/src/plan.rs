@@ -1,6 +1,6 @@
 //! The minimal, ordered list of operations that turns the observed data plane into the desired one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use ipnet::IpNet;
@@ -162,9 +162,16 @@ impl Plan {
         for rule in current.rules.difference(&desired.rules) {
             ops.push(Operation::DeleteRule(rule.clone()));
         }
-        for (key, route) in &current.routes {
-            if !desired.routes.contains_key(key) {
-                ops.push(Operation::DeleteRoute(route.clone()));
+        // Both route maps are sorted by key: one walk finds deletions, additions and replacements.
+        let mut additions = Vec::new();
+        for change in merge(&current.routes, &desired.routes) {
+            match change {
+                (Some(existing), None) => ops.push(Operation::DeleteRoute(existing.clone())),
+                (None, Some(wanted)) => additions.push(Operation::AddRoute(wanted.clone())),
+                (Some(existing), Some(wanted)) if existing != wanted => {
+                    additions.push(Operation::ReplaceRoute(wanted.clone()));
+                }
+                _ => {}
             }
         }
 
@@ -205,20 +212,13 @@ impl Plan {
         if current.tunnel_address != desired.tunnel_address {
             ops.push(Operation::SetTunnelAddress(desired.tunnel_address));
         }
-        for (key, route) in &desired.routes {
-            match current.routes.get(key) {
-                None => ops.push(Operation::AddRoute(route.clone())),
-                Some(existing) if existing != route => ops.push(Operation::ReplaceRoute(route.clone())),
-                Some(_) => {}
-            }
-        }
+        ops.extend(additions);
         for rule in desired.rules.difference(&current.rules) {
             ops.push(Operation::AddRule(rule.clone()));
         }
         for family in [Family::Ipv4, Family::Ipv6] {
-            let wanted = desired.firewall.family(family);
-            if current.firewall.family(family) != wanted {
-                ops.push(Operation::SetFirewall { family, firewall: wanted });
+            if !current.firewall.family_eq(&desired.firewall, family) {
+                ops.push(Operation::SetFirewall { family, firewall: desired.firewall.family(family) });
             }
         }
         plan
@@ -282,14 +282,40 @@ impl Plan {
                 Operation::SetFirewall { family, firewall } => {
                     next.firewall.chains.retain(|chain| chain.family != *family);
                     next.firewall.rules.retain(|rule| rule.family != *family);
-                    next.firewall.chains.extend(firewall.chains.iter().cloned());
-                    next.firewall.rules.extend(firewall.rules.iter().cloned());
+                    next.firewall.foreign.retain(|rule| rule.family != *family);
+                    next.firewall.chains.extend(firewall.chains.iter().copied());
+                    next.firewall.rules.extend(firewall.rules.iter().copied());
+                    next.firewall.foreign.extend(firewall.foreign.iter().cloned());
                     next.firewall.canonicalize();
                 }
             }
         }
         next
     }
+}
+
+/// Walks two sorted maps together: `(Some, None)` only on the left, `(None, Some)` only on the
+/// right, `(Some, Some)` in both.
+fn merge<'a, K: Ord, V>(
+    left: &'a BTreeMap<K, V>,
+    right: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = (Option<&'a V>, Option<&'a V>)> {
+    let mut left = left.iter().peekable();
+    let mut right = right.iter().peekable();
+    std::iter::from_fn(move || match (left.peek(), right.peek()) {
+        (None, None) => None,
+        (Some(_), None) => left.next().map(|(_, v)| (Some(v), None)),
+        (None, Some(_)) => right.next().map(|(_, v)| (None, Some(v))),
+        (Some((l, _)), Some((r, _))) => match l.cmp(r) {
+            std::cmp::Ordering::Less => left.next().map(|(_, v)| (Some(v), None)),
+            std::cmp::Ordering::Greater => right.next().map(|(_, v)| (None, Some(v))),
+            std::cmp::Ordering::Equal => {
+                let (_, l) = left.next()?;
+                let (_, r) = right.next()?;
+                Some((Some(l), Some(r)))
+            }
+        },
+    })
 }
 
 fn peer_update(

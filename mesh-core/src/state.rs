@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
+use std::collections::hash_map::Entry;
 
 use crate::diagnostics::{ObjectKind, Warning};
 use crate::firewall::Firewall;
@@ -140,9 +142,11 @@ impl DataplaneState {
             });
         };
 
+        let configs = topology.wireguard_peers();
         let mut peers: BTreeMap<Key, WireGuardPeer> = BTreeMap::new();
-        let mut owners: BTreeMap<IpNet, Key> = BTreeMap::new();
-        for config in topology.wireguard_peers() {
+        let mut owners: FxHashMap<IpNet, Key> = FxHashMap::default();
+        owners.reserve(configs.iter().map(|config| config.allowed_ips.len()).sum());
+        for config in configs {
             // First come, first served: nodes precede Peers, so a Peer cannot take over a node's
             // key or addresses (Kilo lets the kernel give them to whichever comes last).
             if peers.contains_key(&config.public_key) {
@@ -152,16 +156,18 @@ impl DataplaneState {
                 ));
                 continue;
             }
-            let mut allowed_ips = BTreeSet::new();
+            let mut allowed_ips = Vec::with_capacity(config.allowed_ips.len());
             for ip in config.allowed_ips.iter().map(IpNet::trunc) {
-                match owners.get(&ip) {
-                    Some(owner) if *owner != config.public_key => warn(format!(
-                        "allowed IP {ip} is claimed by WireGuard peers {owner} and {}; the first keeps it",
+                match owners.entry(ip) {
+                    Entry::Occupied(owner) if *owner.get() != config.public_key => warn(format!(
+                        "allowed IP {ip} is claimed by WireGuard peers {} and {}; the first keeps it",
+                        owner.get(),
                         config.public_key
                     )),
-                    _ => {
-                        owners.insert(ip, config.public_key);
-                        allowed_ips.insert(ip);
+                    Entry::Occupied(_) => {}
+                    Entry::Vacant(entry) => {
+                        entry.insert(config.public_key);
+                        allowed_ips.push(ip);
                     }
                 }
             }
@@ -170,7 +176,7 @@ impl DataplaneState {
                 WireGuardPeer {
                     public_key: config.public_key,
                     endpoint: config.endpoint.as_ref().and_then(|e| e.socket_addr()),
-                    allowed_ips,
+                    allowed_ips: allowed_ips.into_iter().collect(),
                     persistent_keepalive: config.persistent_keepalive,
                     preshared_key: config.preshared_key,
                 },
@@ -178,7 +184,7 @@ impl DataplaneState {
         }
 
         let (route_list, rule_list) = topology.routes(options);
-        let mut routes: BTreeMap<RouteKey, Route> = BTreeMap::new();
+        let mut kept: Vec<Route> = Vec::with_capacity(route_list.len());
         for mut route in route_list {
             route.dst = route.dst.trunc();
             // Kilo mixes families (an IPv4 source or WireGuard gateway on a route to an IPv6
@@ -201,19 +207,33 @@ impl DataplaneState {
                 route.gateway = None;
                 route.onlink = false;
             }
-            // Kilo replaces routes in order, so the kernel keeps the last one for a destination.
-            if let Some(previous) = routes.insert(route.key(), route.clone())
-                && previous != route
-            {
-                warn(format!(
-                    "two routes to {} in table {} (via {} and via {}); the later one is used",
-                    route.dst,
-                    route.table,
-                    display_gateway(previous.gateway),
-                    display_gateway(route.gateway)
-                ));
+            kept.push(route);
+        }
+        // Kilo replaces routes in order, so the kernel keeps the last one for a destination:
+        // sorting by destination, then by position, keeps that order among routes to one
+        // destination.
+        let mut ordered: Vec<(RouteKey, usize, Route)> =
+            kept.into_iter().enumerate().map(|(index, route)| (route.key(), index, route)).collect();
+        ordered.sort_unstable_by_key(|(key, index, _)| (*key, *index));
+        let mut routes: Vec<(RouteKey, Route)> = Vec::with_capacity(ordered.len());
+        for (_, _, route) in ordered {
+            match routes.last_mut() {
+                Some((key, previous)) if *key == route.key() => {
+                    if *previous != route {
+                        warn(format!(
+                            "two routes to {} in table {} (via {} and via {}); the later one is used",
+                            route.dst,
+                            route.table,
+                            display_gateway(previous.gateway),
+                            display_gateway(route.gateway)
+                        ));
+                    }
+                    *previous = route;
+                }
+                _ => routes.push((route.key(), route)),
             }
         }
+        let routes: BTreeMap<RouteKey, Route> = routes.into_iter().collect();
         let rules = rule_list
             .into_iter()
             .map(|rule| Rule { src: rule.src.map(|net| net.trunc()), dst: rule.dst.map(|net| net.trunc()), ..rule })

@@ -1,6 +1,8 @@
 //! Segments, leaders, WireGuard IPs and allowed IPs: Kilo's `NewTopology`, plus `cross` granularity.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
+
+use rustc_hash::FxHashSet;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
@@ -180,33 +182,37 @@ impl Topology {
         let local =
             nodes.iter().find(|node| node.spec.name == options.hostname).expect("ready_nodes keeps the local node");
 
-        let local_segment_name = segment_name(options.granularity, local.spec);
-        let mut groups: BTreeMap<String, Vec<&ReadyNode<'_>>> = BTreeMap::new();
+        // Segments keyed without allocating: `location:` keys sort before `node:` keys, and
+        // within each kind by the text after the prefix, exactly as Kilo's key strings sort.
+        let local_key = segment_key(options.granularity, local.spec);
+        let mut groups: BTreeMap<(bool, &str), Vec<&ReadyNode<'_>>> = BTreeMap::new();
         for node in &nodes {
-            groups.entry(segment_name(options.granularity, node.spec)).or_default().push(node);
+            groups.entry(segment_key(options.granularity, node.spec)).or_default().push(node);
         }
 
         let mut leader = options.granularity != Granularity::Location;
         let mut segments = Vec::with_capacity(groups.len());
+        let mut member_specs = Vec::with_capacity(groups.len());
         let mut local_segment = 0;
-        for (name, members) in groups {
+        for (key, members) in groups {
             // `nodes` is sorted by name, so every group already is.
             let leader_index = find_leader(&members);
-            if name == local_segment_name {
+            if key == local_key {
                 local_segment = segments.len();
                 leader |= members[leader_index].spec.name == options.hostname;
             }
+            let name = format!("{}{}", if key.0 { "node:" } else { "location:" }, key.1);
             segments.push(build_segment(name, options.granularity, &members, leader_index));
+            member_specs.push(members.iter().map(|node| node.spec).collect::<Vec<_>>());
         }
 
         let peers = ready_peers(snapshot, &mut skipped);
         let mut discovered_endpoints = local.spec.discovered_endpoints.clone();
-        let members_by_name: BTreeMap<&str, &NodeSpec> =
-            nodes.iter().map(|node| (node.spec.name.as_str(), node.spec)).collect();
 
         let mut allocator = Allocator::new(options.subnet);
         let mut wireguard_cidr = options.subnet.trunc();
-        let mut known = AddressIndex::new(segments.iter().flat_map(|s| s.allowed_ips.iter()));
+        let capacity = segments.iter().map(|s| s.allowed_ips.len() + 1).sum();
+        let mut known = AddressIndex::new(segments.iter().flat_map(|s| s.allowed_ips.iter()), capacity);
         let segment_count = segments.len();
         for index in 0..segments.len() {
             let address = allocator.next().ok_or_else(|| ComputeError::SubnetExhausted {
@@ -222,14 +228,16 @@ impl Topology {
             if leader && index == local_segment {
                 wireguard_cidr = address;
             }
-            for member in &segment.members {
-                for (key, endpoint) in &members_by_name[member.name.as_str()].discovered_endpoints {
+            for spec in &member_specs[index] {
+                for (key, endpoint) in &spec.discovered_endpoints {
                     discovered_endpoints.entry(*key).or_insert(*endpoint);
                 }
             }
-            let filtered =
-                filter_allowed_location_ips(&segments, index, &known, &peers, &members_by_name, &mut warnings);
-            segments[index].allowed_location_ips = filtered;
+            if !segments[index].allowed_location_ips.is_empty() {
+                let filtered =
+                    filter_allowed_location_ips(&segments, index, &known, &peers, &member_specs[index], &mut warnings);
+                segments[index].allowed_location_ips = filtered;
+            }
         }
 
         Ok(Topology {
@@ -371,11 +379,13 @@ pub fn deduplicate_peer_ips(peers: &mut [Peer]) {
     }
 }
 
-/// Kilo's segment key for a node under a granularity.
-fn segment_name(granularity: Granularity, node: &NodeSpec) -> String {
+/// Kilo's segment key for a node under a granularity, as (is a `node:` key, the text after the
+/// prefix): `location:<location>`, or `node:<name>` in `full` and `cross` and for a node without
+/// internal IP.
+fn segment_key(granularity: Granularity, node: &NodeSpec) -> (bool, &str) {
     match granularity {
-        Granularity::Location if node.internal_ip.is_some() => format!("location:{}", node.location),
-        _ => format!("node:{}", node.name),
+        Granularity::Location if node.internal_ip.is_some() => (false, &node.location),
+        _ => (true, &node.name),
     }
 }
 
@@ -433,13 +443,15 @@ fn build_segment(name: String, granularity: Granularity, members: &[&ReadyNode<'
 /// Which addresses fall inside a set of networks, answered with one hash lookup per distinct
 /// prefix length instead of a scan of every network (Kilo's filter is quadratic).
 struct AddressIndex {
-    networks: HashSet<(bool, u8, u128)>,
-    prefixes: BTreeSet<(bool, u8)>,
+    networks: FxHashSet<(bool, u8, u128)>,
+    /// The distinct (family, prefix length) pairs, few in practice.
+    prefixes: Vec<(bool, u8)>,
 }
 
 impl AddressIndex {
-    fn new<'a>(networks: impl Iterator<Item = &'a IpNet>) -> Self {
-        let mut index = AddressIndex { networks: HashSet::new(), prefixes: BTreeSet::new() };
+    fn new<'a>(networks: impl Iterator<Item = &'a IpNet>, capacity: usize) -> Self {
+        let mut index = AddressIndex { networks: FxHashSet::default(), prefixes: Vec::new() };
+        index.networks.reserve(capacity);
         for network in networks {
             index.insert(network);
         }
@@ -448,7 +460,9 @@ impl AddressIndex {
 
     fn insert(&mut self, network: &IpNet) {
         let v6 = network.addr().is_ipv6();
-        self.prefixes.insert((v6, network.prefix_len()));
+        if !self.prefixes.contains(&(v6, network.prefix_len())) {
+            self.prefixes.push((v6, network.prefix_len()));
+        }
         self.networks.insert((v6, network.prefix_len(), masked_bits(network.addr(), network.prefix_len())));
     }
 
@@ -456,7 +470,8 @@ impl AddressIndex {
     fn contains(&self, addr: IpAddr) -> bool {
         let v6 = addr.is_ipv6();
         self.prefixes
-            .range((v6, 0)..=(v6, u8::MAX))
+            .iter()
+            .filter(|(family, _)| *family == v6)
             .any(|&(_, prefix)| self.networks.contains(&(v6, prefix, masked_bits(addr, prefix))))
     }
 }
@@ -482,16 +497,15 @@ fn filter_allowed_location_ips(
     index: usize,
     known: &AddressIndex,
     peers: &[Peer],
-    nodes: &BTreeMap<&str, &NodeSpec>,
+    members: &[&NodeSpec],
     warnings: &mut Vec<Warning>,
 ) -> Vec<IpNet> {
     let segment = &segments[index];
     // Name the node whose annotation holds the value, so the warning points at what to fix.
     let owner = |ip: &IpNet| {
-        segment
-            .members
+        members
             .iter()
-            .find(|m| nodes[m.name.as_str()].allowed_location_ips.contains(ip))
+            .find(|m| m.allowed_location_ips.contains(ip))
             .map_or_else(|| segment.name.clone(), |m| m.name.clone())
     };
     let mut kept = Vec::with_capacity(segment.allowed_location_ips.len());
@@ -505,7 +519,7 @@ fn filter_allowed_location_ips(
                 reason,
             });
         };
-        for other in segments.iter().filter(|other| other.name != segment.name) {
+        for (_, other) in segments.iter().enumerate().filter(|(other, _)| *other != index) {
             if let Some(clash) = other.allowed_location_ips.iter().find(|ip| intersect(candidate, ip)) {
                 reject(format!("overlaps allowed location IP {clash} of segment {}; ignored", other.name));
                 continue 'candidates;

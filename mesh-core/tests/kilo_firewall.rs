@@ -280,13 +280,13 @@ fn actual(firewall: &Firewall) -> Listing {
     let mut listing = Listing::default();
     for chain in &firewall.chains {
         assert!(
-            listing.chains.insert((chain.family, chain.table.clone(), chain.name.clone())),
+            listing.chains.insert((chain.family, chain.name.table().to_owned(), chain.name.as_str().to_owned())),
             "chain {chain:?} listed twice"
         );
     }
     for rule in &firewall.rules {
-        let key = (rule.family, rule.table.clone(), rule.chain.clone(), rule.args.clone());
-        if let Some(first) = listing.rules.insert(key.clone(), rule.comment.clone()) {
+        let key = (rule.family, rule.table().to_owned(), rule.chain.as_str().to_owned(), rule.args());
+        if let Some(first) = listing.rules.insert(key.clone(), rule.comment.as_str().to_owned()) {
             panic!("rule {key:?} appears twice (comments {first:?} and {:?})", rule.comment);
         }
     }
@@ -348,8 +348,8 @@ fn assert_chain_order(firewall: &Firewall, context: &str) {
             firewall
                 .rules
                 .iter()
-                .filter(|rule| rule.family == family && rule.chain == name)
-                .map(|rule| rule.args.clone())
+                .filter(|rule| rule.family == family && rule.chain.as_str() == name)
+                .map(|rule| rule.args())
                 .collect()
         };
         let target = |args: &Vec<String>| args.last().cloned().unwrap_or_default();
@@ -456,16 +456,18 @@ fn allowed_location_ip_jump_has_cozystack_fix() {
         let jumps: Vec<_> = firewall
             .rules
             .iter()
-            .filter(|rule| rule.chain == "POSTROUTING" && rule.args.first().map(String::as_str) == Some("-d"))
+            .filter(|rule| {
+                rule.chain.as_str() == "POSTROUTING" && rule.args().first().map(String::as_str) == Some("-d")
+            })
             .collect();
         assert_eq!(jumps.len(), 1, "{host}: {jumps:?}");
-        assert_eq!(jumps[0].table, "nat");
-        assert_eq!(jumps[0].args.join(" "), "-d 192.168.178.3/32 ! -s 192.168.178.3/32 -j KILO-NAT");
-        assert_eq!(jumps[0].comment, "Kilo: jump to NAT chain");
+        assert_eq!(jumps[0].table(), "nat");
+        assert_eq!(jumps[0].args().join(" "), "-d 192.168.178.3/32 ! -s 192.168.178.3/32 -j KILO-NAT");
+        assert_eq!(jumps[0].comment.as_str(), "Kilo: jump to NAT chain");
     }
     // Node a's location has no allowed-location IPs; remote ones are not jumped to.
     let firewall = firewall_of(&snapshot(), &opts("a", Granularity::Location));
-    assert!(!firewall.rules.iter().any(|rule| rule.args.iter().any(|arg| arg == "192.168.178.3/32")));
+    assert!(!firewall.rules.iter().any(|rule| rule.args().iter().any(|arg| arg == "192.168.178.3/32")));
 }
 
 #[test]
@@ -541,7 +543,7 @@ fn a2_service_cidrs() {
         .family(Family::Ipv6)
         .rules
         .iter()
-        .map(|rule| format!("{} {}", rule.chain, rule.args.join(" ")))
+        .map(|rule| format!("{} {}", rule.chain.as_str(), rule.args().join(" ")))
         .collect();
     assert_eq!(v6, ["KILO-NAT -d fd00:10:96::/112 -j RETURN", "KILO-NAT -j MASQUERADE"]);
 }
@@ -573,8 +575,12 @@ fn a3_encapsulation_rules_follow_the_local_location() {
     // Node a is alone in `location:1` (d has no private IP and is `node:d`).
     let options = Options { encapsulation: Encapsulation::Always, ..opts("a", Granularity::Location) };
     let firewall = firewall_of(&snapshot(), &options);
-    let ipip: Vec<String> =
-        firewall.rules.iter().filter(|rule| rule.chain == "KILO-IPIP").map(|rule| rule.args.join(" ")).collect();
+    let ipip: Vec<String> = firewall
+        .rules
+        .iter()
+        .filter(|rule| rule.chain.as_str() == "KILO-IPIP")
+        .map(|rule| rule.args().join(" "))
+        .collect();
     assert_eq!(ipip, ["-s 192.168.0.1/32 -j ACCEPT"]);
     assert_chain_order(&firewall, "A.3 from a");
 }
@@ -597,11 +603,11 @@ fn a3_no_encapsulation_rules_for_flannel_never_or_without_private_ip() {
         let options = Options { compatibility, encapsulation, local, ..opts(host, Granularity::Location) };
         let firewall = firewall_of(&snapshot(), &options);
         assert!(
-            !firewall.rules.iter().any(|rule| rule.table == "filter" || rule.chain == "KILO-IPIP"),
+            !firewall.rules.iter().any(|rule| rule.table() == "filter" || rule.chain.as_str() == "KILO-IPIP"),
             "{context}: {:?}",
             firewall.rules
         );
-        assert!(!firewall.chains.iter().any(|chain| chain.name == "KILO-IPIP"), "{context}");
+        assert!(!firewall.chains.iter().any(|chain| chain.name.as_str() == "KILO-IPIP"), "{context}");
         let without = firewall_of(&snapshot(), &Options { encapsulation: Encapsulation::Never, ..options });
         assert_eq!(firewall, without, "{context}");
     }
@@ -660,8 +666,12 @@ fn cross_granularity_accepts_ipip_from_the_location() {
     // Node a's location "1" also holds d, which has no private IP: only a's own address.
     let options = Options { encapsulation: Encapsulation::Always, ..opts("a", Granularity::Cross) };
     let firewall = firewall_of(&snapshot(), &options);
-    let ipip: Vec<String> =
-        firewall.rules.iter().filter(|rule| rule.chain == "KILO-IPIP").map(|rule| rule.args.join(" ")).collect();
+    let ipip: Vec<String> = firewall
+        .rules
+        .iter()
+        .filter(|rule| rule.chain.as_str() == "KILO-IPIP")
+        .map(|rule| rule.args().join(" "))
+        .collect();
     assert_eq!(ipip, ["-s 192.168.0.1/32 -j ACCEPT"]);
 }
 
@@ -677,9 +687,9 @@ fn every_rule_in_our_chains_is_masked_and_commented() {
             };
             let firewall = firewall_of(&snapshot(), &options);
             for rule in &firewall.rules {
-                assert!(rule.comment.starts_with("Kilo: "), "{rule:?}");
-                assert!(!rule.args.iter().any(|arg| arg == "--comment" || arg == "comment"), "{rule:?}");
-                for arg in &rule.args {
+                assert!(rule.comment.as_str().starts_with("Kilo: "), "{rule:?}");
+                assert!(!rule.args().iter().any(|arg| arg == "--comment" || arg == "comment"), "{rule:?}");
+                for arg in &rule.args() {
                     if let Ok(net) = arg.parse::<IpNet>() {
                         assert_eq!(net, net.trunc(), "{granularity:?} {host}: host bits in {rule:?}");
                     }

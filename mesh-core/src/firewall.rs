@@ -360,8 +360,8 @@ impl Serialize for FirewallRule {
     }
 }
 
-/// A rule found in the data plane that the mesh owns (it is in a `KILO-*` chain or carries a
-/// `Kilo:` comment) but does not generate, e.g. one left by another Kilo version. Its presence
+/// A rule found in the data plane that the mesh owns (it is in a `KILO-*` chain, carries a
+/// `Kilo:` comment or jumps to a `KILO-*` chain) but does not generate, e.g. one left by another Kilo version. Its presence
 /// makes the firewall differ, so the next plan rewrites it away.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ForeignRule {

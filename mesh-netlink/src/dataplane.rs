@@ -118,9 +118,6 @@ pub struct LinuxDataplane {
     interface_ready: bool,
     /// We created the tunnel device (so clean-up deletes it).
     tunnel_created: bool,
-    /// The last firewall set per family: the kernel cannot tell how mesh-core interleaves rules
-    /// of different chains, so observe returns this when the kernel holds its equivalent.
-    firewalls: BTreeMap<Family, Firewall>,
 }
 
 impl fmt::Debug for LinuxDataplane {
@@ -159,7 +156,6 @@ impl LinuxDataplane {
             writes: 0,
             interface_ready: false,
             tunnel_created: false,
-            firewalls: BTreeMap::new(),
         })
     }
 
@@ -250,14 +246,10 @@ impl LinuxDataplane {
         state.rules = rules.iter().filter_map(|message| rule::to_rule(message, dev_named)).collect();
 
         for family in [Family::Ipv4, Family::Ipv6] {
-            let saved = firewall::read(&self.config.namespace, family).await?.firewall();
-            let observed = match self.firewalls.get(&family) {
-                Some(known) if firewall::equivalent(known, &saved) => known.clone(),
-                _ => saved,
-            };
-            state.firewall.chains.extend(observed.chains);
-            state.firewall.rules.extend(observed.rules);
+            let dump = firewall::save(&self.config.namespace, family).await?;
+            firewall::Saved::parse(family, &dump).add_to(&mut state.firewall);
         }
+        state.firewall.canonicalize();
 
         let observed_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -450,15 +442,14 @@ impl LinuxDataplane {
         Ok(addresses)
     }
 
+    /// Makes our part of the family's firewall exactly `desired` (read from the kernel first,
+    /// so a firewall that already holds it costs no write).
     async fn set_firewall(&mut self, family: Family, desired: &Firewall) -> Result<()> {
-        let current = firewall::read(&self.config.namespace, family).await?;
-        if !firewall::equivalent(&current.firewall(), desired)
-            && let Some(script) = firewall::set_script(&current, desired)
-        {
+        let dump = firewall::save(&self.config.namespace, family).await?;
+        if let Some(script) = firewall::set_script(&firewall::Saved::parse(family, &dump), desired) {
             self.writes += 1;
             firewall::restore(&self.config.namespace, family, script, "apply").await?;
         }
-        self.firewalls.insert(family, desired.clone());
         Ok(())
     }
 
@@ -562,10 +553,9 @@ impl LinuxDataplane {
     }
 
     async fn clean_up_firewall(&mut self) -> Result<()> {
-        self.firewalls.clear();
         for family in [Family::Ipv4, Family::Ipv6] {
-            let current = firewall::read(&self.config.namespace, family).await?;
-            if let Some(script) = firewall::clean_up_script(&current) {
+            let dump = firewall::save(&self.config.namespace, family).await?;
+            if let Some(script) = firewall::clean_up_script(&firewall::Saved::parse(family, &dump)) {
                 self.writes += 1;
                 firewall::restore(&self.config.namespace, family, script, "remove").await?;
             }

@@ -1,35 +1,43 @@
-//! iptables: our chains (`KILO-*`) and our rules in built-in chains, read with `iptables-save`
-//! and changed atomically with `iptables-restore --noflush`, never touching anyone else's.
+//! iptables: our chains (`KILO-*`) and our rules in other chains, read with `iptables-save` and
+//! changed atomically with `iptables-restore --noflush`, never touching anyone else's.
 //!
 //! What is ours: every chain whose name starts with `KILO-` and every rule in it; in any other
 //! chain, a rule whose comment starts with `Kilo:` or that jumps to a `KILO-` chain.
 //!
-//! Rules are read back in mesh-core's representation: arguments without the comment match, in
-//! mesh-core's order (`-p`, `-d`, `-s`, `-i`, `-o`, other matches, target), so that
-//! `iptables-save`'s `! -s A -d B` reads as mesh-core's `-d B ! -s A`, and protocol 4 reads as
-//! `ipencap` whatever `/etc/protocols` calls it.
+//! Reading: each rule of ours is read back with [`FirewallRule::parse`] (which takes
+//! `iptables-save`'s argument order, `! -s A -d B`, and protocol 4 as `4` or `ipencap`; the other
+//! names `/etc/protocols` files give protocol 4 are read as `4` first). A rule of ours that the
+//! mesh does not generate (another Kilo version's, a hand-edited one) becomes a [`ForeignRule`]
+//! holding its saved spec: the observed firewall then differs from any desired one, and the next
+//! `SetFirewall` removes it — by rewriting its chain when the chain is ours, by `-D` with the
+//! saved spec otherwise. An unknown `KILO-*` chain is removed whenever a `SetFirewall` runs
+//! (mesh-core cannot represent an empty one, so it alone does not cause one) and by clean-up.
+//! Observe returns exactly what the kernel holds, in mesh-core's canonical order (by family and
+//! chain, the kernel's order inside each chain), so a restarted agent plans nothing.
 //!
-//! Order: rules in our chains and our rules in `INPUT` (appended after everyone else's, where
-//! the IPIP jump must precede the IPIP drop) keep their order; our rules in other built-in chains
-//! (`POSTROUTING`, `FORWARD`) are inserted at the top and their order among themselves is
-//! irrelevant, as in Kilo.
+//! Writing: rules are `rule.args()` plus `-m comment --comment "<Kilo's text>"` before the
+//! target, with protocol 4 written as `-p 4` (a container may lack `/etc/protocols`). Our chains
+//! whose content differs are rewritten whole (declaring a chain flushes it). In built-in chains
+//! our rules take mesh-core's order, with minimal edits: the longest run of ours already in that
+//! order stays, the others are deleted by their saved spec, and missing ones are inserted by
+//! position next to their neighbours — at the top of `POSTROUTING` and `FORWARD` (as Kilo
+//! inserts them), after everyone else's in `INPUT` (as Kilo appends them: the IPIP jump, then
+//! the drop).
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use mesh_core::firewall::{Chain, Family, Firewall, FirewallRule};
+use mesh_core::firewall::{Chain, ChainName, Family, Firewall, FirewallRule, ForeignRule};
 
 use crate::error::{Error, Result};
 use crate::netns::Namespace;
 
 /// Chains with this prefix are ours.
 pub const CHAIN_PREFIX: &str = "KILO-";
-/// Rules in built-in chains whose comment starts with this are ours.
+/// Rules in other chains whose comment starts with this are ours.
 pub const COMMENT_PREFIX: &str = "Kilo:";
-
-/// The built-in chain where our rules are appended (after everyone else's) rather than inserted.
-const APPEND_CHAIN: &str = "INPUT";
 
 fn family_name(family: Family) -> &'static str {
     match family {
@@ -56,73 +64,160 @@ fn is_owned_chain(chain: &str) -> bool {
     chain.starts_with(CHAIN_PREFIX)
 }
 
-/// One of our rules as the kernel holds it.
+/// One rule of ours as `iptables-save` printed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct SavedRule {
-    /// The rule in mesh-core's representation.
-    pub rule: FirewallRule,
-    /// The arguments exactly as `iptables-save` printed them (after `-A CHAIN`), to delete it.
-    pub spec: Vec<String>,
+pub(crate) struct SavedRule<'a> {
+    /// The table.
+    pub table: &'a str,
+    /// The chain.
+    pub chain: &'a str,
+    /// Its 1-based position in the chain, counting everyone's rules.
+    pub position: usize,
+    /// The text after `-A CHAIN `: valid `iptables-restore` input, to delete it.
+    pub spec: &'a str,
+    /// mesh-core's value; `None` for a rule of ours the mesh does not generate.
+    pub rule: Option<FirewallRule>,
 }
 
-/// Our part of one family's firewall, as read from the kernel.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct SavedFirewall {
-    /// Our chains, in `iptables-save` order (tables sorted).
-    pub chains: Vec<Chain>,
-    /// Our rules, by table in `iptables-save` order.
-    pub rules: Vec<SavedRule>,
+/// Our part of one family's `iptables-save` dump, borrowing from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Saved<'a> {
+    /// The IP version.
+    pub family: Family,
+    /// Every `KILO-*` chain as `(table, name)`, known to mesh-core or not.
+    pub chains: Vec<(&'a str, &'a str)>,
+    /// Our rules, in dump order.
+    pub rules: Vec<SavedRule<'a>>,
+    /// How many rules (everyone's) each chain has.
+    lengths: HashMap<(&'a str, &'a str), usize>,
 }
 
-impl SavedFirewall {
-    /// The mesh-core value of what was read.
-    pub(crate) fn firewall(&self) -> Firewall {
-        Firewall { chains: self.chains.clone(), rules: self.rules.iter().map(|saved| saved.rule.clone()).collect() }
+impl<'a> Saved<'a> {
+    /// Our part of an `iptables-save` dump of `family`.
+    pub(crate) fn parse(family: Family, dump: &'a str) -> Saved<'a> {
+        let mut saved = Saved { family, chains: Vec::new(), rules: Vec::new(), lengths: HashMap::new() };
+        let mut table = "";
+        // The chain of the last rule and its count so far: iptables-save prints a chain's rules
+        // together, so most lines need no look-up.
+        let mut last: ((&str, &str), usize) = (("", ""), 0);
+        for text in dump.lines() {
+            if let Some(name) = text.strip_prefix('*') {
+                table = name.trim();
+            } else if let Some(declaration) = text.strip_prefix(':') {
+                let name = declaration.split_whitespace().next().unwrap_or_default();
+                if is_owned_chain(name) {
+                    saved.chains.push((table, name));
+                }
+            } else if let Some(rest) = text.strip_prefix("-A ") {
+                let rest = rest.trim_start();
+                let (chain, spec) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                let spec = spec.trim();
+                if last.0 != (table, chain) {
+                    saved.lengths.insert(last.0, last.1);
+                    last = ((table, chain), saved.lengths.get(&(table, chain)).copied().unwrap_or(0));
+                }
+                last.1 += 1;
+                // Only lines that mention us can be ours: the others are not split.
+                if !(is_owned_chain(chain) || spec.contains(CHAIN_PREFIX) || spec.contains(COMMENT_PREFIX)) {
+                    continue;
+                }
+                let words = split_words(spec);
+                let (args, comment, jumps_to_ours) = rule_words(&words);
+                if is_owned_chain(chain) || comment.starts_with(COMMENT_PREFIX) || jumps_to_ours {
+                    let rule = FirewallRule::parse(family, table, chain, &args, comment);
+                    saved.rules.push(SavedRule { table, chain, position: last.1, spec, rule });
+                }
+            }
+        }
+        saved.lengths.insert(last.0, last.1);
+        saved
     }
-}
 
-/// Splits an `iptables-save` line into words: `"…"` quotes words with spaces, and `\` escapes
-/// the next character (iptables-save prints `node\'s` inside quotes).
-fn split_words(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut quoted = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(next) = chars.next() {
-                    word.push(next);
-                }
-                in_word = true;
-            }
-            '"' => {
-                quoted = !quoted;
-                in_word = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            c => {
-                word.push(c);
-                in_word = true;
+    /// Adds what was read to `firewall` in mesh-core's representation (not canonicalized).
+    pub(crate) fn add_to(&self, firewall: &mut Firewall) {
+        let family = self.family;
+        firewall.chains.extend(
+            self.chains
+                .iter()
+                .filter_map(|(table, name)| ChainName::parse(table, name))
+                .filter(|name| name.is_owned())
+                .map(|name| Chain { family, name }),
+        );
+        for saved in &self.rules {
+            match saved.rule {
+                Some(rule) => firewall.rules.push(rule),
+                None => firewall.foreign.push(ForeignRule {
+                    family,
+                    table: saved.table.to_owned(),
+                    chain: saved.chain.to_owned(),
+                    spec: saved.spec.to_owned(),
+                }),
             }
         }
     }
-    if in_word {
-        words.push(word);
+
+    /// mesh-core's value of what was read.
+    #[cfg(test)]
+    pub(crate) fn firewall(&self) -> Firewall {
+        let mut firewall = Firewall::default();
+        self.add_to(&mut firewall);
+        firewall.canonicalize();
+        firewall
     }
-    words
+
+    fn rules_in(&self, table: &str, chain: &str) -> Vec<&SavedRule<'a>> {
+        self.rules.iter().filter(|saved| saved.table == table && saved.chain == chain).collect()
+    }
+
+    fn length(&self, table: &str, chain: &str) -> usize {
+        self.lengths.get(&(table, chain)).copied().unwrap_or(0)
+    }
+}
+
+/// Splits an `iptables-save` rule into words: `"…"` quotes words with spaces, and `\` escapes
+/// the next character (iptables-save prints `node\'s` inside quotes). Plain words are borrowed.
+fn split_words(text: &str) -> Vec<Cow<'_, str>> {
+    let mut words = Vec::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return words;
+        }
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        if !rest[..end].contains(['"', '\\']) {
+            words.push(Cow::Borrowed(&rest[..end]));
+            rest = &rest[end..];
+            continue;
+        }
+        let mut word = String::new();
+        let mut quoted = false;
+        let mut consumed = rest.len();
+        let mut chars = rest.char_indices();
+        while let Some((index, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, next)) = chars.next() {
+                        word.push(next);
+                    }
+                }
+                '"' => quoted = !quoted,
+                c if c.is_whitespace() && !quoted => {
+                    consumed = index;
+                    break;
+                }
+                c => word.push(c),
+            }
+        }
+        words.push(Cow::Owned(word));
+        rest = &rest[consumed..];
+    }
 }
 
 /// Quotes a word for `iptables-restore` when it needs it.
-fn quote(word: &str) -> String {
-    if !word.is_empty() && !word.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\' || c == '\'') {
-        return word.to_owned();
+fn quote(word: &str) -> Cow<'_, str> {
+    if !word.is_empty() && !word.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\' || c == '\'') {
+        return Cow::Borrowed(word);
     }
     let mut quoted = String::from('"');
     for c in word.chars() {
@@ -132,16 +227,13 @@ fn quote(word: &str) -> String {
         quoted.push(c);
     }
     quoted.push('"');
-    quoted
+    Cow::Owned(quoted)
 }
 
 /// Protocol 4 (IP in IP) under every name `/etc/protocols` files give it.
 fn is_ipencap(protocol: &str) -> bool {
-    matches!(protocol.to_ascii_lowercase().as_str(), "4" | "ipencap" | "ip-encap" | "ipv4" | "ipip")
+    ["4", "ipencap", "ip-encap", "ipv4", "ipip"].iter().any(|name| protocol.eq_ignore_ascii_case(name))
 }
-
-/// The basic matches, in mesh-core's argument order.
-const BASIC_ORDER: [&str; 6] = ["-p", "-d", "-s", "-i", "-o", "-f"];
 
 fn long_to_short(flag: &str) -> &str {
     match flag {
@@ -158,320 +250,269 @@ fn long_to_short(flag: &str) -> &str {
     }
 }
 
-/// A rule's words (after `-A CHAIN`) in mesh-core's representation: `(args, comment)`.
-pub(crate) fn canonical(words: &[String]) -> (Vec<String>, String) {
-    let mut basics: Vec<(usize, Vec<String>)> = Vec::new();
-    let mut matches: Vec<String> = Vec::new();
-    let mut target: Vec<String> = Vec::new();
-    let mut comment = String::new();
-    let mut negated = false;
+/// A saved rule's words as [`FirewallRule::parse`] takes them: the arguments without the
+/// comment match (short flags, protocol 4 as `4`), the comment, and whether it jumps to one of
+/// our chains.
+fn rule_words<'w>(words: &'w [Cow<'_, str>]) -> (Vec<&'w str>, &'w str, bool) {
+    let mut args = Vec::with_capacity(words.len());
+    let mut comment: Option<&str> = None;
+    let mut jumps_to_ours = false;
     let mut i = 0;
     while i < words.len() {
         let word = long_to_short(&words[i]);
-        match word {
-            "!" => {
-                negated = true;
-                i += 1;
+        let next = words.get(i + 1).map(|word| &**word);
+        match (word, next) {
+            ("-m", Some("comment")) if comment.is_none() && words.get(i + 2).is_some_and(|w| w == "--comment") => {
+                comment = Some(words.get(i + 3).map(|word| &**word).unwrap_or_default());
+                i += 4;
                 continue;
             }
-            "-j" | "-g" => {
-                target.push(word.to_owned());
-                target.extend(words[i + 1..].iter().cloned());
-                break;
-            }
-            "-m" => {
-                let module = words.get(i + 1).cloned().unwrap_or_default();
-                let mut options = Vec::new();
+            ("-p", Some(protocol)) => {
+                args.extend(["-p", if is_ipencap(protocol) { "4" } else { protocol }]);
                 i += 2;
-                // The module's options run until the next basic match, module or target.
-                while i < words.len() {
-                    let next = long_to_short(&words[i]);
-                    let next_after_bang =
-                        if next == "!" { words.get(i + 1).map(|w| long_to_short(w)).unwrap_or("") } else { next };
-                    if BASIC_ORDER.contains(&next_after_bang) || matches!(next_after_bang, "-m" | "-j" | "-g") {
-                        break;
-                    }
-                    options.push(words[i].clone());
-                    i += 1;
-                }
-                if module == "comment" {
-                    if let Some(position) = options.iter().position(|option| option == "--comment") {
-                        comment = options.get(position + 1).cloned().unwrap_or_default();
-                    }
-                } else {
-                    matches.push("-m".to_owned());
-                    matches.push(module);
-                    matches.extend(options);
-                }
-                negated = false;
                 continue;
             }
-            flag if BASIC_ORDER.contains(&flag) => {
-                let rank = BASIC_ORDER.iter().position(|basic| *basic == flag).unwrap_or(BASIC_ORDER.len());
-                let mut item = Vec::new();
-                if negated {
-                    item.push("!".to_owned());
-                }
-                item.push(flag.to_owned());
-                if flag != "-f" {
-                    let mut value = words.get(i + 1).cloned().unwrap_or_default();
-                    if flag == "-p" {
-                        value = if is_ipencap(&value) { "ipencap".to_owned() } else { value.to_ascii_lowercase() };
-                    }
-                    item.push(value);
-                    i += 1;
-                }
-                basics.push((rank, item));
-            }
-            other => basics.push((BASIC_ORDER.len(), vec![other.to_owned()])),
+            ("-j" | "-g", Some(target)) => jumps_to_ours |= is_owned_chain(target),
+            _ => {}
         }
-        negated = false;
+        args.push(word);
         i += 1;
     }
-    basics.sort_by_key(|(rank, _)| *rank);
-    let mut args: Vec<String> = basics.into_iter().flat_map(|(_, item)| item).collect();
-    args.extend(matches);
-    args.extend(target);
-    (args, comment)
+    (args, comment.unwrap_or_default(), jumps_to_ours)
 }
 
-/// The words to give `iptables-restore` for a mesh-core rule: its arguments with the comment
-/// match before the target, and protocol 4 by number (a container may lack `/etc/protocols`).
-fn restore_words(rule: &FirewallRule) -> Vec<String> {
-    let mut words: Vec<String> = Vec::new();
-    let mut args = rule.args.iter().peekable();
-    let mut commented = rule.comment.is_empty();
-    while let Some(arg) = args.next() {
-        if !commented && (arg == "-j" || arg == "-g") {
-            words.extend(["-m".to_owned(), "comment".to_owned(), "--comment".to_owned(), rule.comment.clone()]);
-            commented = true;
+/// A rule as `iptables-restore` takes it after `-A CHAIN`: its arguments with the comment match
+/// before the target, and protocol 4 by number.
+fn restore_spec(rule: &FirewallRule) -> String {
+    let mut spec = String::new();
+    let mut push = |word: &str| {
+        if !spec.is_empty() {
+            spec.push(' ');
         }
-        words.push(arg.clone());
-        if arg == "-p"
-            && let Some(protocol) = args.next()
+        spec.push_str(&quote(word));
+    };
+    let args = rule.args();
+    let mut words = args.iter().map(String::as_str);
+    while let Some(word) = words.next() {
+        if word == "-j" {
+            for comment in ["-m", "comment", "--comment", rule.comment.as_str()] {
+                push(comment);
+            }
+        }
+        push(word);
+        if word == "-p"
+            && let Some(protocol) = words.next()
         {
-            words.push(if is_ipencap(protocol) { "4".to_owned() } else { protocol.clone() });
+            push(if is_ipencap(protocol) { "4" } else { protocol });
         }
     }
-    if !commented {
-        words.extend(["-m".to_owned(), "comment".to_owned(), "--comment".to_owned(), rule.comment.clone()]);
-    }
-    words
+    spec
 }
 
-fn line(command: &str, chain: &str, words: &[String]) -> String {
-    let mut text = format!("{command} {chain}");
-    for word in words {
-        text.push(' ');
-        text.push_str(&quote(word));
-    }
-    text
-}
-
-/// Our part of an `iptables-save` dump.
-pub(crate) fn parse_save(family: Family, dump: &str) -> SavedFirewall {
-    let mut tables: BTreeMap<String, (Vec<Chain>, Vec<SavedRule>)> = BTreeMap::new();
-    let mut table = String::new();
-    for text in dump.lines() {
-        if let Some(name) = text.strip_prefix('*') {
-            table = name.trim().to_owned();
-            tables.entry(table.clone()).or_default();
-        } else if let Some(declaration) = text.strip_prefix(':') {
-            let name = declaration.split_whitespace().next().unwrap_or_default();
-            if is_owned_chain(name) {
-                let chain = Chain { family, table: table.clone(), name: name.to_owned() };
-                tables.entry(table.clone()).or_default().0.push(chain);
-            }
-        } else if text.starts_with("-A ") {
-            let words = split_words(text);
-            let (Some(chain), Some(spec)) = (words.get(1), words.get(2..)) else { continue };
-            let (args, comment) = canonical(spec);
-            let jumps_to_ours =
-                args.windows(2).any(|pair| (pair[0] == "-j" || pair[0] == "-g") && is_owned_chain(&pair[1]));
-            if is_owned_chain(chain) || comment.starts_with(COMMENT_PREFIX) || jumps_to_ours {
-                let rule = FirewallRule { family, table: table.clone(), chain: chain.clone(), args, comment };
-                tables.entry(table.clone()).or_default().1.push(SavedRule { rule, spec: spec.to_vec() });
-            }
-        }
-    }
-    let mut saved = SavedFirewall::default();
-    for (_, (chains, rules)) in tables {
-        saved.chains.extend(chains);
-        saved.rules.extend(rules);
-    }
-    saved
-}
-
-type ChainKey = (String, String);
-
-fn rules_by_chain<'a>(rules: impl Iterator<Item = &'a FirewallRule>) -> BTreeMap<ChainKey, Vec<&'a FirewallRule>> {
-    let mut chains: BTreeMap<ChainKey, Vec<&FirewallRule>> = BTreeMap::new();
-    for rule in rules {
-        chains.entry((rule.table.clone(), rule.chain.clone())).or_default().push(rule);
-    }
-    chains
-}
-
-fn order_matters(chain: &str) -> bool {
-    is_owned_chain(chain) || chain == APPEND_CHAIN
-}
-
-fn same_rules(chain: &str, mut a: Vec<&FirewallRule>, mut b: Vec<&FirewallRule>) -> bool {
-    if !order_matters(chain) {
-        a.sort();
-        b.sort();
-    }
-    a == b
-}
-
-/// Whether two firewalls of one family have the same effect: the same chains, and per chain the
-/// same rules (in the same order where order matters). mesh-core lists rules of all chains in
-/// one sequence, which the kernel cannot give back; this is the comparison that can.
-pub(crate) fn equivalent(a: &Firewall, b: &Firewall) -> bool {
-    let mut a_chains = a.chains.clone();
-    let mut b_chains = b.chains.clone();
-    a_chains.sort();
-    a_chains.dedup();
-    b_chains.sort();
-    b_chains.dedup();
-    if a_chains != b_chains {
-        return false;
-    }
-    let mut a_rules = rules_by_chain(a.rules.iter());
-    let mut b_rules = rules_by_chain(b.rules.iter());
-    let keys: Vec<ChainKey> = a_rules.keys().chain(b_rules.keys()).cloned().collect();
-    keys.into_iter().all(|key| {
-        let chain = key.1.clone();
-        same_rules(&chain, a_rules.remove(&key).unwrap_or_default(), b_rules.remove(&key).unwrap_or_default())
-    })
-}
-
-#[derive(Default)]
-struct TableScript {
-    declare: Vec<String>,
+/// The commands for one table, in the order they must run.
+#[derive(Debug, Default)]
+struct TableScript<'a> {
+    /// Chains to create or flush.
+    declare: BTreeSet<&'a str>,
+    /// `-D` lines, then `-A`/`-I` lines.
     delete: Vec<String>,
     add: Vec<String>,
-    remove_chains: Vec<String>,
+    /// Chains to delete, after the rules that jump to them.
+    remove: BTreeSet<&'a str>,
 }
 
-fn render(tables: BTreeMap<String, TableScript>) -> Option<String> {
+fn render(tables: BTreeMap<&str, TableScript<'_>>) -> Option<String> {
     let mut script = String::new();
     for (table, part) in tables {
-        if part.declare.is_empty() && part.delete.is_empty() && part.add.is_empty() && part.remove_chains.is_empty() {
+        if part.declare.is_empty() && part.delete.is_empty() && part.add.is_empty() && part.remove.is_empty() {
             continue;
         }
-        script += &format!("*{table}\n");
+        script.push_str(&format!("*{table}\n"));
         for chain in &part.declare {
-            script += &format!(":{chain} - [0:0]\n");
+            script.push_str(&format!(":{chain} - [0:0]\n"));
         }
         for text in part.delete.iter().chain(&part.add) {
-            script += text;
+            script.push_str(text);
             script.push('\n');
         }
-        for chain in &part.remove_chains {
-            script += &format!("-X {chain}\n");
+        for chain in &part.remove {
+            script.push_str(&format!("-X {chain}\n"));
         }
-        script += "COMMIT\n";
+        script.push_str("COMMIT\n");
     }
     (!script.is_empty()).then_some(script)
 }
 
-/// The `iptables-restore --noflush` input that makes our part of the family exactly `desired`,
-/// touching only chains whose content differs; `None` when nothing differs.
-pub(crate) fn set_script(current: &SavedFirewall, desired: &Firewall) -> Option<String> {
-    let mut tables: BTreeMap<String, TableScript> = BTreeMap::new();
-    let current_by_chain = {
-        let mut map: BTreeMap<ChainKey, Vec<&SavedRule>> = BTreeMap::new();
-        for saved in &current.rules {
-            map.entry((saved.rule.table.clone(), saved.rule.chain.clone())).or_default().push(saved);
-        }
-        map
-    };
-    let desired_by_chain = rules_by_chain(desired.rules.iter());
+/// The `iptables-restore --noflush` input that makes our part of `current`'s family exactly
+/// the chains and rules of that family in `desired`, touching only what differs; `None` when
+/// nothing does. Foreign rules in `desired` are ignored: they can only be observed, and the
+/// script removes every one in the kernel.
+pub(crate) fn set_script(current: &Saved<'_>, desired: &Firewall) -> Option<String> {
+    let family = current.family;
+    let wanted: Vec<&FirewallRule> = desired.rules.iter().filter(|rule| rule.family == family).collect();
+    let mut tables: BTreeMap<&str, TableScript<'_>> = BTreeMap::new();
 
-    let mut wanted_chains: Vec<ChainKey> = desired.chains.iter().map(|c| (c.table.clone(), c.name.clone())).collect();
-    wanted_chains.extend(desired_by_chain.keys().filter(|(_, chain)| is_owned_chain(chain)).cloned());
-    wanted_chains.sort();
-    wanted_chains.dedup();
-    let existing_chains: Vec<ChainKey> = current.chains.iter().map(|c| (c.table.clone(), c.name.clone())).collect();
-
-    // Our chains: rewrite one whose content differs (declaring it flushes it), drop unwanted ones.
-    for key in &wanted_chains {
-        let have: Vec<&FirewallRule> =
-            current_by_chain.get(key).map(|rules| rules.iter().map(|saved| &saved.rule).collect()).unwrap_or_default();
-        let want = desired_by_chain.get(key).cloned().unwrap_or_default();
-        if existing_chains.contains(key) && have == want {
+    // Our chains: rewrite one whose content differs, remove unwanted and unknown ones.
+    let mut owned: BTreeSet<ChainName> =
+        desired.chains.iter().filter(|chain| chain.family == family).map(|chain| chain.name).collect();
+    owned.extend(wanted.iter().map(|rule| rule.chain).filter(|chain| chain.is_owned()));
+    for chain in &owned {
+        let (table, name) = (chain.table(), chain.as_str());
+        let want = wanted.iter().filter(|rule| rule.chain == *chain);
+        let exists = current.chains.contains(&(table, name));
+        if exists
+            && current.rules_in(table, name).iter().map(|saved| saved.rule).eq(want.clone().map(|rule| Some(**rule)))
+        {
             continue;
         }
-        let part = tables.entry(key.0.clone()).or_default();
-        part.declare.push(key.1.clone());
-        part.add.extend(want.iter().map(|rule| line("-A", &key.1, &restore_words(rule))));
+        let part = tables.entry(table).or_default();
+        part.declare.insert(name);
+        part.add.extend(want.map(|rule| format!("-A {name} {}", restore_spec(rule))));
     }
-    for key in existing_chains.iter().filter(|key| !wanted_chains.contains(key)) {
-        let part = tables.entry(key.0.clone()).or_default();
-        part.declare.push(key.1.clone());
-        part.remove_chains.push(key.1.clone());
+    for &(table, name) in &current.chains {
+        if ChainName::parse(table, name).is_none_or(|chain| !owned.contains(&chain)) {
+            let part = tables.entry(table).or_default();
+            part.declare.insert(name);
+            part.remove.insert(name);
+        }
     }
 
-    // Our rules in built-in chains.
-    let mut builtin: Vec<ChainKey> = current_by_chain
-        .keys()
-        .chain(desired_by_chain.keys())
-        .filter(|(_, chain)| !is_owned_chain(chain))
-        .cloned()
+    // Our rules in other chains.
+    let mut others: BTreeSet<(&str, &str)> = current
+        .rules
+        .iter()
+        .filter(|saved| !is_owned_chain(saved.chain))
+        .map(|saved| (saved.table, saved.chain))
         .collect();
-    builtin.sort();
-    builtin.dedup();
-    for key in builtin {
-        let have: Vec<&SavedRule> = current_by_chain.get(&key).cloned().unwrap_or_default();
-        let want: Vec<&FirewallRule> = desired_by_chain.get(&key).cloned().unwrap_or_default();
-        let part = tables.entry(key.0.clone()).or_default();
-        let chain = &key.1;
-        if chain == APPEND_CHAIN {
-            if have.iter().map(|saved| &saved.rule).eq(want.iter().copied()) {
-                continue;
-            }
-            part.delete.extend(have.iter().map(|saved| line("-D", chain, &saved.spec)));
-            part.add.extend(want.iter().map(|rule| line("-A", chain, &restore_words(rule))));
-        } else {
-            let mut missing: Vec<&FirewallRule> = want.clone();
-            for saved in &have {
-                match missing.iter().position(|rule| **rule == saved.rule) {
-                    Some(index) => {
-                        missing.remove(index);
-                    }
-                    None => part.delete.push(line("-D", chain, &saved.spec)),
-                }
-            }
-            // Inserting at the top in reverse keeps the wanted order among the new rules.
-            part.add.extend(missing.iter().rev().map(|rule| line("-I", chain, &insert_words(rule))));
+    others.extend(wanted.iter().filter(|rule| !rule.chain.is_owned()).map(|rule| (rule.table(), rule.chain.as_str())));
+    for (table, chain) in others {
+        let have = current.rules_in(table, chain);
+        let want: Vec<&FirewallRule> =
+            wanted.iter().copied().filter(|rule| rule.table() == table && rule.chain.as_str() == chain).collect();
+        if have.iter().map(|saved| saved.rule).eq(want.iter().map(|rule| Some(**rule))) {
+            continue;
         }
+        let at_top = ChainName::parse(table, chain) != Some(ChainName::Input);
+        edit_chain(chain, &have, &want, current.length(table, chain), at_top, tables.entry(table).or_default());
     }
     render(tables)
 }
 
-fn insert_words(rule: &FirewallRule) -> Vec<String> {
-    let mut words = vec!["1".to_owned()];
-    words.extend(restore_words(rule));
-    words
+/// Makes our rules in a chain we share exactly `want`, in order, with few edits: the longest
+/// sequence of ours already in `want`'s order stays, the rest goes (by saved spec), and each
+/// missing rule is inserted right after the previous one of `want` — or, for the first, at the
+/// top (`at_top`) or before our first kept rule, else at the end.
+fn edit_chain(
+    chain: &str,
+    have: &[&SavedRule<'_>],
+    want: &[&FirewallRule],
+    length: usize,
+    at_top: bool,
+    part: &mut TableScript<'_>,
+) {
+    let mut index_in_want: HashMap<FirewallRule, usize> = HashMap::with_capacity(want.len());
+    for (index, rule) in want.iter().enumerate() {
+        index_in_want.entry(**rule).or_insert(index);
+    }
+    let mut copies: HashMap<FirewallRule, usize> = HashMap::with_capacity(have.len());
+    for rule in have.iter().filter_map(|saved| saved.rule) {
+        *copies.entry(rule).or_default() += 1;
+    }
+    // Rules that may stay (wanted, and not repeated: `-D` by spec removes the first copy), as
+    // (index in have, index in want).
+    let candidates: Vec<(usize, usize)> = have
+        .iter()
+        .enumerate()
+        .filter_map(|(at, saved)| {
+            let rule = saved.rule.filter(|rule| copies[rule] == 1)?;
+            index_in_want.get(&rule).map(|index| (at, *index))
+        })
+        .collect();
+    let kept_candidates = longest_increasing(&candidates.iter().map(|(_, index)| *index).collect::<Vec<_>>());
+    let mut stays = vec![false; have.len()];
+    // (index in want, position in the chain as saved) of the rules that stay, in chain order.
+    let mut kept: Vec<(usize, usize)> = Vec::with_capacity(kept_candidates.len());
+    for candidate in kept_candidates {
+        let (at, index) = candidates[candidate];
+        stays[at] = true;
+        kept.push((index, have[at].position));
+    }
+    let mut deleted: Vec<usize> = Vec::new();
+    for (saved, _) in have.iter().zip(&stays).filter(|(_, stays)| !**stays) {
+        part.delete.push(format!("-D {chain} {}", saved.spec));
+        deleted.push(saved.position);
+    }
+
+    let mut length = length.saturating_sub(deleted.len());
+    let mut inserted = 0;
+    let now = |position: usize, inserted: usize| position - deleted.partition_point(|at| *at < position) + inserted;
+    // Where the next missing rule goes (1-based); `None`: at the end.
+    let mut next = match kept.first() {
+        _ if at_top => Some(1),
+        Some((_, position)) => Some(now(*position, 0)),
+        None => None,
+    };
+    let mut kept = kept.into_iter().peekable();
+    for (index, rule) in want.iter().enumerate() {
+        if let Some((_, position)) = kept.next_if(|(kept_index, _)| *kept_index == index) {
+            next = Some(now(position, inserted) + 1);
+            continue;
+        }
+        match next {
+            Some(position) if position <= length => {
+                part.add.push(format!("-I {chain} {position} {}", restore_spec(rule)));
+                next = Some(position + 1);
+            }
+            _ => {
+                part.add.push(format!("-A {chain} {}", restore_spec(rule)));
+                next = next.map(|position| position + 1);
+            }
+        }
+        length += 1;
+        inserted += 1;
+    }
+}
+
+/// The indices of one longest strictly increasing subsequence of `values`, in order.
+fn longest_increasing(values: &[usize]) -> Vec<usize> {
+    // tails[k]: the index of the smallest last value of an increasing run of length k + 1.
+    let mut tails: Vec<usize> = Vec::new();
+    let mut previous: Vec<Option<usize>> = vec![None; values.len()];
+    for (index, value) in values.iter().enumerate() {
+        let length = tails.partition_point(|tail| values[*tail] < *value);
+        previous[index] = length.checked_sub(1).map(|before| tails[before]);
+        if length == tails.len() {
+            tails.push(index);
+        } else {
+            tails[length] = index;
+        }
+    }
+    let mut run = Vec::with_capacity(tails.len());
+    let mut at = tails.last().copied();
+    while let Some(index) = at {
+        run.push(index);
+        at = previous[index];
+    }
+    run.reverse();
+    run
 }
 
 /// The `iptables-restore --noflush` input that removes all of ours; `None` when there is nothing.
-pub(crate) fn clean_up_script(current: &SavedFirewall) -> Option<String> {
-    let mut tables: BTreeMap<String, TableScript> = BTreeMap::new();
-    for saved in current.rules.iter().filter(|saved| !is_owned_chain(&saved.rule.chain)) {
-        tables.entry(saved.rule.table.clone()).or_default().delete.push(line("-D", &saved.rule.chain, &saved.spec));
+pub(crate) fn clean_up_script(current: &Saved<'_>) -> Option<String> {
+    let mut tables: BTreeMap<&str, TableScript<'_>> = BTreeMap::new();
+    for saved in current.rules.iter().filter(|saved| !is_owned_chain(saved.chain)) {
+        tables.entry(saved.table).or_default().delete.push(format!("-D {} {}", saved.chain, saved.spec));
     }
-    for chain in &current.chains {
-        let part = tables.entry(chain.table.clone()).or_default();
-        part.declare.push(chain.name.clone());
-        part.remove_chains.push(chain.name.clone());
+    for &(table, name) in &current.chains {
+        let part = tables.entry(table).or_default();
+        part.declare.insert(name);
+        part.remove.insert(name);
     }
     render(tables)
 }
 
-/// Reads our part of the family's firewall.
-pub(crate) async fn read(namespace: &Namespace, family: Family) -> Result<SavedFirewall> {
+/// The family's `iptables-save` dump.
+pub(crate) async fn save(namespace: &Namespace, family: Family) -> Result<String> {
     let command = save_command(family);
     let operation = format!("read {} firewall rules with {command}", family_name(family));
     let output = namespace.run_blocking(move || Command::new(command).stdin(Stdio::null()).output()).await?.map_err(
@@ -483,7 +524,7 @@ pub(crate) async fn read(namespace: &Namespace, family: Family) -> Result<SavedF
             reason: format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim()),
         });
     }
-    Ok(parse_save(family, &String::from_utf8_lossy(&output.stdout)))
+    Ok(String::from_utf8(output.stdout).unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned()))
 }
 
 /// Applies a script atomically with `iptables-restore --noflush` (or `ip6tables-restore`).
@@ -524,26 +565,28 @@ pub(crate) async fn restore(namespace: &Namespace, family: Family, script: Strin
 
 #[cfg(test)]
 mod tests {
+    use mesh_core::firewall::{Comment, Match, Target};
+
     use super::*;
 
-    fn words(text: &str) -> Vec<String> {
-        split_words(text)
+    fn net(text: &str) -> ipnet::IpNet {
+        text.parse().unwrap()
     }
 
-    fn rule(family: Family, table: &str, chain: &str, args: &str, comment: &str) -> FirewallRule {
-        FirewallRule {
-            family,
-            table: table.to_owned(),
-            chain: chain.to_owned(),
-            args: args.split(' ').map(str::to_owned).collect(),
-            comment: comment.to_owned(),
-        }
+    fn rule(chain: ChainName, matches: Match, target: Target, comment: Comment) -> FirewallRule {
+        FirewallRule { family: Family::Ipv4, chain, matches, target, comment }
+    }
+
+    fn jump_to_nat(cidr: &str) -> FirewallRule {
+        rule(ChainName::Postrouting, Match::Source(net(cidr)), Target::NatChain, Comment::JumpToNat)
     }
 
     #[test]
     fn splits_quoted_and_escaped_words() {
         assert_eq!(
-            words(r#"-A FORWARD -s 10.2.0.0/24 -m comment --comment "Kilo: forward the node\'s pod subnet" -j ACCEPT"#),
+            split_words(
+                r#"-A FORWARD -s 10.2.0.0/24 -m comment --comment "Kilo: forward the node\'s pod subnet" -j ACCEPT"#
+            ),
             [
                 "-A",
                 "FORWARD",
@@ -557,41 +600,50 @@ mod tests {
                 "ACCEPT"
             ]
         );
-        assert_eq!(words(r#"--comment "a \"b\" c""#), ["--comment", r#"a "b" c"#]);
+        assert_eq!(split_words(r#"--comment "a \"b\" c"  x"#), ["--comment", r#"a "b" c"#, "x"]);
+        assert!(matches!(split_words("-j ACCEPT")[1], Cow::Borrowed("ACCEPT")));
     }
 
     #[test]
-    fn reads_rules_in_mesh_core_order() {
-        let (args, comment) = canonical(&words(
-            r#"! -s 192.168.178.0/24 -d 192.168.178.0/24 -m comment --comment "Kilo: jump to NAT chain" -j KILO-NAT"#,
-        ));
-        assert_eq!(args, ["-d", "192.168.178.0/24", "!", "-s", "192.168.178.0/24", "-j", "KILO-NAT"]);
-        assert_eq!(comment, "Kilo: jump to NAT chain");
-
-        for protocol in ["4", "ipencap", "IPENCAP"] {
-            let (args, _) = canonical(&words(&format!(r#"-p {protocol} -m comment --comment "x" -j DROP"#)));
-            assert_eq!(args, ["-p", "ipencap", "-j", "DROP"]);
+    fn reads_the_comment_apart_and_protocol_4_under_any_name() {
+        for protocol in ["4", "ipencap", "IPENCAP", "ipv4"] {
+            let words = split_words(&format!(r#"-p {protocol} -m comment --comment "Kilo: x" -j KILO-IPIP"#))
+                .into_iter()
+                .map(Cow::into_owned)
+                .map(Cow::Owned)
+                .collect::<Vec<_>>();
+            assert_eq!(rule_words(&words), (vec!["-p", "4", "-j", "KILO-IPIP"], "Kilo: x", true));
         }
-        let (args, comment) = canonical(&words("-j MASQUERADE --random"));
-        assert_eq!(args, ["-j", "MASQUERADE", "--random"]);
-        assert_eq!(comment, "");
-        let (args, _) = canonical(&words(
-            "-s 10.0.0.0/8 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment c -j ACCEPT",
-        ));
-        assert_eq!(args, ["-s", "10.0.0.0/8", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]);
+        let dump = "*filter\n-A FORWARD -s 10.2.1.0/24 -m comment --comment \"Kilo: forward packets from the node\\'s pod subnet\" -j ACCEPT\nCOMMIT\n";
+        let saved = Saved::parse(Family::Ipv4, dump);
+        assert_eq!(saved.rules[0].rule.map(|rule| rule.comment), Some(Comment::ForwardFromNodePodSubnet));
+        let words = split_words("--source 10.0.0.0/8 --jump ACCEPT");
+        assert_eq!(rule_words(&words), (vec!["-s", "10.0.0.0/8", "-j", "ACCEPT"], "", false));
     }
 
     #[test]
     fn writes_the_comment_before_the_target_and_protocol_4_by_number() {
-        let input = rule(Family::Ipv4, "filter", "INPUT", "-p ipencap -j KILO-IPIP", "Kilo: jump to IPIP chain");
-        assert_eq!(
-            line("-A", "INPUT", &restore_words(&input)),
-            r#"-A INPUT -p 4 -m comment --comment "Kilo: jump to IPIP chain" -j KILO-IPIP"#
+        let jump = rule(ChainName::Input, Match::Ipip, Target::IpipChain, Comment::JumpToIpip);
+        assert_eq!(restore_spec(&jump), r#"-p 4 -m comment --comment "Kilo: jump to IPIP chain" -j KILO-IPIP"#);
+        let forward = rule(
+            ChainName::Forward,
+            Match::Source(net("10.2.0.0/24")),
+            Target::Accept,
+            Comment::ForwardFromNodePodSubnet,
         );
-        let forward = rule(Family::Ipv4, "filter", "FORWARD", "-s 10.2.0.0/24 -j ACCEPT", "Kilo: the node's pods");
         assert_eq!(
-            line("-I", "FORWARD", &insert_words(&forward)),
-            r#"-I FORWARD 1 -s 10.2.0.0/24 -m comment --comment "Kilo: the node's pods" -j ACCEPT"#
+            restore_spec(&forward),
+            r#"-s 10.2.0.0/24 -m comment --comment "Kilo: forward packets from the node's pod subnet" -j ACCEPT"#
+        );
+        let vip = rule(
+            ChainName::Postrouting,
+            Match::DestinationFromOutside(net("192.168.178.0/24")),
+            Target::NatChain,
+            Comment::JumpToNat,
+        );
+        assert_eq!(
+            restore_spec(&vip),
+            r#"-d 192.168.178.0/24 ! -s 192.168.178.0/24 -m comment --comment "Kilo: jump to NAT chain" -j KILO-NAT"#
         );
     }
 
@@ -604,98 +656,349 @@ mod tests {
 :FOREIGN - [0:0]
 -A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
 -A INPUT -p ipencap -m comment --comment "Kilo: jump to IPIP chain" -j KILO-IPIP
--A INPUT -p ipencap -m comment --comment "Kilo: reject other IPIP traffic" -j DROP
+-A INPUT -p ipv4 -m comment --comment "Kilo: reject other IPIP traffic" -j DROP
+-A FORWARD -s 10.2.1.0/24 -m comment --comment "Kilo: forward packets from the pod subnet" -j ACCEPT
 -A FORWARD -j FOREIGN
+-A FORWARD -d 10.2.1.0/24 -m comment --comment "Kilo: forward packets to the pod subnet" -j ACCEPT
+-A FORWARD -s 10.2.9.0/24 -m conntrack --ctstate NEW -m comment --comment "Kilo: an old rule" -j ACCEPT
+-A FOREIGN -s 10.9.0.0/16 -m comment --comment "not Kilo: ours" -j ACCEPT
 -A KILO-IPIP -s 10.0.0.1/32 -m comment --comment "Kilo: allow IPIP traffic" -j ACCEPT
 COMMIT
+# Completed
 *nat
 :PREROUTING ACCEPT [0:0]
 :POSTROUTING ACCEPT [0:0]
 :KILO-NAT - [0:0]
--A POSTROUTING ! -s 192.168.178.0/24 -d 192.168.178.0/24 -m comment --comment "Kilo: jump to NAT chain" -j KILO-NAT
+:KILO-OLD - [0:0]
 -A POSTROUTING -s 10.9.0.0/16 -j MASQUERADE
+-A POSTROUTING ! -s 192.168.178.0/24 -d 192.168.178.0/24 -m comment --comment "Kilo: jump to NAT chain" -j KILO-NAT
+-A POSTROUTING -j KILO-OLD
+-A KILO-NAT -d 10.4.0.1 -m comment --comment "Kilo: do not NAT packets destined for WireGuared IPs" -j RETURN
 -A KILO-NAT -m comment --comment "Kilo: NAT remaining packets" -j MASQUERADE
+-A KILO-OLD -j RETURN
 COMMIT
 "#;
 
+    fn foreign(table: &str, chain: &str, spec: &str) -> ForeignRule {
+        ForeignRule { family: Family::Ipv4, table: table.to_owned(), chain: chain.to_owned(), spec: spec.to_owned() }
+    }
+
+    /// What DUMP holds that the mesh generates, in mesh-core's canonical order.
+    fn generated() -> Firewall {
+        use {ChainName::*, Comment::*, Match::*, Target::*};
+        Firewall {
+            chains: vec![Chain { family: Family::Ipv4, name: KiloIpip }, Chain { family: Family::Ipv4, name: KiloNat }],
+            rules: vec![
+                rule(Forward, Source(net("10.2.1.0/24")), Accept, ForwardFromPodSubnet),
+                rule(Forward, Destination(net("10.2.1.0/24")), Accept, ForwardToPodSubnet),
+                rule(Input, Ipip, IpipChain, JumpToIpip),
+                rule(Input, Ipip, Drop, RejectIpip),
+                rule(KiloIpip, Source(net("10.0.0.1/32")), Accept, AllowIpip),
+                rule(KiloNat, Destination(net("10.4.0.1/32")), Return, WireGuardIps),
+                rule(KiloNat, Any, Masquerade, NatRemaining),
+                rule(Postrouting, DestinationFromOutside(net("192.168.178.0/24")), NatChain, JumpToNat),
+            ],
+            foreign: Vec::new(),
+        }
+    }
+
     #[test]
-    fn picks_only_our_chains_and_rules() {
-        let saved = parse_save(Family::Ipv4, DUMP);
-        let chains: Vec<&str> = saved.chains.iter().map(|chain| chain.name.as_str()).collect();
-        assert_eq!(chains, ["KILO-IPIP", "KILO-NAT"]);
-        let rules: Vec<(&str, String)> =
-            saved.rules.iter().map(|saved| (saved.rule.chain.as_str(), saved.rule.args.join(" "))).collect();
+    fn reads_our_rules_as_mesh_core_values_and_the_rest_of_ours_as_foreign() {
+        let saved = Saved::parse(Family::Ipv4, DUMP);
+        assert_eq!(saved.chains, [("filter", "KILO-IPIP"), ("nat", "KILO-NAT"), ("nat", "KILO-OLD")]);
+        let firewall = saved.firewall();
+        assert_eq!(firewall.chains, generated().chains);
+        assert_eq!(firewall.rules, generated().rules);
         assert_eq!(
-            rules,
+            firewall.foreign,
             [
-                ("INPUT", "-p ipencap -j KILO-IPIP".to_owned()),
-                ("INPUT", "-p ipencap -j DROP".to_owned()),
-                ("KILO-IPIP", "-s 10.0.0.1/32 -j ACCEPT".to_owned()),
-                ("POSTROUTING", "-d 192.168.178.0/24 ! -s 192.168.178.0/24 -j KILO-NAT".to_owned()),
-                ("KILO-NAT", "-j MASQUERADE".to_owned()),
+                foreign(
+                    "filter",
+                    "FORWARD",
+                    r#"-s 10.2.9.0/24 -m conntrack --ctstate NEW -m comment --comment "Kilo: an old rule" -j ACCEPT"#
+                ),
+                foreign("nat", "KILO-OLD", "-j RETURN"),
+                foreign("nat", "POSTROUTING", "-j KILO-OLD"),
             ]
+        );
+        let positions: Vec<(&str, usize)> = saved.rules.iter().map(|saved| (saved.chain, saved.position)).collect();
+        assert_eq!(
+            positions,
+            [
+                ("INPUT", 2),
+                ("INPUT", 3),
+                ("FORWARD", 1),
+                ("FORWARD", 3),
+                ("FORWARD", 4),
+                ("KILO-IPIP", 1),
+                ("POSTROUTING", 2),
+                ("POSTROUTING", 3),
+                ("KILO-NAT", 1),
+                ("KILO-NAT", 2),
+                ("KILO-OLD", 1)
+            ]
+        );
+        assert_eq!((saved.length("filter", "FORWARD"), saved.length("nat", "POSTROUTING")), (4, 3));
+        assert_eq!(
+            Saved::parse(Family::Ipv6, "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n").firewall(),
+            Firewall::default()
         );
     }
 
     #[test]
-    fn a_matching_firewall_needs_no_script_and_a_changed_one_touches_only_what_changed() {
-        let saved = parse_save(Family::Ipv4, DUMP);
-        // mesh-core interleaves the chains differently; only per-chain content counts.
-        let mut same = saved.firewall();
-        same.rules.rotate_left(2);
-        assert!(equivalent(&same, &saved.firewall()));
-        assert_eq!(set_script(&saved, &same), None);
-
-        let mut changed = saved.firewall();
-        changed.rules.retain(|rule| rule.chain != "POSTROUTING");
-        changed.rules.push(rule(Family::Ipv4, "nat", "POSTROUTING", "-s 10.2.0.0/24 -j KILO-NAT", "Kilo: jump"));
-        let script = set_script(&saved, &changed).unwrap();
+    fn foreign_rules_of_ours_go_by_their_spec_and_unknown_chains_go_whole() {
+        let saved = Saved::parse(Family::Ipv4, DUMP);
         assert_eq!(
-            script,
-            "*nat\n\
-             -D POSTROUTING ! -s 192.168.178.0/24 -d 192.168.178.0/24 -m comment --comment \"Kilo: jump to NAT chain\" -j KILO-NAT\n\
-             -I POSTROUTING 1 -s 10.2.0.0/24 -m comment --comment \"Kilo: jump\" -j KILO-NAT\n\
+            set_script(&saved, &generated()).unwrap(),
+            "*filter\n\
+             -D FORWARD -s 10.2.9.0/24 -m conntrack --ctstate NEW -m comment --comment \"Kilo: an old rule\" -j ACCEPT\n\
+             COMMIT\n\
+             *nat\n\
+             :KILO-OLD - [0:0]\n\
+             -D POSTROUTING -j KILO-OLD\n\
+             -X KILO-OLD\n\
+             COMMIT\n"
+        );
+        // The same without the foreign rules: nothing to do.
+        let clean: String = DUMP
+            .lines()
+            .filter(|line| !line.contains("OLD") && !line.contains("an old rule"))
+            .flat_map(|line| [line, "\n"])
+            .collect();
+        assert_eq!(set_script(&Saved::parse(Family::Ipv4, &clean), &generated()), None);
+
+        // A foreign rule in our chain: the chain is rewritten.
+        let stale = clean.replace(
+            "-A KILO-NAT -m comment",
+            "-A KILO-NAT -d 10.99.0.0/16 -m comment --comment \"Kilo: old\" -j RETURN\n-A KILO-NAT -m comment",
+        );
+        assert_eq!(
+            set_script(&Saved::parse(Family::Ipv4, &stale), &generated()).unwrap(),
+            "*nat\n:KILO-NAT - [0:0]\n\
+             -A KILO-NAT -d 10.4.0.1/32 -m comment --comment \"Kilo: do not NAT packets destined for WireGuared IPs\" -j RETURN\n\
+             -A KILO-NAT -m comment --comment \"Kilo: NAT remaining packets\" -j MASQUERADE\n\
              COMMIT\n"
         );
     }
 
     #[test]
-    fn input_rules_keep_their_order_and_chains_are_rewritten_whole() {
-        let saved = parse_save(Family::Ipv4, DUMP);
-        let mut swapped = saved.firewall();
-        swapped.rules.swap(0, 1);
-        assert!(!equivalent(&swapped, &saved.firewall()));
-        let script = set_script(&saved, &swapped).unwrap();
-        assert!(script.starts_with("*filter\n-D INPUT -p ipencap"), "{script}");
+    fn removes_unwanted_chains_after_their_jumps_and_cleans_up_everything_of_ours() {
+        let saved = Saved::parse(Family::Ipv4, DUMP);
+        let mut without_ipip = generated();
+        without_ipip.chains.retain(|chain| chain.name != ChainName::KiloIpip);
+        without_ipip.rules.retain(|rule| rule.table() != "filter");
+        let script = set_script(&saved, &without_ipip).unwrap();
+        assert!(
+            script.starts_with(
+                "*filter\n:KILO-IPIP - [0:0]\n\
+                 -D FORWARD -s 10.2.1.0/24 -m comment --comment \"Kilo: forward packets from the pod subnet\" -j ACCEPT\n"
+            ),
+            "{script}"
+        );
         assert!(
             script.contains(
-                "-A INPUT -p 4 -m comment --comment \"Kilo: reject other IPIP traffic\" -j DROP\n-A INPUT -p 4"
-            )
+                "-D INPUT -p ipv4 -m comment --comment \"Kilo: reject other IPIP traffic\" -j DROP\n-X KILO-IPIP\nCOMMIT\n"
+            ),
+            "{script}"
         );
+        assert_eq!(script.matches("-D ").count(), 6, "{script}");
 
-        let mut refilled = saved.firewall();
-        refilled.rules.retain(|rule| rule.chain != "KILO-IPIP");
-        let script = set_script(&saved, &refilled).unwrap();
-        assert_eq!(script, "*filter\n:KILO-IPIP - [0:0]\nCOMMIT\n");
+        let clean = clean_up_script(&saved).unwrap();
+        for chain in ["KILO-IPIP", "KILO-NAT", "KILO-OLD"] {
+            assert!(clean.contains(&format!(":{chain} - [0:0]\n")) && clean.contains(&format!("-X {chain}\n")));
+        }
+        assert_eq!(clean.matches("-D ").count(), 7, "{clean}");
+        assert!(!clean.contains("FOREIGN") && !clean.contains("10.9.0.0") && !clean.contains("dport"), "{clean}");
+        assert_eq!(clean_up_script(&Saved::parse(Family::Ipv4, "")), None);
+    }
+
+    fn postrouting(rules: &[&str]) -> String {
+        let mut dump = String::from("*nat\n:POSTROUTING ACCEPT [0:0]\n:KILO-NAT - [0:0]\n");
+        for rule in rules {
+            dump += &format!("-A POSTROUTING {rule}\n");
+        }
+        dump + "COMMIT\n"
+    }
+
+    fn ours(cidr: &str) -> String {
+        format!(r#"-s {cidr} -m comment --comment "Kilo: jump to NAT chain" -j KILO-NAT"#)
+    }
+
+    fn with_postrouting(cidrs: &[&str]) -> Firewall {
+        Firewall {
+            chains: vec![Chain { family: Family::Ipv4, name: ChainName::KiloNat }],
+            rules: cidrs.iter().map(|cidr| jump_to_nat(cidr)).collect(),
+            foreign: Vec::new(),
+        }
     }
 
     #[test]
-    fn removes_unwanted_chains_after_their_jumps_and_cleans_up_everything_of_ours() {
-        let saved = parse_save(Family::Ipv4, DUMP);
-        let mut without_ipip = saved.firewall();
-        without_ipip.chains.retain(|chain| chain.name != "KILO-IPIP");
-        without_ipip.rules.retain(|rule| rule.table != "filter");
-        let script = set_script(&saved, &without_ipip).unwrap();
+    fn built_in_chains_get_mesh_core_order_with_minimal_edits() {
+        let masquerade = "-s 10.9.0.0/16 -j MASQUERADE";
+        let (a, b, c, d) = ("10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16", "10.4.0.0/16");
+        let dump = postrouting(&[masquerade, &ours(a), &ours(c)]);
+        let saved = Saved::parse(Family::Ipv4, &dump);
+        assert_eq!(set_script(&saved, &with_postrouting(&[a, c])), None);
+        // New rules go between their neighbours; the others stay where they are.
         assert_eq!(
-            script,
-            "*filter\n:KILO-IPIP - [0:0]\n\
-             -D INPUT -p ipencap -m comment --comment \"Kilo: jump to IPIP chain\" -j KILO-IPIP\n\
-             -D INPUT -p ipencap -m comment --comment \"Kilo: reject other IPIP traffic\" -j DROP\n\
-             -X KILO-IPIP\nCOMMIT\n"
+            set_script(&saved, &with_postrouting(&[a, b, c, d])).unwrap(),
+            format!("*nat\n-I POSTROUTING 3 {}\n-A POSTROUTING {}\nCOMMIT\n", ours(b), ours(d))
         );
-        let clean = clean_up_script(&saved).unwrap();
-        assert!(clean.contains("-X KILO-IPIP") && clean.contains("-X KILO-NAT"), "{clean}");
-        assert!(!clean.contains("FOREIGN") && !clean.contains("MASQUERADE\n-") && !clean.contains("dport"), "{clean}");
-        assert_eq!(clean_up_script(&SavedFirewall::default()), None);
+        assert_eq!(
+            set_script(&saved, &with_postrouting(&[b, a, c])).unwrap(),
+            format!("*nat\n-I POSTROUTING 1 {}\nCOMMIT\n", ours(b))
+        );
+        // A swap moves one rule; a replacement deletes before it inserts.
+        assert_eq!(
+            set_script(&saved, &with_postrouting(&[c, a])).unwrap(),
+            format!("*nat\n-D POSTROUTING {}\n-A POSTROUTING {}\nCOMMIT\n", ours(a), ours(a))
+        );
+        assert_eq!(
+            set_script(&saved, &with_postrouting(&[a, d, b])).unwrap(),
+            format!(
+                "*nat\n-D POSTROUTING {}\n-A POSTROUTING {}\n-A POSTROUTING {}\nCOMMIT\n",
+                ours(c),
+                ours(d),
+                ours(b)
+            )
+        );
+        // Positions count everyone's rules and what was deleted and inserted before.
+        let mixed = postrouting(&[&ours(a), masquerade, &ours(c), &ours(d)]);
+        assert_eq!(
+            set_script(&Saved::parse(Family::Ipv4, &mixed), &with_postrouting(&[a, b, d])).unwrap(),
+            format!("*nat\n-D POSTROUTING {}\n-I POSTROUTING 2 {}\nCOMMIT\n", ours(c), ours(b))
+        );
+        // Copies of one rule all go (`-D` removes the first), then it is inserted once.
+        let doubled = postrouting(&[&ours(a), masquerade, &ours(a)]);
+        assert_eq!(
+            set_script(&Saved::parse(Family::Ipv4, &doubled), &with_postrouting(&[a])).unwrap(),
+            format!(
+                "*nat\n-D POSTROUTING {}\n-D POSTROUTING {}\n-I POSTROUTING 1 {}\nCOMMIT\n",
+                ours(a),
+                ours(a),
+                ours(a)
+            )
+        );
+        // Into an empty chain, at the top in order.
+        let empty = Saved::parse(Family::Ipv4, "*nat\n:POSTROUTING ACCEPT [0:0]\n:KILO-NAT - [0:0]\nCOMMIT\n");
+        assert_eq!(
+            set_script(&empty, &with_postrouting(&[a, b])).unwrap(),
+            format!("*nat\n-A POSTROUTING {}\n-A POSTROUTING {}\nCOMMIT\n", ours(a), ours(b))
+        );
+        let above = postrouting(&[masquerade]);
+        assert_eq!(
+            set_script(&Saved::parse(Family::Ipv4, &above), &with_postrouting(&[a, b])).unwrap(),
+            format!("*nat\n-I POSTROUTING 1 {}\n-I POSTROUTING 2 {}\nCOMMIT\n", ours(a), ours(b))
+        );
+    }
+
+    #[test]
+    fn input_rules_go_after_everyone_elses_jump_before_drop() {
+        let input = |rules: &[&str]| {
+            let mut dump = String::from("*filter\n:INPUT ACCEPT [0:0]\n:KILO-IPIP - [0:0]\n");
+            for rule in rules {
+                dump += &format!("-A INPUT {rule}\n");
+            }
+            dump + "COMMIT\n"
+        };
+        let ssh = "-p tcp -m tcp --dport 22 -j ACCEPT";
+        let jump = r#"-p 4 -m comment --comment "Kilo: jump to IPIP chain" -j KILO-IPIP"#;
+        let drop = r#"-p 4 -m comment --comment "Kilo: reject other IPIP traffic" -j DROP"#;
+        let desired = Firewall {
+            chains: vec![Chain { family: Family::Ipv4, name: ChainName::KiloIpip }],
+            rules: vec![
+                rule(ChainName::Input, Match::Ipip, Target::IpipChain, Comment::JumpToIpip),
+                rule(ChainName::Input, Match::Ipip, Target::Drop, Comment::RejectIpip),
+            ],
+            foreign: Vec::new(),
+        };
+        let script = |rules: &[&str]| set_script(&Saved::parse(Family::Ipv4, &input(rules)), &desired);
+        assert_eq!(script(&[ssh, jump, drop]), None);
+        assert_eq!(script(&[ssh]).unwrap(), format!("*filter\n-A INPUT {jump}\n-A INPUT {drop}\nCOMMIT\n"));
+        assert_eq!(script(&[ssh, drop]).unwrap(), format!("*filter\n-I INPUT 2 {jump}\nCOMMIT\n"));
+        assert_eq!(script(&[ssh, jump]).unwrap(), format!("*filter\n-A INPUT {drop}\nCOMMIT\n"));
+        // Only the order among ours counts.
+        assert_eq!(script(&[jump, ssh, drop]), None);
+        assert_eq!(script(&[drop, ssh, jump]).unwrap(), format!("*filter\n-D INPUT {drop}\n-A INPUT {drop}\nCOMMIT\n"));
+        assert_eq!(script(&[ssh, drop, jump]).unwrap(), format!("*filter\n-D INPUT {drop}\n-A INPUT {drop}\nCOMMIT\n"));
+    }
+
+    /// Runs a script's lines for `chain` on a model of it (`-D` removes the first equal rule).
+    fn run(chain: &str, rules: &mut Vec<String>, script: &str) {
+        for line in script.lines() {
+            let words: Vec<&str> = line.splitn(3, ' ').collect();
+            match words[..] {
+                ["-D", name, spec] if name == chain => {
+                    let at = rules.iter().position(|rule| rule == spec).expect("-D of a missing rule");
+                    rules.remove(at);
+                }
+                ["-I", name, rest] if name == chain => {
+                    let (position, spec) = rest.split_once(' ').unwrap();
+                    let position: usize = position.parse().unwrap();
+                    assert!(position >= 1 && position <= rules.len(), "-I {position} into {} rules", rules.len());
+                    rules.insert(position - 1, spec.to_owned());
+                }
+                ["-A", name, spec] if name == chain => rules.push(spec.to_owned()),
+                _ => assert!(line.starts_with('*') || line == "COMMIT", "{line}"),
+            }
+        }
+    }
+
+    #[test]
+    fn any_chain_converges_in_one_script_and_keeps_everyone_elses_rules() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut random = |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        let cidrs: Vec<String> = (0..8).map(|i| format!("10.{i}.0.0/16")).collect();
+        for (table, name) in [("nat", ChainName::Postrouting), ("filter", ChainName::Input)] {
+            let chain = name.as_str();
+            let dump = |rules: &[String]| {
+                let mut dump = format!("*{table}\n:{chain} ACCEPT [0:0]\n");
+                for rule in rules {
+                    dump += &format!("-A {chain} {rule}\n");
+                }
+                dump + "COMMIT\n"
+            };
+            for _ in 0..2000 {
+                let mut rules: Vec<String> = Vec::new();
+                for _ in 0..random(10) {
+                    rules.push(match random(4) {
+                        0 => format!("-s 10.9.{}.0/24 -j ACCEPT", random(3)),
+                        1 => "-j KILO-OLD".to_owned(),
+                        _ => ours(&cidrs[random(cidrs.len())]),
+                    });
+                }
+                let mut want: Vec<FirewallRule> = Vec::new();
+                for _ in 0..random(8) {
+                    let rule = FirewallRule { chain: name, ..jump_to_nat(&cidrs[random(cidrs.len())]) };
+                    if !want.contains(&rule) {
+                        want.push(rule);
+                    }
+                }
+                let desired = Firewall { rules: want, ..Firewall::default() };
+                let foreign = |rules: &[String]| -> Vec<String> {
+                    rules.iter().filter(|rule| rule.contains("10.9.")).cloned().collect()
+                };
+                let (before, others) = (dump(&rules), foreign(&rules));
+                if let Some(script) = set_script(&Saved::parse(Family::Ipv4, &before), &desired) {
+                    run(chain, &mut rules, &script);
+                }
+                let after = dump(&rules);
+                assert_eq!(Saved::parse(Family::Ipv4, &after).firewall(), desired, "{before}");
+                assert_eq!(foreign(&rules), others);
+            }
+        }
+    }
+
+    #[test]
+    fn longest_increasing_runs() {
+        assert_eq!(longest_increasing(&[]), Vec::<usize>::new());
+        assert_eq!(longest_increasing(&[0, 1, 2]), [0, 1, 2]);
+        assert_eq!(longest_increasing(&[2, 0, 3, 1, 4]), [1, 3, 4]);
+        assert_eq!(longest_increasing(&[3, 2, 1]).len(), 1);
     }
 }

@@ -159,3 +159,116 @@ async fn netns_firewall_holds_exactly_our_rules_and_clean_up_leaves_foreign_ones
     dataplane.clean_up().await.unwrap();
     assert_eq!(dataplane.writes(), writes, "cleaning up nothing wrote something");
 }
+
+/// Rules of ours the mesh does not generate: another version's rule in FORWARD, a rule in
+/// KILO-NAT, and an unknown chain KILO-OLD with its jump.
+const STALE_V4: &str = "*filter
+-A FORWARD -s 10.2.9.0/24 -m conntrack --ctstate NEW -m comment --comment \"Kilo: an old rule\" -j ACCEPT
+COMMIT
+*nat
+:KILO-NAT - [0:0]
+:KILO-OLD - [0:0]
+-A POSTROUTING -j KILO-OLD
+-A KILO-OLD -j RETURN
+-A KILO-NAT -d 10.99.0.0/16 -m comment --comment \"Kilo: an old rule\" -j RETURN
+-A KILO-NAT -m comment --comment \"Kilo: NAT remaining packets\" -j MASQUERADE
+COMMIT
+";
+
+/// nftables' handles of the rules in a chain whose listing contains `needle` (iptables-nft
+/// only; nft does not print iptables' comments): a rule that keeps its handle was not touched.
+fn handles(netns: &Netns, table: &str, chain: &str, needle: &str) -> Vec<String> {
+    netns
+        .check(&["nft", "-a", "list", "chain", "ip", table, chain])
+        .lines()
+        .filter(|line| line.contains(needle))
+        .filter_map(|line| line.rsplit_once("# handle ").map(|(_, handle)| handle.trim().to_owned()))
+        .collect()
+}
+
+/// Rules of ours that the mesh does not generate are observed as foreign and removed by the next
+/// plan; rules in POSTROUTING and FORWARD take mesh-core's order with edits in the middle of the
+/// chain, leaving unchanged rules alone; a restarted agent plans nothing.
+#[tokio::test]
+async fn netns_foreign_rules_of_ours_go_and_built_in_chains_follow_mesh_core_order() {
+    require_netns_prerequisites();
+    let netns = Netns::new("kt-nl-fwo");
+    restore(&netns, Family::Ipv4, FOREIGN_V4);
+    restore(&netns, Family::Ipv6, FOREIGN_V6);
+    let baseline = [dump(&netns, Family::Ipv4), dump(&netns, Family::Ipv6)];
+    restore(&netns, Family::Ipv4, STALE_V4);
+
+    let mut dataplane = dataplane(&netns, "ktfo0", None, keypair(50).0).await;
+    let stale = dataplane.observe().await.unwrap();
+    let chains: Vec<(&str, &str)> =
+        stale.state.firewall.foreign.iter().map(|rule| (rule.table.as_str(), rule.chain.as_str())).collect();
+    assert_eq!(chains, [("filter", "FORWARD"), ("nat", "KILO-NAT"), ("nat", "KILO-OLD"), ("nat", "POSTROUTING")]);
+    assert_eq!(
+        stale.state.firewall.foreign[1].spec,
+        "-d 10.99.0.0/16 -m comment --comment \"Kilo: an old rule\" -j RETURN"
+    );
+    assert_eq!(stale.state.firewall.rules.len(), 1, "{:?}", stale.state.firewall);
+
+    let mut snapshot = snapshot(keypair(51).1, keypair(52).1, keypair(53).1, keypair(54).1);
+    let firewall_of = |snapshot: &mesh_core::ClusterSnapshot| DesiredState {
+        firewall: desired_state(snapshot, &options("ktfo0", Encapsulation::Never)).firewall,
+        ..DesiredState::default()
+    };
+    let desired = firewall_of(&snapshot);
+    let plan = Plan::between(&stale, &desired);
+    dataplane.apply(&plan).await.unwrap();
+    let after = dataplane.observe().await.unwrap();
+    assert_eq!(after.state, plan.apply_to(&stale.state));
+    assert_eq!(after.state, desired);
+    let v4 = dump(&netns, Family::Ipv4);
+    assert!(!v4.iter().any(|line| line.contains("KILO-OLD") || line.contains("an old rule")), "{v4:#?}");
+    assert!(baseline[0].iter().all(|line| v4.contains(line)), "{v4:#?}");
+
+    // The location's IPs change: in POSTROUTING and FORWARD, a rule in the middle is replaced
+    // and one is added after it; the rules around them stay as they are.
+    let nft = netns.check(&["iptables", "--version"]).contains("nf_tables");
+    let untouched = |netns: &Netns| {
+        [
+            handles(netns, "nat", "POSTROUTING", "ip saddr 10.2.1.0/24 "),
+            handles(netns, "nat", "POSTROUTING", "ip saddr 10.5.0.1 "),
+            handles(netns, "filter", "FORWARD", " 10.2."),
+            handles(netns, "filter", "FORWARD", " 192.168.50."),
+        ]
+    };
+    let handles_before = nft.then(|| untouched(&netns));
+    snapshot.nodes[0].allowed_location_ips = vec![net("192.168.177.0/24"), net("192.168.179.0/24")];
+    let moved = firewall_of(&snapshot);
+    let before = dataplane.observe().await.unwrap();
+    let writes = dataplane.writes();
+    let plan = Plan::between(&before, &moved);
+    assert_eq!(plan.operations.len(), 1, "only IPv4 changes: {plan:?}");
+    dataplane.apply(&plan).await.unwrap();
+    assert_eq!(dataplane.writes(), writes + 1);
+    let after = dataplane.observe().await.unwrap();
+    assert_eq!(after.state, plan.apply_to(&before.state));
+    assert_eq!(after.state, moved);
+    if let Some(handles_before) = handles_before {
+        let counts: Vec<usize> = handles_before.iter().map(Vec::len).collect();
+        assert_eq!(counts, [1, 1, 4, 4], "{handles_before:?}");
+        assert_eq!(untouched(&netns), handles_before, "unchanged rules were rewritten");
+    }
+
+    // A restarted agent reads the same back and plans nothing.
+    let mut restarted = common::dataplane(&netns, "ktfo0", None, keypair(50).0).await;
+    assert!(Plan::between(&restarted.observe().await.unwrap(), &moved).is_empty());
+
+    // And back: the rules in the middle go again.
+    let before = dataplane.observe().await.unwrap();
+    let plan = Plan::between(&before, &desired);
+    dataplane.apply(&plan).await.unwrap();
+    assert_eq!(dataplane.observe().await.unwrap().state, plan.apply_to(&before.state));
+
+    dataplane.clean_up().await.unwrap();
+    for (index, family) in [Family::Ipv4, Family::Ipv6].into_iter().enumerate() {
+        let after = dump(&netns, family);
+        assert_eq!(
+            after.iter().filter(|line| !scaffolding(line)).collect::<Vec<_>>(),
+            baseline[index].iter().filter(|line| !scaffolding(line)).collect::<Vec<_>>()
+        );
+    }
+}

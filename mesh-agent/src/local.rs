@@ -1,0 +1,821 @@
+//! The local node as the agent runs it (Kilo's `handleLocal`, §4.3 of the reference), and the
+//! resolution of DNS endpoints before each reconcile (§4.8).
+//!
+//! At each reconcile the agent:
+//!
+//! 1. builds [`LocalInputs`] from the local Node as translated from the cluster, what IP
+//!    discovery found at start ([`crate::host`]), its flags, its key and the current time;
+//! 2. calls [`local_node`]: the effective [`NodeSpec`] of the local node, and the
+//!    [`LocalAnnouncement`] to publish when [`needs_announcement`] says the cluster differs;
+//! 3. puts the effective spec into the snapshot with [`insert_local`];
+//! 4. calls [`resolve_endpoints`] on the snapshot, then `Topology::compute`.
+//!
+//! Everything here but [`resolve_endpoints`] is pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use mesh_core::backend::LocalAnnouncement;
+use mesh_core::{ClusterSnapshot, Endpoint, Granularity, Host, Key, NodeSpec, ObjectKind, Warning};
+
+/// What the agent knows about itself at one reconcile.
+#[derive(Clone, Debug)]
+pub struct LocalInputs<'a> {
+    /// The local Node as translated from the cluster (its annotations: `force-endpoint` else
+    /// `endpoint`, `force-internal-ip` else `internal-ip`, and the user's annotations).
+    pub node: &'a NodeSpec,
+    /// `force-internal-ip` is `""` or `-`: the node has no private IP, and the detected one must
+    /// not be used (mesh-kube's `TranslatedNode::force_no_internal_ip`).
+    pub force_no_internal_ip: bool,
+    /// The private IP found by IP discovery, with its mask.
+    pub private_ip: Option<IpNet>,
+    /// The public IP found by IP discovery (the private IP when the host has no public one).
+    pub public_ip: Option<IpNet>,
+    /// `--port`: the port of an automatic endpoint.
+    pub port: u16,
+    /// `--prioritise-private-addresses`: the automatic endpoint uses the private IP if there is one.
+    pub prioritise_private_addresses: bool,
+    /// The node's WireGuard public key.
+    pub public_key: Key,
+    /// The CNI-compatibility IP (Cilium's `cilium_host` address) in Cilium mode.
+    pub cni_compatibility_ip: Option<IpNet>,
+    /// The WireGuard CIDR from the last topology while the node is a leader; `None` otherwise.
+    pub wireguard_ip: Option<IpNet>,
+    /// NAT endpoints the WireGuard device observed (§4.9), by public key.
+    pub discovered_endpoints: BTreeMap<Key, SocketAddr>,
+    /// `--mesh-granularity`.
+    pub granularity: Granularity,
+    /// The current time, Unix seconds.
+    pub now: i64,
+}
+
+/// Where the local endpoint came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointSource {
+    /// `force-endpoint`, or the `endpoint` this node published before (sticky, as in Kilo).
+    Annotation,
+    /// `<external IP>:<--port>` from IP discovery (Kilo logs `overriding endpoint`).
+    Detected,
+    /// Neither: the node has no endpoint and is not ready.
+    Missing,
+}
+
+/// Where the local internal IP came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InternalIpSource {
+    /// `force-internal-ip`, or the `internal-ip` this node published before (sticky, as in Kilo).
+    Annotation,
+    /// The private IP from IP discovery.
+    Detected,
+    /// `force-internal-ip` is `""` or `-`.
+    ForcedNone,
+    /// The host has no private IP.
+    Missing,
+}
+
+/// The local node for this reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalNode {
+    /// The node to feed into `Topology::compute` (see [`insert_local`]).
+    pub spec: NodeSpec,
+    /// What to publish about the node.
+    pub announcement: LocalAnnouncement,
+    /// Where the endpoint came from.
+    pub endpoint_source: EndpointSource,
+    /// Where the internal IP came from.
+    pub internal_ip_source: InternalIpSource,
+}
+
+/// Kilo's `handleLocal`: the effective local node and its announcement.
+///
+/// * Endpoint: the node's (`force-endpoint`, else the published `endpoint`) when it has one;
+///   otherwise `<external IP>:<port>`, where the external IP is the private IP with
+///   `prioritise_private_addresses` (if there is one), else the public IP. Like Kilo's, a
+///   published endpoint is sticky: removing `force-endpoint` keeps the forced value, because
+///   it is then the published `endpoint`; only clean-up resets it.
+/// * Internal IP: the node's (`force-internal-ip`, else the published `internal-ip`, equally
+///   sticky); otherwise the detected private IP, unless `force_no_internal_ip`.
+/// * Key, CNI-compatibility IP, WireGuard IP, discovered endpoints and granularity: the agent's.
+///   `last_seen` is `now`. Everything else (location, leader, keepalive, pod subnet, allowed
+///   location IPs) is the node's.
+pub fn local_node(inputs: &LocalInputs<'_>) -> LocalNode {
+    let node = inputs.node;
+    let (endpoint, endpoint_source) = match &node.endpoint {
+        Some(endpoint) => (Some(endpoint.clone()), EndpointSource::Annotation),
+        None => {
+            let external = match inputs.private_ip {
+                Some(private) if inputs.prioritise_private_addresses => Some(private),
+                _ => inputs.public_ip.or(inputs.private_ip),
+            };
+            match external {
+                Some(ip) => (Some(Endpoint::from_ip(ip.addr(), inputs.port)), EndpointSource::Detected),
+                None => (None, EndpointSource::Missing),
+            }
+        }
+    };
+    let (internal_ip, internal_ip_source) = match (node.internal_ip, inputs.force_no_internal_ip, inputs.private_ip) {
+        (_, true, _) => (None, InternalIpSource::ForcedNone),
+        (Some(ip), false, _) => (Some(ip), InternalIpSource::Annotation),
+        (None, false, Some(ip)) => (Some(ip), InternalIpSource::Detected),
+        (None, false, None) => (None, InternalIpSource::Missing),
+    };
+    let spec = NodeSpec {
+        name: node.name.clone(),
+        endpoint,
+        key: Some(inputs.public_key),
+        internal_ip,
+        no_internal_ip: inputs.force_no_internal_ip,
+        cni_compatibility_ip: inputs.cni_compatibility_ip,
+        last_seen: Some(inputs.now),
+        leader: node.leader,
+        location: node.location.clone(),
+        persistent_keepalive: node.persistent_keepalive,
+        pod_subnet: node.pod_subnet,
+        wireguard_ip: inputs.wireguard_ip,
+        discovered_endpoints: inputs.discovered_endpoints.clone(),
+        allowed_location_ips: node.allowed_location_ips.clone(),
+        granularity: Some(inputs.granularity),
+    };
+    let announcement = LocalAnnouncement {
+        hostname: spec.name.clone(),
+        key: spec.key,
+        endpoint: spec.endpoint.clone(),
+        internal_ip: spec.internal_ip,
+        wireguard_ip: spec.wireguard_ip,
+        last_seen: inputs.now,
+        discovered_endpoints: spec.discovered_endpoints.clone(),
+        granularity: inputs.granularity,
+        cni_compatibility_ip: spec.cni_compatibility_ip,
+    };
+    LocalNode { spec, announcement, endpoint_source, internal_ip_source }
+}
+
+/// Whether the Node in the cluster (`published`, as translated) differs from the effective
+/// local node, so the announcement must be published: Kilo's `nodesAreEqual`, which ignores
+/// `last_seen` except for whether it keeps the node ready at `now`, and compares endpoints by
+/// their DNS-first text (a new address behind the same name is no change).
+///
+/// The periodic check-in publishes `last-seen` regardless (every 30 s in Kilo).
+pub fn needs_announcement(published: &NodeSpec, local: &NodeSpec, now: i64) -> bool {
+    let endpoint_text = |node: &NodeSpec| node.endpoint.as_ref().map(ToString::to_string);
+    endpoint_text(published) != endpoint_text(local)
+        || published.key != local.key
+        || published.wireguard_ip != local.wireguard_ip
+        || published.internal_ip != local.internal_ip
+        || published.cni_compatibility_ip != local.cni_compatibility_ip
+        || published.leader != local.leader
+        || published.location != local.location
+        || published.name != local.name
+        || published.pod_subnet != local.pod_subnet
+        || published.readiness(now).is_ok() != local.readiness(now).is_ok()
+        || published.persistent_keepalive != local.persistent_keepalive
+        || published.discovered_endpoints != local.discovered_endpoints
+        || published.allowed_location_ips != local.allowed_location_ips
+        || published.granularity != local.granularity
+}
+
+/// Replaces the node named like `local` in the snapshot with it (or adds it).
+pub fn insert_local(snapshot: &mut ClusterSnapshot, local: NodeSpec) {
+    match snapshot.nodes.iter_mut().find(|node| node.name == local.name) {
+        Some(node) => *node = local,
+        None => snapshot.nodes.push(local),
+    }
+}
+
+/// Looks up DNS names. Injectable so tests (and embedders) need no network.
+#[async_trait::async_trait]
+pub trait Resolver: Send + Sync {
+    /// Every address `name` resolves to, in the resolver's order of preference. `port` is the
+    /// endpoint's port (resolvers may ignore it).
+    async fn lookup(&self, name: &str, port: u16) -> io::Result<Vec<IpAddr>>;
+}
+
+/// The system resolver (`getaddrinfo` through [`tokio::net::lookup_host`]: `/etc/hosts`, then
+/// DNS, as `/etc/nsswitch.conf` says).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemResolver;
+
+#[async_trait::async_trait]
+impl Resolver for SystemResolver {
+    async fn lookup(&self, name: &str, port: u16) -> io::Result<Vec<IpAddr>> {
+        Ok(tokio::net::lookup_host((name, port)).await?.map(|address| address.ip()).collect())
+    }
+}
+
+/// The resolver and the last successful resolution of each name, kept across reconciles.
+pub struct ResolverCache {
+    resolver: Box<dyn Resolver>,
+    last: BTreeMap<String, IpAddr>,
+}
+
+impl ResolverCache {
+    /// A cache over the [`SystemResolver`].
+    pub fn new() -> Self {
+        ResolverCache::with_resolver(SystemResolver)
+    }
+
+    /// A cache over `resolver`.
+    pub fn with_resolver(resolver: impl Resolver + 'static) -> Self {
+        ResolverCache { resolver: Box::new(resolver), last: BTreeMap::new() }
+    }
+
+    /// The address `name` last resolved to.
+    pub fn last_resolution(&self, name: &str) -> Option<IpAddr> {
+        self.last.get(name).copied()
+    }
+}
+
+impl Default for ResolverCache {
+    fn default() -> Self {
+        ResolverCache::new()
+    }
+}
+
+impl fmt::Debug for ResolverCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResolverCache").field("last", &self.last).finish_non_exhaustive()
+    }
+}
+
+/// The address Go's `net.ResolveUDPAddr("udp", "name:port")` picks: the first IPv4 address,
+/// else the first address.
+pub fn preferred_address(addresses: &[IpAddr]) -> Option<IpAddr> {
+    addresses.iter().find(|ip| ip.is_ipv4()).or(addresses.first()).copied()
+}
+
+/// Resolves the DNS endpoint of every ready node and every ready peer of the snapshot into
+/// [`Host::Dns`]`{ resolved }`, each distinct name once, concurrently, and returns a warning per
+/// object whose name did not resolve.
+///
+/// Kilo aborts the whole reconcile when one name does not resolve. Here a failure only affects
+/// the objects with that name: they keep the name's last successful resolution (from `cache`),
+/// or, if it never resolved, stay unresolved (WireGuard gets no endpoint for them; leader
+/// election counts them as not public). Objects that are not ready are left alone, as in Kilo.
+/// The cache forgets names no object of the snapshot uses any more.
+pub async fn resolve_endpoints(snapshot: &mut ClusterSnapshot, cache: &mut ResolverCache) -> Vec<Warning> {
+    let now = snapshot.now;
+    let node_endpoints = snapshot
+        .nodes
+        .iter_mut()
+        .filter(|node| node.readiness(now).is_ok())
+        .filter_map(|node| Some((ObjectKind::Node, node.name.as_str(), node.endpoint.as_mut()?)));
+    let peer_endpoints = snapshot
+        .peers
+        .iter_mut()
+        .filter(|peer| peer.readiness().is_ok())
+        .filter_map(|peer| Some((ObjectKind::Peer, peer.name.as_str(), peer.endpoint.as_mut()?)));
+    let mut targets: Vec<(ObjectKind, &str, &mut Endpoint)> = node_endpoints
+        .chain(peer_endpoints)
+        .filter(|(_, _, endpoint)| matches!(endpoint.host, Host::Dns { .. }))
+        .collect();
+
+    let mut names: BTreeMap<String, u16> = BTreeMap::new();
+    for (_, _, endpoint) in &targets {
+        if let Host::Dns { name, .. } = &endpoint.host {
+            names.entry(name.clone()).or_insert(endpoint.port);
+        }
+    }
+    let resolver = &*cache.resolver;
+    let lookups = names.iter().map(|(name, port)| async move {
+        let outcome = match resolver.lookup(name, *port).await {
+            Ok(addresses) => preferred_address(&addresses).ok_or_else(|| "no addresses".to_owned()),
+            Err(error) => Err(error.to_string()),
+        };
+        (name.clone(), outcome)
+    });
+    let outcomes: BTreeMap<String, Result<IpAddr, String>> =
+        futures::future::join_all(lookups).await.into_iter().collect();
+    for (name, outcome) in &outcomes {
+        if let Ok(ip) = outcome {
+            cache.last.insert(name.clone(), *ip);
+        }
+    }
+
+    let mut warnings = Vec::new();
+    for (kind, object, endpoint) in &mut targets {
+        let value = endpoint.to_string();
+        let Host::Dns { name, resolved } = &mut endpoint.host else { continue };
+        match &outcomes[name.as_str()] {
+            Ok(ip) => *resolved = Some(*ip),
+            Err(error) => {
+                *resolved = cache.last.get(name.as_str()).copied();
+                let consequence = match resolved {
+                    Some(ip) => format!("using its last address {ip}"),
+                    None => "the endpoint stays unresolved (no WireGuard endpoint) until a lookup succeeds".to_owned(),
+                };
+                warnings.push(Warning {
+                    kind: *kind,
+                    name: (*object).to_owned(),
+                    annotation: None,
+                    value: Some(value),
+                    reason: format!("failed to resolve {name}: {error}; {consequence}"),
+                });
+            }
+        }
+    }
+
+    let used: BTreeSet<&str> = snapshot
+        .nodes
+        .iter()
+        .filter_map(|node| node.endpoint.as_ref()?.dns_name())
+        .chain(snapshot.peers.iter().filter_map(|peer| peer.endpoint.as_ref()?.dns_name()))
+        .collect();
+    cache.last.retain(|name, _| used.contains(name.as_str()));
+    warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use mesh_core::PeerSpec;
+
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    fn endpoint(text: &str) -> Endpoint {
+        text.parse().unwrap()
+    }
+
+    fn key(byte: u8) -> Key {
+        Key::from_bytes([byte; 32])
+    }
+
+    /// The local Node as a fresh cluster shows it: nothing published yet.
+    fn fresh_node() -> NodeSpec {
+        NodeSpec {
+            name: "node-a".to_owned(),
+            location: "paris".to_owned(),
+            leader: true,
+            persistent_keepalive: 25,
+            pod_subnet: Some(net("10.2.0.0/24")),
+            allowed_location_ips: vec![net("192.168.100.0/24")],
+            ..NodeSpec::default()
+        }
+    }
+
+    fn inputs(node: &NodeSpec) -> LocalInputs<'_> {
+        LocalInputs {
+            node,
+            force_no_internal_ip: false,
+            private_ip: Some(net("192.168.0.5/24")),
+            public_ip: Some(net("203.0.113.5/24")),
+            port: 51820,
+            prioritise_private_addresses: false,
+            public_key: key(1),
+            cni_compatibility_ip: None,
+            wireguard_ip: None,
+            discovered_endpoints: BTreeMap::new(),
+            granularity: Granularity::Location,
+            now: NOW,
+        }
+    }
+
+    #[test]
+    fn a_fresh_node_gets_detected_endpoint_and_internal_ip() {
+        let node = fresh_node();
+        let local = local_node(&inputs(&node));
+        assert_eq!(local.endpoint_source, EndpointSource::Detected);
+        assert_eq!(local.internal_ip_source, InternalIpSource::Detected);
+        assert_eq!(
+            local.spec,
+            NodeSpec {
+                name: "node-a".to_owned(),
+                endpoint: Some(endpoint("203.0.113.5:51820")),
+                key: Some(key(1)),
+                internal_ip: Some(net("192.168.0.5/24")),
+                no_internal_ip: false,
+                cni_compatibility_ip: None,
+                last_seen: Some(NOW),
+                leader: true,
+                location: "paris".to_owned(),
+                persistent_keepalive: 25,
+                pod_subnet: Some(net("10.2.0.0/24")),
+                wireguard_ip: None,
+                discovered_endpoints: BTreeMap::new(),
+                allowed_location_ips: vec![net("192.168.100.0/24")],
+                granularity: Some(Granularity::Location),
+            }
+        );
+        assert_eq!(
+            local.announcement,
+            LocalAnnouncement {
+                hostname: "node-a".to_owned(),
+                key: Some(key(1)),
+                endpoint: Some(endpoint("203.0.113.5:51820")),
+                internal_ip: Some(net("192.168.0.5/24")),
+                wireguard_ip: None,
+                last_seen: NOW,
+                discovered_endpoints: BTreeMap::new(),
+                granularity: Granularity::Location,
+                cni_compatibility_ip: None,
+            }
+        );
+        assert!(local.spec.readiness(NOW).is_ok());
+    }
+
+    #[test]
+    fn prioritise_private_addresses_uses_the_private_ip_when_there_is_one() {
+        let node = fresh_node();
+        let local = local_node(&LocalInputs { prioritise_private_addresses: true, port: 51821, ..inputs(&node) });
+        assert_eq!(local.spec.endpoint, Some(endpoint("192.168.0.5:51821")));
+        let local = local_node(&LocalInputs { prioritise_private_addresses: true, private_ip: None, ..inputs(&node) });
+        assert_eq!(local.spec.endpoint, Some(endpoint("203.0.113.5:51820")));
+        assert_eq!(local.internal_ip_source, InternalIpSource::Missing);
+        assert_eq!(local.spec.internal_ip, None);
+    }
+
+    #[test]
+    fn ipv6_external_ip_prints_in_brackets() {
+        let node = fresh_node();
+        let local = local_node(&LocalInputs { public_ip: Some(net("2001:db8::5/64")), ..inputs(&node) });
+        assert_eq!(local.spec.endpoint.unwrap().to_string(), "[2001:db8::5]:51820");
+    }
+
+    #[test]
+    fn without_any_ip_and_annotation_there_is_no_endpoint() {
+        let node = fresh_node();
+        let local = local_node(&LocalInputs { public_ip: None, private_ip: None, ..inputs(&node) });
+        assert_eq!(local.endpoint_source, EndpointSource::Missing);
+        assert_eq!(local.spec.endpoint, None);
+        assert!(local.spec.readiness(NOW).is_err());
+        // Only a private IP: it is the public one too (as IP discovery would have said).
+        let local = local_node(&LocalInputs { public_ip: None, ..inputs(&node) });
+        assert_eq!(local.spec.endpoint, Some(endpoint("192.168.0.5:51820")));
+    }
+
+    #[test]
+    fn annotated_endpoint_and_internal_ip_are_sticky() {
+        // What this node published earlier (or a force-* annotation): kept, even though
+        // discovery now finds other addresses and --port changed.
+        let node = NodeSpec {
+            endpoint: Some(endpoint("198.51.100.9:51000")),
+            internal_ip: Some(net("10.9.0.9/16")),
+            ..fresh_node()
+        };
+        let local = local_node(&LocalInputs { port: 4000, prioritise_private_addresses: true, ..inputs(&node) });
+        assert_eq!(local.endpoint_source, EndpointSource::Annotation);
+        assert_eq!(local.internal_ip_source, InternalIpSource::Annotation);
+        assert_eq!(local.spec.endpoint, Some(endpoint("198.51.100.9:51000")));
+        assert_eq!(local.spec.internal_ip, Some(net("10.9.0.9/16")));
+        assert_eq!(local.announcement.endpoint, local.spec.endpoint);
+        assert_eq!(local.announcement.internal_ip, local.spec.internal_ip);
+    }
+
+    #[test]
+    fn a_dns_endpoint_annotation_is_kept_by_name() {
+        let node = NodeSpec { endpoint: Some(endpoint("gw.example.com:51820")), ..fresh_node() };
+        let local = local_node(&inputs(&node));
+        assert_eq!(local.endpoint_source, EndpointSource::Annotation);
+        assert_eq!(local.announcement.endpoint.unwrap().to_string(), "gw.example.com:51820");
+    }
+
+    #[test]
+    fn force_no_internal_ip_wins_over_detection() {
+        let node = fresh_node();
+        let local = local_node(&LocalInputs { force_no_internal_ip: true, ..inputs(&node) });
+        assert_eq!(local.internal_ip_source, InternalIpSource::ForcedNone);
+        assert_eq!(local.spec.internal_ip, None);
+        assert_eq!(local.announcement.internal_ip, None);
+        // The endpoint may still use the private IP.
+        let local = local_node(&LocalInputs {
+            force_no_internal_ip: true,
+            prioritise_private_addresses: true,
+            ..inputs(&node)
+        });
+        assert_eq!(local.spec.endpoint, Some(endpoint("192.168.0.5:51820")));
+    }
+
+    #[test]
+    fn agent_owned_fields_come_from_the_agent() {
+        let node = NodeSpec {
+            key: Some(key(9)),
+            last_seen: Some(NOW - 1000),
+            wireguard_ip: Some(net("10.4.0.7/16")),
+            cni_compatibility_ip: Some(net("10.0.0.9/32")),
+            granularity: Some(Granularity::Full),
+            discovered_endpoints: BTreeMap::from([(key(7), "1.1.1.1:1".parse().unwrap())]),
+            ..fresh_node()
+        };
+        let discovered = BTreeMap::from([(key(3), "198.51.100.3:3333".parse().unwrap())]);
+        let local = local_node(&LocalInputs {
+            public_key: key(2),
+            wireguard_ip: Some(net("10.4.0.1/16")),
+            cni_compatibility_ip: Some(net("10.0.1.1/32")),
+            granularity: Granularity::Cross,
+            discovered_endpoints: discovered.clone(),
+            ..inputs(&node)
+        });
+        assert_eq!(local.spec.key, Some(key(2)));
+        assert_eq!(local.spec.last_seen, Some(NOW));
+        assert_eq!(local.spec.wireguard_ip, Some(net("10.4.0.1/16")));
+        assert_eq!(local.spec.cni_compatibility_ip, Some(net("10.0.1.1/32")));
+        assert_eq!(local.spec.granularity, Some(Granularity::Cross));
+        assert_eq!(local.spec.discovered_endpoints, discovered);
+        assert_eq!(local.announcement.key, Some(key(2)));
+        assert_eq!(local.announcement.wireguard_ip, Some(net("10.4.0.1/16")));
+        assert_eq!(local.announcement.cni_compatibility_ip, Some(net("10.0.1.1/32")));
+        assert_eq!(local.announcement.granularity, Granularity::Cross);
+        assert_eq!(local.announcement.discovered_endpoints, discovered);
+        // A non-leader publishes no WireGuard IP.
+        let local = local_node(&inputs(&node));
+        assert_eq!(local.spec.wireguard_ip, None);
+        assert_eq!(local.announcement.wireguard_ip, None);
+    }
+
+    #[test]
+    fn announcement_is_needed_until_the_cluster_agrees() {
+        let node = fresh_node();
+        let local = local_node(&inputs(&node)).spec;
+        assert!(needs_announcement(&node, &local, NOW));
+
+        // The cluster now shows what was published, with a heartbeat 10 s old: no change.
+        let published = NodeSpec { last_seen: Some(NOW - 10), ..local.clone() };
+        assert!(!needs_announcement(&published, &local, NOW));
+        // ...and the next pass computes the same local node from it.
+        assert_eq!(local_node(&inputs(&published)).spec, local);
+
+        // A stale heartbeat changes readiness: publish.
+        let stale = NodeSpec { last_seen: Some(NOW - 60), ..local.clone() };
+        assert!(needs_announcement(&stale, &local, NOW));
+        // Each agent-owned field counts.
+        for changed in [
+            NodeSpec { key: Some(key(5)), ..published.clone() },
+            NodeSpec { internal_ip: Some(net("192.168.0.5/16")), ..published.clone() },
+            NodeSpec { endpoint: Some(endpoint("203.0.113.5:51821")), ..published.clone() },
+            NodeSpec { wireguard_ip: Some(net("10.4.0.1/16")), ..published.clone() },
+            NodeSpec { cni_compatibility_ip: Some(net("10.0.1.1/32")), ..published.clone() },
+            NodeSpec { granularity: None, ..published.clone() },
+            NodeSpec {
+                discovered_endpoints: BTreeMap::from([(key(3), "1.2.3.4:5".parse().unwrap())]),
+                ..published.clone()
+            },
+        ] {
+            assert!(needs_announcement(&changed, &local, NOW), "{changed:?}");
+        }
+    }
+
+    #[test]
+    fn endpoints_compare_by_dns_name_not_address() {
+        let resolved = |ip: &str| Endpoint {
+            host: Host::Dns { name: "gw.example.com".to_owned(), resolved: Some(ip.parse().unwrap()) },
+            port: 51820,
+        };
+        let published = NodeSpec { endpoint: Some(resolved("192.0.2.1")), ..local_node(&inputs(&fresh_node())).spec };
+        let local = NodeSpec { endpoint: Some(resolved("192.0.2.2")), ..published.clone() };
+        assert!(!needs_announcement(&published, &local, NOW));
+    }
+
+    #[test]
+    fn insert_local_replaces_or_adds() {
+        let mut snapshot = ClusterSnapshot {
+            nodes: vec![
+                NodeSpec { name: "node-b".to_owned(), ..NodeSpec::default() },
+                NodeSpec { name: "node-a".to_owned(), ..NodeSpec::default() },
+            ],
+            peers: vec![],
+            now: NOW,
+        };
+        let local = local_node(&inputs(&fresh_node())).spec;
+        insert_local(&mut snapshot, local.clone());
+        assert_eq!(snapshot.nodes.len(), 2);
+        assert_eq!(snapshot.nodes[1], local);
+        let mut empty = ClusterSnapshot::default();
+        insert_local(&mut empty, local.clone());
+        assert_eq!(empty.nodes, vec![local]);
+    }
+
+    type Answers = BTreeMap<String, Result<Vec<IpAddr>, String>>;
+
+    /// A resolver answering from a table; records the names it was asked for.
+    #[derive(Clone, Default)]
+    struct FakeResolver {
+        answers: Arc<Mutex<Answers>>,
+        lookups: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl FakeResolver {
+        fn answer(&self, name: &str, answer: Result<&[&str], &str>) {
+            let answer =
+                answer.map(|ips| ips.iter().map(|ip| ip.parse().unwrap()).collect()).map_err(ToOwned::to_owned);
+            self.answers.lock().unwrap().insert(name.to_owned(), answer);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Resolver for FakeResolver {
+        async fn lookup(&self, name: &str, _port: u16) -> io::Result<Vec<IpAddr>> {
+            self.lookups.lock().unwrap().push(name.to_owned());
+            match self.answers.lock().unwrap().get(name) {
+                Some(Ok(ips)) => Ok(ips.clone()),
+                Some(Err(error)) => Err(io::Error::other(error.clone())),
+                None => Err(io::Error::other("failed to lookup address information: Name or service not known")),
+            }
+        }
+    }
+
+    fn ready_node(name: &str, endpoint_text: &str) -> NodeSpec {
+        NodeSpec {
+            name: name.to_owned(),
+            endpoint: Some(endpoint(endpoint_text)),
+            key: Some(key(name.len() as u8)),
+            pod_subnet: Some(net("10.2.0.0/24")),
+            last_seen: Some(NOW),
+            ..NodeSpec::default()
+        }
+    }
+
+    fn ready_peer(name: &str, endpoint_text: Option<&str>) -> PeerSpec {
+        PeerSpec {
+            name: name.to_owned(),
+            allowed_ips: vec![net("10.5.0.1/32")],
+            public_key: Some(key(42)),
+            endpoint: endpoint_text.map(endpoint),
+            ..PeerSpec::default()
+        }
+    }
+
+    fn resolved_ip(endpoint: &Option<Endpoint>) -> Option<IpAddr> {
+        match &endpoint.as_ref()?.host {
+            Host::Dns { resolved, .. } => *resolved,
+            Host::Ip(_) => panic!("not a DNS endpoint"),
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn resolves_nodes_and_peers_preferring_ipv4() {
+        let resolver = FakeResolver::default();
+        resolver.answer("a.example.com", Ok(&["2001:db8::1", "192.0.2.1", "192.0.2.2"]));
+        resolver.answer("v6.example.com", Ok(&["2001:db8::6"]));
+        let mut snapshot = ClusterSnapshot {
+            nodes: vec![
+                ready_node("node-a", "a.example.com:51820"),
+                ready_node("node-b", "a.example.com:51821"),
+                ready_node("node-c", "198.51.100.3:51820"),
+            ],
+            peers: vec![ready_peer("peer-a", Some("v6.example.com:51820")), ready_peer("peer-b", None)],
+            now: NOW,
+        };
+        let mut cache = ResolverCache::with_resolver(resolver.clone());
+        let warnings = resolve_endpoints(&mut snapshot, &mut cache).await;
+        assert_eq!(warnings, vec![]);
+        assert_eq!(resolved_ip(&snapshot.nodes[0].endpoint), Some(ip("192.0.2.1")));
+        assert_eq!(resolved_ip(&snapshot.nodes[1].endpoint), Some(ip("192.0.2.1")));
+        assert_eq!(
+            snapshot.nodes[1].endpoint.as_ref().unwrap().socket_addr(),
+            Some("192.0.2.1:51821".parse().unwrap())
+        );
+        assert_eq!(snapshot.nodes[2].endpoint, Some(endpoint("198.51.100.3:51820")));
+        assert_eq!(resolved_ip(&snapshot.peers[0].endpoint), Some(ip("2001:db8::6")));
+        assert_eq!(snapshot.peers[1].endpoint, None);
+        // Each name once.
+        assert_eq!(*resolver.lookups.lock().unwrap(), ["a.example.com", "v6.example.com"]);
+        assert_eq!(cache.last_resolution("a.example.com"), Some(ip("192.0.2.1")));
+    }
+
+    #[tokio::test]
+    async fn a_failure_keeps_the_last_resolution_and_warns() {
+        let resolver = FakeResolver::default();
+        resolver.answer("gw.example.com", Ok(&["192.0.2.10"]));
+        let mut cache = ResolverCache::with_resolver(resolver.clone());
+        let snapshot = ClusterSnapshot {
+            nodes: vec![ready_node("node-a", "gw.example.com:51820"), ready_node("node-b", "ok.example.com:51820")],
+            peers: vec![],
+            now: NOW,
+        };
+        resolver.answer("ok.example.com", Ok(&["192.0.2.20"]));
+        let mut first = snapshot.clone();
+        assert_eq!(resolve_endpoints(&mut first, &mut cache).await, vec![]);
+
+        // The name's address changes: the next pass picks it up.
+        resolver.answer("gw.example.com", Ok(&["192.0.2.11"]));
+        let mut second = snapshot.clone();
+        assert_eq!(resolve_endpoints(&mut second, &mut cache).await, vec![]);
+        assert_eq!(resolved_ip(&second.nodes[0].endpoint), Some(ip("192.0.2.11")));
+
+        // Now the lookup fails: the last address stays, with a warning; the other node is unaffected.
+        resolver.answer("gw.example.com", Err("temporary failure in name resolution"));
+        let mut third = snapshot.clone();
+        let warnings = resolve_endpoints(&mut third, &mut cache).await;
+        assert_eq!(resolved_ip(&third.nodes[0].endpoint), Some(ip("192.0.2.11")));
+        assert_eq!(resolved_ip(&third.nodes[1].endpoint), Some(ip("192.0.2.20")));
+        assert_eq!(
+            warnings,
+            vec![Warning {
+                kind: ObjectKind::Node,
+                name: "node-a".to_owned(),
+                annotation: None,
+                value: Some("gw.example.com:51820".to_owned()),
+                reason: "failed to resolve gw.example.com: temporary failure in name resolution; \
+                         using its last address 192.0.2.11"
+                    .to_owned(),
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_that_never_resolved_stays_unresolved_and_warns() {
+        let resolver = FakeResolver::default();
+        resolver.answer("empty.example.com", Ok(&[]));
+        let mut cache = ResolverCache::with_resolver(resolver);
+        let mut snapshot = ClusterSnapshot {
+            nodes: vec![ready_node("node-a", "nx.example.com:51820")],
+            peers: vec![ready_peer("peer-a", Some("empty.example.com:4000"))],
+            now: NOW,
+        };
+        let warnings = resolve_endpoints(&mut snapshot, &mut cache).await;
+        assert_eq!(resolved_ip(&snapshot.nodes[0].endpoint), None);
+        assert_eq!(snapshot.nodes[0].endpoint.as_ref().unwrap().socket_addr(), None);
+        assert_eq!(resolved_ip(&snapshot.peers[0].endpoint), None);
+        let reasons: Vec<(ObjectKind, &str, &str)> =
+            warnings.iter().map(|w| (w.kind, w.name.as_str(), w.reason.as_str())).collect();
+        assert_eq!(
+            reasons,
+            [
+                (
+                    ObjectKind::Node,
+                    "node-a",
+                    "failed to resolve nx.example.com: failed to lookup address information: Name or service not \
+                     known; the endpoint stays unresolved (no WireGuard endpoint) until a lookup succeeds"
+                ),
+                (
+                    ObjectKind::Peer,
+                    "peer-a",
+                    "failed to resolve empty.example.com: no addresses; the endpoint stays unresolved (no \
+                     WireGuard endpoint) until a lookup succeeds"
+                ),
+            ]
+        );
+        assert_eq!(cache.last_resolution("nx.example.com"), None);
+    }
+
+    #[tokio::test]
+    async fn objects_that_are_not_ready_are_not_resolved() {
+        let resolver = FakeResolver::default();
+        resolver.answer("gw.example.com", Ok(&["192.0.2.1"]));
+        let stale = NodeSpec { last_seen: Some(NOW - 600), ..ready_node("node-a", "gw.example.com:51820") };
+        let keyless = PeerSpec { public_key: None, ..ready_peer("peer-a", Some("gw.example.com:1")) };
+        let mut snapshot = ClusterSnapshot { nodes: vec![stale], peers: vec![keyless], now: NOW };
+        let mut cache = ResolverCache::with_resolver(resolver.clone());
+        assert_eq!(resolve_endpoints(&mut snapshot, &mut cache).await, vec![]);
+        assert_eq!(resolved_ip(&snapshot.nodes[0].endpoint), None);
+        assert_eq!(resolved_ip(&snapshot.peers[0].endpoint), None);
+        assert!(resolver.lookups.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_cache_forgets_names_nobody_uses() {
+        let resolver = FakeResolver::default();
+        resolver.answer("old.example.com", Ok(&["192.0.2.1"]));
+        resolver.answer("new.example.com", Ok(&["192.0.2.2"]));
+        let mut cache = ResolverCache::with_resolver(resolver);
+        let mut snapshot =
+            ClusterSnapshot { nodes: vec![ready_node("node-a", "old.example.com:51820")], peers: vec![], now: NOW };
+        resolve_endpoints(&mut snapshot, &mut cache).await;
+        assert_eq!(cache.last_resolution("old.example.com"), Some(ip("192.0.2.1")));
+
+        // A node that is not ready keeps its name in the cache...
+        snapshot.nodes[0].last_seen = None;
+        resolve_endpoints(&mut snapshot, &mut cache).await;
+        assert_eq!(cache.last_resolution("old.example.com"), Some(ip("192.0.2.1")));
+        // ...a name no object uses is forgotten.
+        let mut snapshot =
+            ClusterSnapshot { nodes: vec![ready_node("node-a", "new.example.com:51820")], peers: vec![], now: NOW };
+        resolve_endpoints(&mut snapshot, &mut cache).await;
+        assert_eq!(cache.last_resolution("old.example.com"), None);
+        assert_eq!(cache.last_resolution("new.example.com"), Some(ip("192.0.2.2")));
+        assert!(format!("{cache:?}").contains("new.example.com"));
+    }
+
+    #[tokio::test]
+    async fn the_system_resolver_resolves_localhost_without_the_network() {
+        // `localhost` is in /etc/hosts; `files` comes before `dns` in nsswitch.conf.
+        let addresses = SystemResolver.lookup("localhost", 51820).await.unwrap();
+        assert!(!addresses.is_empty());
+        assert!(addresses.iter().all(IpAddr::is_loopback), "{addresses:?}");
+        let mut snapshot =
+            ClusterSnapshot { nodes: vec![ready_node("node-a", "localhost:51820")], peers: vec![], now: NOW };
+        let mut cache = ResolverCache::new();
+        assert_eq!(resolve_endpoints(&mut snapshot, &mut cache).await, vec![]);
+        assert_eq!(resolved_ip(&snapshot.nodes[0].endpoint), Some(ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn preferred_address_is_gos_choice() {
+        assert_eq!(preferred_address(&[]), None);
+        assert_eq!(preferred_address(&[ip("2001:db8::1")]), Some(ip("2001:db8::1")));
+        assert_eq!(preferred_address(&[ip("2001:db8::1"), ip("192.0.2.9"), ip("192.0.2.1")]), Some(ip("192.0.2.9")));
+    }
+}

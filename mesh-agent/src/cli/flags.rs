@@ -8,38 +8,38 @@ use mesh_core::{Compatibility, Encapsulation, Granularity, Options};
 pub struct MeshFlags {
     /// The granularity of the mesh: location, full or cross (the offline tools also accept auto:
     /// the `kilo.squat.ai/granularity` annotation the agents publish).
-    #[arg(long = "mesh-granularity")]
+    #[arg(long = "mesh-granularity", env = "KILO_MESH_GRANULARITY")]
     pub granularity: Option<String>,
     /// The subnet WireGuard IPs are allocated from [default: 10.4.0.0/16; for showconf and graph,
     /// the subnet of the nodes' `kilo.squat.ai/wireguard-ip` annotations].
-    #[arg(long, value_parser = parse_cidr)]
+    #[arg(long, env = "KILO_SUBNET", value_parser = parse_cidr)]
     pub subnet: Option<IpNet>,
     /// The WireGuard port.
-    #[arg(long, default_value_t = 51820, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "KILO_PORT", default_value_t = 51820, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
     /// When to encapsulate traffic inside a location: never, crosssubnet or always.
-    #[arg(long, default_value = "always", value_parser = parse_encapsulation)]
+    #[arg(long, env = "KILO_ENCAPSULATE", default_value = "always", value_parser = parse_encapsulation)]
     pub encapsulate: Encapsulation,
     /// Run beside another CNI: flannel or cilium (empty: Kilo's own IPIP).
-    #[arg(long, default_value = "", value_parser = parse_compatibility)]
+    #[arg(long, env = "KILO_COMPATIBILITY", default_value = "", value_parser = parse_compatibility)]
     pub compatibility: Compatibility,
     /// Whether the mesh routes traffic inside a location.
-    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long, env = "KILO_LOCAL", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub local: bool,
     /// Service CIDRs that are never masqueraded (repeatable, comma-separated).
-    #[arg(long = "service-cidr", value_delimiter = ',', value_parser = parse_cidr)]
+    #[arg(long = "service-cidr", env = "KILO_SERVICE_CIDR", value_delimiter = ',', value_parser = parse_cidr)]
     pub service_cidrs: Vec<IpNet>,
     /// Add ACCEPT rules to the FORWARD chain (with --cni).
-    #[arg(long = "iptables-forward-rules", default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long = "iptables-forward-rules", env = "KILO_IPTABLES_FORWARD_RULES", default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub iptables_forward_rules: bool,
     /// Whether the mesh NATs its pod subnet like Kilo's CNI mode.
-    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long, env = "KILO_CNI", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub cni: bool,
     /// The WireGuard interface name.
-    #[arg(long, default_value = "kilo0")]
+    #[arg(long, env = "KILO_INTERFACE", default_value = "kilo0")]
     pub interface: String,
     /// The node label used as location when `kilo.squat.ai/location` is absent.
-    #[arg(long = "topology-label", default_value = mesh_kube::annotations::DEFAULT_TOPOLOGY_LABEL)]
+    #[arg(long = "topology-label", env = "KILO_TOPOLOGY_LABEL", default_value = mesh_kube::annotations::DEFAULT_TOPOLOGY_LABEL)]
     pub topology_label: String,
 }
 

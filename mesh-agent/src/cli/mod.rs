@@ -3,7 +3,7 @@
 //! Exit codes: 0 success, 1 usage error, 2 input error (unreadable or malformed files, unknown
 //! node or peer, a cluster the topology cannot be computed for).
 
-mod flags;
+pub mod flags;
 mod graph;
 mod input;
 mod plan;
@@ -159,22 +159,28 @@ fn default_subnet() -> IpNet {
     mesh_core::Options::default().subnet
 }
 
-/// The tools.
+/// The agent and its tools.
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "mesh-agent",
     version,
-    about = "A Kilo-compatible WireGuard mesh for Kubernetes: offline tools",
+    about = "A Kilo-compatible WireGuard mesh for Kubernetes. Without a subcommand (or with `run`) it \
+             runs the agent with Kilo's flags; the subcommands are offline tools.",
+    args_conflicts_with_subcommands = true,
     after_help = "Exit codes: 0 success, 1 usage error, 2 input error (unreadable or malformed files, \
                   unknown node or peer, a cluster the mesh cannot be computed for)."
 )]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    agent: crate::run::AgentFlags,
 }
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
+    /// Run the agent (the default).
+    Run(crate::run::AgentFlags),
     /// Compute what the agent on --hostname would configure (WireGuard, routes, rules, firewall).
     Plan(plan::PlanArgs),
     /// Show the WireGuard configuration of a node or a peer, as `kgctl showconf`.
@@ -183,16 +189,21 @@ enum Command {
     Graph(graph::GraphArgs),
     /// Print the Peer CustomResourceDefinition (deploy/crds.yaml).
     Crd,
+    /// Print the version.
+    Version,
 }
 
 impl Cli {
     /// Runs the command, writing its output to `out`.
     pub async fn run(self, out: &mut dyn std::io::Write) -> Result<(), CliError> {
-        match self.command {
+        let command = self.command.unwrap_or(Command::Run(self.agent));
+        match command {
+            Command::Run(agent) => agent.run().await.map_err(|error| CliError::usage(error.to_string())),
             Command::Plan(args) => plan::run(args, out).await,
             Command::Showconf(args) => showconf::run(args, out).await,
             Command::Graph(args) => graph::run(args, out).await,
             Command::Crd => write(out, &mesh_kube::crd::crd_yaml()),
+            Command::Version => write(out, concat!(env!("CARGO_PKG_VERSION"), "\n")),
         }
     }
 }

@@ -162,9 +162,9 @@ pub(super) async fn run(args: PlanArgs, out: &mut dyn std::io::Write) -> Result<
             .iter()
             .map(|rule| FirewallOutput {
                 family: rule.family,
-                table: rule.table.clone(),
-                chain: rule.chain.clone(),
-                args: rule.args.clone(),
+                table: rule.table().to_owned(),
+                chain: rule.chain.as_str().to_owned(),
+                args: rule.args(),
             })
             .collect(),
         skipped,
@@ -210,7 +210,7 @@ fn render_text(plan: &PlanOutput, desired: &DesiredState, names: &DeviceNames) -
     let _ = writeln!(text, "\nFirewall ({} rules):", desired.firewall.rules.len());
     for rule in &desired.firewall.rules {
         let command = if rule.family == mesh_core::Family::Ipv4 { "iptables" } else { "ip6tables" };
-        let _ = writeln!(text, "  {command} -t {} -A {} {}", rule.table, rule.chain, rule.args.join(" "));
+        let _ = writeln!(text, "  {command} -t {} -A {} {}", rule.table(), rule.chain.as_str(), rule.args().join(" "));
     }
     if !plan.skipped.is_empty() {
         let _ = writeln!(text, "\nSkipped:");

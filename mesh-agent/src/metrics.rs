@@ -1,0 +1,173 @@
+//! Prometheus metrics: Kilo's names, plus what a diff-based agent can tell.
+
+use prometheus_client::encoding::{EncodeLabelSet, text::encode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Where an error happened, as Kilo's `kilo_errors_total{event}` labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorEvent {
+    /// Computing or applying the mesh.
+    Apply,
+    /// Publishing the local node (heartbeat).
+    Checkin,
+    /// Reading the cluster.
+    Run,
+    /// Clean-up at shutdown.
+    CleanUp,
+}
+
+impl ErrorEvent {
+    fn label(self) -> &'static str {
+        match self {
+            ErrorEvent::Apply => "apply",
+            ErrorEvent::Checkin => "checkin",
+            ErrorEvent::Run => "run",
+            ErrorEvent::CleanUp => "cleanUp",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// The agent's metrics and their registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    errors: Family<EventLabel, Counter>,
+    leader: Gauge,
+    nodes: Gauge,
+    peers: Gauge,
+    reconciles: Counter,
+    reconcile_seconds: Histogram,
+    operations: Family<KindLabel, Counter>,
+    skipped: Family<KindLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let errors = Family::<EventLabel, Counter>::default();
+        let leader = Gauge::default();
+        let nodes = Gauge::default();
+        let peers = Gauge::default();
+        let reconciles = Counter::default();
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let operations = Family::<KindLabel, Counter>::default();
+        let skipped = Family::<KindLabel, Gauge>::default();
+        // prometheus-client adds `_total` to counters, giving Kilo's names.
+        registry.register(
+            "kilo_errors",
+            "Number of errors that occurred while administering the mesh.",
+            errors.clone(),
+        );
+        registry.register("kilo_leader", "Leadership status of the node.", leader.clone());
+        registry.register("kilo_nodes", "Number of nodes in the mesh.", nodes.clone());
+        registry.register("kilo_peers", "Number of peers in the mesh.", peers.clone());
+        registry.register("kilo_reconciles", "Number of reconciliation attempts.", reconciles.clone());
+        registry.register(
+            "mesh_reconcile_duration_seconds",
+            "Time one reconciliation took: compute, observe, plan and apply.",
+            reconcile_seconds.clone(),
+        );
+        registry.register(
+            "mesh_plan_operations",
+            "Data-plane operations applied, by kind (add_route, update_peer, ...).",
+            operations.clone(),
+        );
+        registry.register("mesh_skipped_objects", "Nodes and peers left out of the mesh, by kind.", skipped.clone());
+        Metrics { registry, errors, leader, nodes, peers, reconciles, reconcile_seconds, operations, skipped }
+    }
+
+    /// Counts an error.
+    pub fn error(&self, event: ErrorEvent) {
+        self.errors.get_or_create(&EventLabel { event: event.label() }).inc();
+    }
+
+    /// Counts a reconciliation attempt and how long it took.
+    pub fn reconciled(&self, seconds: f64) {
+        self.reconciles.inc();
+        self.reconcile_seconds.observe(seconds);
+    }
+
+    /// Records the shape of the mesh after a successful computation.
+    pub fn mesh(&self, leader: bool, nodes: usize, peers: usize, skipped_nodes: usize, skipped_peers: usize) {
+        self.leader.set(i64::from(leader));
+        self.nodes.set(i64::try_from(nodes).unwrap_or(i64::MAX));
+        self.peers.set(i64::try_from(peers).unwrap_or(i64::MAX));
+        self.skipped.get_or_create(&KindLabel { kind: "node" }).set(i64::try_from(skipped_nodes).unwrap_or(i64::MAX));
+        self.skipped.get_or_create(&KindLabel { kind: "peer" }).set(i64::try_from(skipped_peers).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an applied operation of `kind`.
+    pub fn operation(&self, kind: &'static str) {
+        self.operations.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The number of errors recorded for `event`.
+    pub fn errors(&self, event: ErrorEvent) -> u64 {
+        self.errors.get_or_create(&EventLabel { event: event.label() }).get()
+    }
+
+    /// The number of reconciliation attempts.
+    pub fn reconciles(&self) -> u64 {
+        self.reconciles.get()
+    }
+
+    /// The number of applied operations of `kind`.
+    pub fn operations(&self, kind: &'static str) -> u64 {
+        self.operations.get_or_create(&KindLabel { kind }).get()
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_kilo_metric_names() {
+        let metrics = Metrics::new();
+        metrics.error(ErrorEvent::Apply);
+        metrics.reconciled(0.01);
+        metrics.mesh(true, 3, 1, 2, 0);
+        metrics.operation("add_route");
+        let text = metrics.render();
+        for line in [
+            "kilo_errors_total{event=\"apply\"} 1",
+            "kilo_leader 1",
+            "kilo_nodes 3",
+            "kilo_peers 1",
+            "kilo_reconciles_total 1",
+            "mesh_plan_operations_total{kind=\"add_route\"} 1",
+            "mesh_skipped_objects{kind=\"node\"} 2",
+            "mesh_reconcile_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+}

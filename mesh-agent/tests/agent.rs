@@ -1,0 +1,187 @@
+//! The reconcile loop against mockall mocks of both backends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_agent::agent::{Agent, AgentConfig, Host};
+use mesh_agent::metrics::{ErrorEvent, Metrics};
+use mesh_core::backend::{BackendError, MockClusterBackend, MockDataplane};
+use mesh_core::{ClusterSnapshot, DesiredState, Endpoint, Key, NodeSpec, ObservedState, Options, Topology, Warning};
+use mockall::Sequence;
+use mockall::predicate::always;
+
+/// A host whose node already has everything it needs, and no DNS names.
+struct StaticHost;
+
+#[async_trait::async_trait]
+impl Host for StaticHost {
+    fn localize(&mut self, _node: &mut NodeSpec) {}
+    async fn resolve(&mut self, _snapshot: &mut ClusterSnapshot) -> Vec<Warning> {
+        Vec::new()
+    }
+}
+
+fn snapshot() -> ClusterSnapshot {
+    let node = |name: &str, ip: &str, pods: &str, key: u8| NodeSpec {
+        name: name.into(),
+        endpoint: Some(Endpoint::parse(&format!("{ip}:51820")).unwrap()),
+        key: Some(Key::from_bytes([key; 32])),
+        internal_ip: Some(format!("{ip}/24").parse().unwrap()),
+        location: name.into(),
+        pod_subnet: Some(pods.parse().unwrap()),
+        last_seen: Some(mesh_agent::agent::unix_now()),
+        ..NodeSpec::default()
+    };
+    ClusterSnapshot {
+        nodes: vec![node("a", "192.0.2.1", "10.2.1.0/24", 1), node("b", "198.51.100.1", "10.2.2.0/24", 2)],
+        peers: vec![],
+        now: mesh_agent::agent::unix_now(),
+    }
+}
+
+fn config() -> AgentConfig {
+    let mut config = AgentConfig::new(Options::for_host("a"));
+    config.retry_initial = Duration::from_millis(10);
+    config
+}
+
+fn desired() -> DesiredState {
+    let snapshot = snapshot();
+    let options = Options::for_host("a");
+    DesiredState::from_topology(&Topology::compute(&snapshot, &options).unwrap(), &options).0
+}
+
+#[tokio::test]
+async fn a_snapshot_leads_to_exactly_one_apply_and_one_announcement() {
+    let mut cluster = MockClusterBackend::new();
+    let mut next = Sequence::new();
+    cluster.expect_next_snapshot().times(1).in_sequence(&mut next).returning(|| Ok(Some(snapshot())));
+    cluster.expect_next_snapshot().times(1).in_sequence(&mut next).returning(|| Ok(None));
+    cluster
+        .expect_announce()
+        .times(1)
+        .withf(|a| a.hostname == "a" && a.wireguard_ip == Some("10.4.0.1/16".parse().unwrap()) && a.key.is_some())
+        .returning(|_| Ok(()));
+    let mut dataplane = MockDataplane::new();
+    dataplane.expect_observe().times(1).returning(|| Ok(ObservedState::default()));
+    dataplane.expect_apply().times(1).withf(|plan| !plan.is_empty()).returning(|_| Ok(()));
+    let mut config = config();
+    config.clean_up = false;
+    let metrics = Arc::new(Metrics::new());
+    let mut agent = Agent::new(cluster, dataplane, StaticHost, config, Arc::clone(&metrics));
+    agent.run(std::future::pending()).await;
+    assert_eq!(metrics.reconciles(), 1);
+    assert!(metrics.operations("add_peer") == 1 && metrics.operations("add_route") > 0);
+    assert!(agent.status().lock().unwrap().graph.as_deref().is_some_and(|dot| dot.starts_with("digraph kilo")));
+}
+
+#[tokio::test]
+async fn an_empty_plan_is_not_applied() {
+    let mut cluster = MockClusterBackend::new();
+    cluster.expect_announce().times(1).returning(|_| Ok(()));
+    let mut dataplane = MockDataplane::new();
+    dataplane.expect_observe().times(2).returning(|| Ok(ObservedState::of(desired())));
+    dataplane.expect_apply().never();
+    let metrics = Arc::new(Metrics::new());
+    let mut agent = Agent::new(cluster, dataplane, StaticHost, config(), Arc::clone(&metrics));
+    agent.update_snapshot(snapshot());
+    agent.reconcile().await;
+    // A resync with nothing new: no write, and the announcement is not repeated before check-in.
+    agent.reconcile().await;
+    assert_eq!(metrics.reconciles(), 2);
+    assert_eq!(metrics.errors(ErrorEvent::Apply), 0);
+}
+
+#[tokio::test]
+async fn an_apply_error_is_counted_retried_with_backoff_and_not_announced() {
+    let mut cluster = MockClusterBackend::new();
+    cluster.expect_announce().times(1).returning(|_| Ok(()));
+    let mut dataplane = MockDataplane::new();
+    dataplane.expect_observe().times(3).returning(|| Ok(ObservedState::default()));
+    let mut attempts = Sequence::new();
+    dataplane
+        .expect_apply()
+        .times(2)
+        .in_sequence(&mut attempts)
+        .returning(|_| Err(BackendError::new("failed to add route 10.2.2.0/24 via 10.4.0.2 dev kilo0", "EPERM")));
+    dataplane.expect_apply().times(1).in_sequence(&mut attempts).returning(|_| Ok(()));
+    let metrics = Arc::new(Metrics::new());
+    let mut agent = Agent::new(cluster, dataplane, StaticHost, config(), Arc::clone(&metrics));
+    agent.update_snapshot(snapshot());
+    agent.reconcile().await;
+    assert_eq!(metrics.errors(ErrorEvent::Apply), 1);
+    assert_eq!(agent.retry_delay(), Some(Duration::from_millis(10)));
+    assert!(!agent.status().lock().unwrap().healthy);
+    agent.reconcile().await;
+    assert_eq!(agent.retry_delay(), Some(Duration::from_millis(20)), "the delay doubles");
+    agent.reconcile().await;
+    assert_eq!(agent.retry_delay(), None);
+    assert_eq!(metrics.errors(ErrorEvent::Apply), 2);
+    assert!(agent.status().lock().unwrap().healthy);
+}
+
+#[tokio::test]
+async fn the_loop_retries_a_failed_apply_by_itself() {
+    let mut cluster = MockClusterBackend::new();
+    let mut next = Sequence::new();
+    cluster.expect_next_snapshot().times(1).in_sequence(&mut next).returning(|| Ok(Some(snapshot())));
+    cluster.expect_announce().times(1).returning(|_| Ok(()));
+    let mut dataplane = MockDataplane::new();
+    dataplane.expect_observe().returning(|| Ok(ObservedState::default()));
+    let mut attempts = Sequence::new();
+    dataplane
+        .expect_apply()
+        .times(1)
+        .in_sequence(&mut attempts)
+        .returning(|_| Err(BackendError::new("failed to set up kilo0", "EBUSY")));
+    dataplane.expect_apply().times(1).in_sequence(&mut attempts).returning(|_| Ok(()));
+    let mut config = config();
+    config.clean_up = false;
+    let metrics = Arc::new(Metrics::new());
+    // The backend has nothing more to say after the first snapshot: the retry timer must act.
+    cluster.expect_next_snapshot().returning(|| Err(BackendError::new("watch", "connection refused")));
+    let mut agent = Agent::new(cluster, dataplane, StaticHost, config, Arc::clone(&metrics));
+    let status = agent.status();
+    let healthy = async move {
+        while !status.lock().unwrap().healthy {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), agent.run(healthy)).await.expect("recovered within 5 s");
+    assert_eq!(metrics.errors(ErrorEvent::Apply), 1);
+}
+
+#[tokio::test]
+async fn shutdown_cleans_up_the_data_plane_then_the_annotations() {
+    let mut order = Sequence::new();
+    let mut cluster = MockClusterBackend::new();
+    let mut dataplane = MockDataplane::new();
+    cluster.expect_next_snapshot().returning(|| Ok(None));
+    dataplane.expect_clean_up().times(1).in_sequence(&mut order).returning(|| Ok(()));
+    cluster
+        .expect_clean_up()
+        .with(always())
+        .times(1)
+        .in_sequence(&mut order)
+        .withf(|node| node == "a")
+        .returning(|_| Ok(()));
+    let metrics = Arc::new(Metrics::new());
+    let mut agent = Agent::new(cluster, dataplane, StaticHost, config(), Arc::clone(&metrics));
+    agent.run(std::future::pending()).await;
+    assert_eq!(metrics.errors(ErrorEvent::CleanUp), 0);
+}
+
+#[tokio::test]
+async fn clean_up_failures_are_counted_and_do_not_stop_the_rest() {
+    let mut cluster = MockClusterBackend::new();
+    let mut dataplane = MockDataplane::new();
+    dataplane
+        .expect_clean_up()
+        .times(1)
+        .returning(|| Err(BackendError::new("failed to delete chain KILO-NAT", "busy")));
+    cluster.expect_clean_up().times(1).returning(|_| Ok(()));
+    let metrics = Arc::new(Metrics::new());
+    let mut agent = Agent::new(cluster, dataplane, StaticHost, config(), Arc::clone(&metrics));
+    agent.clean_up().await;
+    assert_eq!(metrics.errors(ErrorEvent::CleanUp), 1);
+}

@@ -54,7 +54,7 @@ impl DeviceNames {
 }
 
 /// A route, as Kilo installs it (protocol `static`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Route {
     /// Destination network.
     pub dst: IpNet,
@@ -71,7 +71,7 @@ pub struct Route {
 }
 
 /// A policy rule that sends matching traffic to table 1107.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Rule {
     /// Source selector.
     pub src: Option<IpNet>,

@@ -212,11 +212,12 @@ impl DataplaneState {
         // Kilo replaces routes in order, so the kernel keeps the last one for a destination:
         // sorting by destination, then by position, keeps that order among routes to one
         // destination.
-        let mut ordered: Vec<(RouteKey, usize, Route)> =
-            kept.into_iter().enumerate().map(|(index, route)| (route.key(), index, route)).collect();
-        ordered.sort_unstable_by_key(|(key, index, _)| (*key, *index));
-        let mut routes: Vec<(RouteKey, Route)> = Vec::with_capacity(ordered.len());
-        for (_, _, route) in ordered {
+        // Sort small (key, position) pairs rather than whole routes.
+        let mut order: Vec<(RouteKey, u32)> =
+            kept.iter().enumerate().map(|(index, route)| (route.key(), index as u32)).collect();
+        order.sort_unstable();
+        let mut routes: Vec<(RouteKey, Route)> = Vec::with_capacity(order.len());
+        for route in order.into_iter().map(|(_, index)| kept[index as usize]) {
             match routes.last_mut() {
                 Some((key, previous)) if *key == route.key() => {
                     if *previous != route {

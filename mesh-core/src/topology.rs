@@ -214,6 +214,13 @@ impl Topology {
         let capacity = segments.iter().map(|s| s.allowed_ips.len() + 1).sum();
         let mut known = AddressIndex::new(segments.iter().flat_map(|s| s.allowed_ips.iter()), capacity);
         let segment_count = segments.len();
+        // Every segment's allowed-location IPs, as the filter sees them: earlier segments'
+        // filtered, later ones' not yet. Few in practice, so they are scanned, not indexed.
+        let mut location_ips: Vec<(usize, IpNet)> = segments
+            .iter()
+            .enumerate()
+            .flat_map(|(index, segment)| segment.allowed_location_ips.iter().map(move |ip| (index, *ip)))
+            .collect();
         for index in 0..segments.len() {
             let address = allocator.next().ok_or_else(|| ComputeError::SubnetExhausted {
                 subnet: options.subnet,
@@ -234,8 +241,17 @@ impl Topology {
                 }
             }
             if !segments[index].allowed_location_ips.is_empty() {
-                let filtered =
-                    filter_allowed_location_ips(&segments, index, &known, &peers, &member_specs[index], &mut warnings);
+                let filtered = filter_allowed_location_ips(
+                    &segments,
+                    index,
+                    &location_ips,
+                    &known,
+                    &peers,
+                    &member_specs[index],
+                    &mut warnings,
+                );
+                // Later segments are checked against what this one kept.
+                location_ips.retain(|(owner, ip)| *owner != index || filtered.contains(ip));
                 segments[index].allowed_location_ips = filtered;
             }
         }
@@ -495,6 +511,7 @@ fn masked_bits(addr: IpAddr, prefix: u8) -> u128 {
 fn filter_allowed_location_ips(
     segments: &[Segment],
     index: usize,
+    location_ips: &[(usize, IpNet)],
     known: &AddressIndex,
     peers: &[Peer],
     members: &[&NodeSpec],
@@ -519,11 +536,11 @@ fn filter_allowed_location_ips(
                 reason,
             });
         };
-        for (_, other) in segments.iter().enumerate().filter(|(other, _)| *other != index) {
-            if let Some(clash) = other.allowed_location_ips.iter().find(|ip| intersect(candidate, ip)) {
-                reject(format!("overlaps allowed location IP {clash} of segment {}; ignored", other.name));
-                continue 'candidates;
-            }
+        if let Some((other, clash)) =
+            location_ips.iter().find(|(other, ip)| *other != index && intersect(candidate, ip))
+        {
+            reject(format!("overlaps allowed location IP {clash} of segment {}; ignored", segments[*other].name));
+            continue 'candidates;
         }
         if known.contains(candidate.addr()) {
             reject("lies inside an allowed IP of the mesh (a pod subnet, private or WireGuard IP); ignored".to_owned());

@@ -95,6 +95,8 @@ pub struct Agent<C, D, H> {
     status: Arc<Mutex<Status>>,
     snapshot: Option<ClusterSnapshot>,
     announced: Option<(LocalAnnouncement, Instant)>,
+    /// The check-in timer fired: the next announcement goes out even if nothing changed.
+    check_in_due: bool,
     retry: Option<(Instant, Duration)>,
     /// After cluster read errors: the current back-off, and until when the backend is not asked.
     cluster_backoff: Option<Duration>,
@@ -123,6 +125,7 @@ impl<C: ClusterBackend, D: Dataplane, H: Host> Agent<C, D, H> {
             status: Arc::default(),
             snapshot: None,
             announced: None,
+            check_in_due: false,
             retry: None,
             cluster_backoff: None,
             cluster_paused_until: None,
@@ -185,7 +188,7 @@ impl<C: ClusterBackend, D: Dataplane, H: Host> Agent<C, D, H> {
                 },
                 () = sleep_until(paused_until), if paused_until.is_some() => self.cluster_paused_until = None,
                 _ = resync.tick() => self.reconcile().await,
-                _ = check_in.tick() => self.reconcile().await,
+                _ = check_in.tick() => self.check_in().await,
                 () = sleep_until(retry_at), if retry_at.is_some() => self.reconcile().await,
             }
         }
@@ -287,22 +290,45 @@ impl<C: ClusterBackend, D: Dataplane, H: Host> Agent<C, D, H> {
             granularity: self.config.options.granularity,
             cni_compatibility_ip: local.cni_compatibility_ip,
         };
-        let due = match &self.announced {
-            None => true,
-            Some((previous, at)) => {
-                at.elapsed() >= self.config.check_in_period
-                    || LocalAnnouncement { last_seen: 0, ..previous.clone() }
-                        != LocalAnnouncement { last_seen: 0, ..announcement.clone() }
-            }
-        };
-        if !due {
+        let changed = self.announced.as_ref().is_none_or(|(previous, _)| {
+            LocalAnnouncement { last_seen: 0, ..previous.clone() }
+                != LocalAnnouncement { last_seen: 0, ..announcement.clone() }
+        });
+        if !(changed || self.check_in_due) {
             return;
         }
         match self.cluster.announce(&announcement).await {
-            Ok(()) => self.announced = Some((announcement, Instant::now())),
+            Ok(()) => {
+                self.announced = Some((announcement, Instant::now()));
+                self.check_in_due = false;
+            }
             Err(error) => {
                 self.metrics.error(ErrorEvent::Checkin);
                 warn!(%error, "failed to publish the local node");
+            }
+        }
+    }
+
+    /// The heartbeat: a full pass that publishes the node even if nothing changed. If the pass
+    /// fails before publishing (a failed apply), the last published state goes out again with a
+    /// fresh `last-seen`: the node is alive, and other nodes must not drop it after 60 s while
+    /// it retries.
+    async fn check_in(&mut self) {
+        self.check_in_due = true;
+        self.reconcile().await;
+        if !self.check_in_due {
+            return;
+        }
+        let Some((previous, _)) = self.announced.clone() else { return };
+        let heartbeat = LocalAnnouncement { last_seen: unix_now(), ..previous };
+        match self.cluster.announce(&heartbeat).await {
+            Ok(()) => {
+                self.announced = Some((heartbeat, Instant::now()));
+                self.check_in_due = false;
+            }
+            Err(error) => {
+                self.metrics.error(ErrorEvent::Checkin);
+                warn!(%error, "failed to publish the heartbeat");
             }
         }
     }

@@ -185,3 +185,41 @@ async fn clean_up_failures_are_counted_and_do_not_stop_the_rest() {
     agent.clean_up().await;
     assert_eq!(metrics.errors(ErrorEvent::CleanUp), 1);
 }
+
+#[tokio::test]
+async fn heartbeats_continue_while_applies_fail() {
+    let mut cluster = MockClusterBackend::new();
+    let mut next = Sequence::new();
+    cluster.expect_next_snapshot().times(1).in_sequence(&mut next).returning(|| Ok(Some(snapshot())));
+    cluster.expect_next_snapshot().returning(|| Err(BackendError::new("watch", "connection refused")));
+    let announcements = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&announcements);
+    cluster.expect_announce().returning(move |announcement| {
+        seen.lock().unwrap().push(announcement.clone());
+        Ok(())
+    });
+    let mut dataplane = MockDataplane::new();
+    dataplane.expect_observe().returning(|| Ok(ObservedState::default()));
+    let mut attempts = Sequence::new();
+    dataplane.expect_apply().times(1).in_sequence(&mut attempts).returning(|_| Ok(()));
+    dataplane
+        .expect_apply()
+        .in_sequence(&mut attempts)
+        .returning(|_| Err(BackendError::new("failed to add route", "EIO")));
+    let mut config = config();
+    config.clean_up = false;
+    config.check_in_period = Duration::from_millis(100);
+    config.retry_initial = Duration::from_secs(60);
+    let metrics = Arc::new(Metrics::new());
+    let mut agent = Agent::new(cluster, dataplane, StaticHost, config, Arc::clone(&metrics));
+    agent.run(tokio::time::sleep(Duration::from_millis(450))).await;
+    let announcements = announcements.lock().unwrap();
+    assert!(announcements.len() >= 3, "the first announcement and heartbeats: {}", announcements.len());
+    assert!(metrics.errors(ErrorEvent::Apply) >= 2, "the applies after the first failed");
+    // Every heartbeat repeats the state that was published, only fresher.
+    let first = &announcements[0];
+    for heartbeat in &announcements[1..] {
+        assert_eq!(heartbeat.wireguard_ip, first.wireguard_ip);
+        assert!(heartbeat.last_seen >= first.last_seen);
+    }
+}

@@ -36,24 +36,7 @@ fn main() {
         let topology = Topology::compute(&snapshot, &options).unwrap();
         DesiredState::from_topology(&topology, &options)
     });
-    let _ = extra;
     let desired = DesiredState::from_topology(&topology, &options).0;
     let observed = ObservedState::of(desired.clone());
     time("plan/steady", iterations, || Plan::between(&observed, &desired));
-}
-
-#[allow(dead_code)]
-fn extra(topology: &Topology, options: &mesh_core::Options) {
-    let (routes, _) = topology.routes(options);
-    time("routes sort", 20, || {
-        let mut r = routes.clone();
-        r.sort_by_key(mesh_core::Route::key);
-        r
-    });
-    time("routes clone", 20, || routes.clone());
-    let mut sorted = routes.clone();
-    sorted.sort_by_key(mesh_core::Route::key);
-    time("btreemap build", 20, || {
-        sorted.iter().map(|r| (r.key(), r.clone())).collect::<std::collections::BTreeMap<_, _>>()
-    });
 }

@@ -160,16 +160,16 @@ impl Plan {
         let ops = &mut plan.operations;
 
         for rule in current.rules.difference(&desired.rules) {
-            ops.push(Operation::DeleteRule(rule.clone()));
+            ops.push(Operation::DeleteRule(*rule));
         }
         // Both route maps are sorted by key: one walk finds deletions, additions and replacements.
         let mut additions = Vec::new();
         for change in merge(&current.routes, &desired.routes) {
             match change {
-                (Some(existing), None) => ops.push(Operation::DeleteRoute(existing.clone())),
-                (None, Some(wanted)) => additions.push(Operation::AddRoute(wanted.clone())),
+                (Some(existing), None) => ops.push(Operation::DeleteRoute(*existing)),
+                (None, Some(wanted)) => additions.push(Operation::AddRoute(*wanted)),
                 (Some(existing), Some(wanted)) if existing != wanted => {
-                    additions.push(Operation::ReplaceRoute(wanted.clone()));
+                    additions.push(Operation::ReplaceRoute(*wanted));
                 }
                 _ => {}
             }
@@ -214,7 +214,7 @@ impl Plan {
         }
         ops.extend(additions);
         for rule in desired.rules.difference(&current.rules) {
-            ops.push(Operation::AddRule(rule.clone()));
+            ops.push(Operation::AddRule(*rule));
         }
         for family in [Family::Ipv4, Family::Ipv6] {
             if !current.firewall.family_eq(&desired.firewall, family) {
@@ -274,10 +274,10 @@ impl Plan {
                 }
                 Operation::SetTunnelAddress(address) => next.tunnel_address = *address,
                 Operation::AddRoute(route) | Operation::ReplaceRoute(route) => {
-                    next.routes.insert(route.key(), route.clone());
+                    next.routes.insert(route.key(), *route);
                 }
                 Operation::AddRule(rule) => {
-                    next.rules.insert(rule.clone());
+                    next.rules.insert(*rule);
                 }
                 Operation::SetFirewall { family, firewall } => {
                     next.firewall.chains.retain(|chain| chain.family != *family);

@@ -766,7 +766,7 @@ fn apply_drift(mut state: DataplaneState, drift: &Drift) -> DataplaneState {
         }
     }
     for route in &drift.extra_routes {
-        state.routes.insert(route.key(), route.clone());
+        state.routes.insert(route.key(), *route);
     }
     for index in &drift.dropped_rules {
         if let Some(rule) = state.rules.iter().nth(usize::from(*index) % state.rules.len().max(1)).cloned() {

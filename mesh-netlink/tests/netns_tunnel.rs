@@ -37,7 +37,7 @@ async fn netns_missing_tunnel_devices_and_interface_are_named_errors() {
     let route = kilo_route("192.168.60.2/32", "10.2.2.0", Dev::Tunnel);
 
     let mut cilium = tunnel_dataplane(&netns, Compatibility::Cilium, "kttm-p").await;
-    let error = cilium.apply_plan(&plan(vec![Operation::AddRoute(route.clone())])).await.unwrap_err();
+    let error = cilium.apply_plan(&plan(vec![Operation::AddRoute(route)])).await.unwrap_err();
     assert!(matches!(error, Error::CiliumTunnelNotFound), "{error:?}");
     assert_eq!(error.to_string(), "cilium_tunl interface not found: run Cilium with enable-ipip-termination=true");
     let error = cilium.apply(&plan(vec![Operation::SetTunnelAddress(Some(net("10.2.1.1/32")))])).await.unwrap_err();

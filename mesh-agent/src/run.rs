@@ -32,7 +32,7 @@ pub struct AgentFlags {
     /// Where nodes and peers come from: kubernetes, or file (a directory of Node and Peer YAML).
     #[arg(long, env = "KILO_BACKEND", default_value = "kubernetes", value_parser = ["kubernetes", "file"])]
     backend: String,
-    /// The directory of the file backend: DIR/nodes/<name>.yaml and DIR/peers/<name>.yaml.
+    /// The directory of the file backend: DIR/nodes/NAME.yaml and DIR/peers/NAME.yaml.
     #[arg(long = "cluster-dir", env = "KILO_CLUSTER_DIR")]
     cluster_dir: Option<PathBuf>,
     /// Remove routes, rules, chains and the node's annotations on shutdown.

@@ -5,6 +5,7 @@ use std::fmt;
 
 use ipnet::IpNet;
 
+use crate::topology::{Peer, Segment};
 use crate::{Endpoint, Key, PresharedKey, Topology};
 
 /// One `[Peer]` section, with Kilo's values (allowed IPs keep their host bits; a DNS endpoint is
@@ -102,30 +103,33 @@ impl Topology {
         if !self.leader {
             return Vec::new();
         }
-        let mut peers = Vec::with_capacity(self.segments.len() + self.peers.len());
-        for segment in self.segments.iter().filter(|s| !self.is_local_location(s)) {
-            peers.push(PeerConfig {
-                public_key: segment.key,
-                allowed_ips: segment.allowed_ips.iter().chain(&segment.allowed_location_ips).copied().collect(),
-                endpoint: self.effective_endpoint(
-                    segment.endpoint.as_ref(),
-                    &segment.key,
-                    segment.persistent_keepalive,
-                ),
-                persistent_keepalive: self.persistent_keepalive,
-                preshared_key: None,
-            });
+        let segments = self.segments.iter().filter(|s| !self.is_local_location(s));
+        let segments = segments.map(|segment| self.segment_peer(segment, self.persistent_keepalive, None));
+        let peers = self.peers.iter().map(|peer| self.crd_peer(peer, self.persistent_keepalive, peer.preshared_key));
+        segments.chain(peers).collect()
+    }
+
+    /// A segment as a WireGuard peer: its allowed IPs and allowed-location IPs, its leader's key
+    /// and (NAT-aware) endpoint.
+    fn segment_peer(&self, segment: &Segment, keepalive: u16, preshared_key: Option<PresharedKey>) -> PeerConfig {
+        PeerConfig {
+            public_key: segment.key,
+            allowed_ips: segment.allowed_ips.iter().chain(&segment.allowed_location_ips).copied().collect(),
+            endpoint: self.effective_endpoint(segment.endpoint.as_ref(), &segment.key, segment.persistent_keepalive),
+            persistent_keepalive: keepalive,
+            preshared_key,
         }
-        for peer in &self.peers {
-            peers.push(PeerConfig {
-                public_key: peer.public_key,
-                allowed_ips: peer.allowed_ips.clone(),
-                endpoint: self.effective_endpoint(peer.endpoint.as_ref(), &peer.public_key, peer.persistent_keepalive),
-                persistent_keepalive: self.persistent_keepalive,
-                preshared_key: peer.preshared_key,
-            });
+    }
+
+    /// A `Peer` as a WireGuard peer.
+    fn crd_peer(&self, peer: &Peer, keepalive: u16, preshared_key: Option<PresharedKey>) -> PeerConfig {
+        PeerConfig {
+            public_key: peer.public_key,
+            allowed_ips: peer.allowed_ips.clone(),
+            endpoint: self.effective_endpoint(peer.endpoint.as_ref(), &peer.public_key, peer.persistent_keepalive),
+            persistent_keepalive: keepalive,
+            preshared_key,
         }
-        peers
     }
 
     /// The node configuration `kgctl showconf node` prints: an interface section with the given
@@ -140,29 +144,10 @@ impl Topology {
         let own = self.peers.iter().find(|peer| peer.name == name);
         let keepalive = own.map_or(0, |peer| peer.persistent_keepalive);
         let preshared_key = own.and_then(|peer| peer.preshared_key);
-        let mut peers = Vec::new();
-        for segment in &self.segments {
-            peers.push(PeerConfig {
-                public_key: segment.key,
-                allowed_ips: segment.allowed_ips.iter().chain(&segment.allowed_location_ips).copied().collect(),
-                endpoint: self.effective_endpoint(
-                    segment.endpoint.as_ref(),
-                    &segment.key,
-                    segment.persistent_keepalive,
-                ),
-                persistent_keepalive: keepalive,
-                preshared_key,
-            });
-        }
-        for peer in self.peers.iter().filter(|peer| peer.name != name) {
-            peers.push(PeerConfig {
-                public_key: peer.public_key,
-                allowed_ips: peer.allowed_ips.clone(),
-                endpoint: self.effective_endpoint(peer.endpoint.as_ref(), &peer.public_key, peer.persistent_keepalive),
-                persistent_keepalive: keepalive,
-                preshared_key: None,
-            });
-        }
+        let segments = self.segments.iter().map(|segment| self.segment_peer(segment, keepalive, preshared_key));
+        let others =
+            self.peers.iter().filter(|peer| peer.name != name).map(|peer| self.crd_peer(peer, keepalive, None));
+        let peers = segments.chain(others).collect();
         Conf { interface: None, peers }
     }
 

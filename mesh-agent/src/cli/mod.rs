@@ -155,6 +155,33 @@ impl Cluster {
     }
 }
 
+/// A cluster as `kgctl` sees it: its objects, the granularity (`auto` resolved from the
+/// agents' annotations) and the WireGuard subnet (from their `wireguard-ip` annotations unless
+/// `--subnet` is given).
+#[derive(Debug)]
+struct KgctlView {
+    cluster: Cluster,
+    granularity: Granularity,
+    subnet: IpNet,
+}
+
+impl KgctlView {
+    async fn load(source: &Source, mesh: &MeshFlags, now: Option<i64>) -> Result<KgctlView, CliError> {
+        let choice = mesh.granularity("auto", true).map_err(CliError::usage)?;
+        let objects = source.load().await?;
+        let cluster = Cluster::translate(&objects, &mesh.topology_label, now.unwrap_or_else(unix_now));
+        let granularity = cluster.granularity(choice)?;
+        let subnet = mesh.subnet.unwrap_or_else(|| cluster.announced_subnet());
+        Ok(KgctlView { cluster, granularity, subnet })
+    }
+
+    /// The mesh from `host`'s point of view.
+    fn topology(&self, mesh: &MeshFlags, host: &str) -> Result<mesh_core::Topology, CliError> {
+        let options = mesh.options(host, self.granularity, self.subnet);
+        mesh_core::Topology::compute(&self.cluster.snapshot, &options).map_err(|e| CliError::input(e.to_string()))
+    }
+}
+
 fn default_subnet() -> IpNet {
     mesh_core::Options::default().subnet
 }

@@ -2,11 +2,11 @@
 
 use ipnet::IpNet;
 use mesh_core::wireguard::{Conf, PeerConfig};
-use mesh_core::{Endpoint, Host, Topology};
+use mesh_core::{Endpoint, Host};
 use serde_json::{Map, Value, json};
 
 use super::flags::{MeshFlags, parse_cidr};
-use super::{CliError, Cluster, Source, unix_now, write};
+use super::{CliError, KgctlView, Source, write};
 
 /// Arguments of `showconf`.
 #[derive(clap::Args, Debug)]
@@ -35,19 +35,14 @@ pub struct ShowconfArgs {
 }
 
 pub(super) async fn run(args: ShowconfArgs, out: &mut dyn std::io::Write) -> Result<(), CliError> {
-    let choice = args.mesh.granularity("auto", true).map_err(CliError::usage)?;
-    let objects = args.source.load().await?;
-    let cluster = Cluster::translate(&objects, &args.mesh.topology_label, args.now.unwrap_or_else(unix_now));
-    let granularity = cluster.granularity(choice)?;
-    let subnet = args.mesh.subnet.unwrap_or_else(|| cluster.announced_subnet());
-    let ready = cluster.ready_nodes();
+    let view = KgctlView::load(&args.source, &args.mesh, args.now).await?;
+    let ready = view.cluster.ready_nodes();
 
     if args.kind == "node" {
         if !ready.contains(&args.name.as_str()) {
             return Err(CliError::input(format!("did not find any node named {:?} in the cluster", args.name)));
         }
-        let options = args.mesh.options(&args.name, granularity, subnet);
-        let topology = compute(&cluster, &options)?;
+        let topology = view.topology(&args.mesh, &args.name)?;
         if !topology.leader {
             eprintln!("Node {:?} is not a leader node", args.name);
             return Ok(());
@@ -63,8 +58,7 @@ pub(super) async fn run(args: ShowconfArgs, out: &mut dyn std::io::Write) -> Res
     let Some(last) = ready.last() else {
         return Err(CliError::input("did not find any valid Kilo nodes in the cluster"));
     };
-    let options = args.mesh.options(last, granularity, subnet);
-    let topology = compute(&cluster, &options)?;
+    let topology = view.topology(&args.mesh, last)?;
     let Some(peer) = topology.peers.iter().find(|peer| peer.name == args.name) else {
         return Err(CliError::input(format!("did not find any peer named {:?} in the cluster", args.name)));
     };
@@ -80,10 +74,6 @@ pub(super) async fn run(args: ShowconfArgs, out: &mut dyn std::io::Write) -> Res
     };
     add_allowed_ips(&mut config, &args.allowed_ips);
     render_peer(&args, config, out)
-}
-
-fn compute(cluster: &Cluster, options: &mesh_core::Options) -> Result<Topology, CliError> {
-    Topology::compute(&cluster.snapshot, options).map_err(|e| CliError::input(e.to_string()))
 }
 
 fn add_allowed_ips(peer: &mut PeerConfig, extra: &[IpNet]) {

@@ -298,7 +298,7 @@ fn kilo_translate_node() {
             annotations: published("10.1.0.1/32", Some("")),
             labels: vec![(REGION, "a")],
             subnet: "10.2.1.0/24",
-            out: published_out.clone(),
+            out: NodeSpec { no_internal_ip: true, ..published_out.clone() },
             force_no_internal_ip: true,
             warnings: vec![],
         },

@@ -29,6 +29,12 @@ pub trait Host: Send {
 
     /// Resolves the DNS endpoints of the snapshot's nodes and peers; returns what could not be.
     async fn resolve(&mut self, snapshot: &mut ClusterSnapshot) -> Vec<Warning>;
+
+    /// The WireGuard MTU as of the last [`Host::resolve`], when the host detects it (`--mtu
+    /// auto`, re-detected every pass as Kilo does); `None` keeps the configured one.
+    fn mtu(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Timing and behaviour of the loop.
@@ -244,6 +250,9 @@ impl<C: ClusterBackend, D: Dataplane, H: Host> Agent<C, D, H> {
         local.discovered_endpoints = discovered;
         let local = local.clone();
 
+        if let Some(mtu) = self.host.mtu() {
+            self.config.options.mtu = Some(mtu);
+        }
         let options = &self.config.options;
         let topology = Topology::compute(snapshot, options).map_err(PassError::Compute)?;
         let (desired, state_warnings) = DesiredState::from_topology(&topology, options);

@@ -164,6 +164,8 @@ struct LinuxHost {
     cni_path: Option<PathBuf>,
     /// The last CNI error logged, so a persistent one is logged once.
     cni_error: Option<String>,
+    /// `--mtu auto`: the MTU detected at the last pass; `None` with a fixed `--mtu`.
+    auto_mtu: Option<u32>,
 }
 
 #[async_trait::async_trait]
@@ -204,14 +206,28 @@ impl Host for LinuxHost {
     }
 
     async fn resolve(&mut self, snapshot: &mut ClusterSnapshot) -> Vec<Warning> {
-        // Cilium's cilium_host address can appear after the agent started: look again (Kilo
-        // re-evaluates it on every local-node event).
-        if self.compatibility == Compatibility::Cilium
+        // Cilium's cilium_host address can appear after the agent started, and the underlay's
+        // MTU can change: look again every pass, as Kilo does.
+        let cilium = self.compatibility == Compatibility::Cilium;
+        if (cilium || self.auto_mtu.is_some())
             && let Ok(network) = HostNetwork::read_async(&Namespace::Current, &self.hostname).await
         {
-            self.cni_compatibility_ip = network.cilium_host_ip();
+            if cilium {
+                self.cni_compatibility_ip = network.cilium_host_ip();
+            }
+            if let Some(previous) = self.auto_mtu {
+                let mtu = auto_mtu(network.underlay_mtu(), cilium);
+                if mtu != previous {
+                    info!(mtu, previous, "the underlay MTU changed; adjusting the WireGuard MTU");
+                }
+                self.auto_mtu = Some(mtu);
+            }
         }
         resolve_endpoints(snapshot, &mut self.resolver).await
+    }
+
+    fn mtu(&self) -> Option<u32> {
+        self.auto_mtu
     }
 }
 
@@ -272,6 +288,7 @@ impl AgentFlags {
             hostname: hostname.clone(),
             cni_path: self.mesh.cni.then(|| self.cni_path.clone()),
             cni_error: None,
+            auto_mtu: (self.mtu == Mtu::Auto).then_some(mtu),
         };
         let mut config = AgentConfig::new(options);
         config.resync_period = self.resync_period;

@@ -1,0 +1,1173 @@
+//! End-to-end: a real multi-location mesh in network namespaces. Real `mesh-agent` processes
+//! (file backend), real kernel routing, real WireGuard in user space (`wireguard-go`, one
+//! interface name per node so the UAPI sockets never collide), real iptables, real NAT.
+//!
+//! ```text
+//!                       fabric namespace (bridges only, no addresses)
+//!   bra 192.168.10.0/24        brb 192.168.20.0/24        brn "internet" 198.51.100.0/24 + 203.0.113.0/24
+//!    |     |     |               |     |                   | | | | |        |              |
+//!   a1*   a2    a3              b1*   b2                   a1..a3 b1 b2   nat router     external peer
+//!   (location loc-a)            (location loc-b)           .11-.13 .21 .22  203.0.113.1   203.0.113.50
+//!                                                                           | masquerade   wireguard-go
+//!                                                                           10.0.30.1/24   10.5.0.1/32
+//!                                                                           |
+//!                                                                          c1 10.0.30.2 (loc-c, keepalive 10)
+//! ```
+//!
+//! `*` carries `kilo.squat.ai/leader`. Every A and B node also has an internet address, because
+//! `full` and `cross` make every node a WireGuard endpoint that the other locations must reach;
+//! in `location` granularity only the leaders' endpoints are used. Each node has its pod address
+//! (the first address of its `spec.podCIDR`) on a bridge called `kube-bridge`, which IP discovery
+//! ignores as Kilo does. No namespace has a route towards the host: the test's traffic cannot leave
+//! the namespaces it creates.
+//!
+//! Agents run with `--backend=file` on one shared directory, `--wireguard-backend=userspace
+//! --create-interface=false` (the test starts one `wireguard-go` per node), `--encapsulate=never
+//! --cni=false`, `--resync-period=1s` and `--internal-cidr` set to the location's network. The
+//! external peer is a `Peer` file; its WireGuard configuration is what `mesh-agent showconf peer`
+//! prints from the published Node files, loaded with `wg syncconf`.
+//!
+//! Scenarios, in the order they run (each row of the summary table; a failing scenario is reported
+//! and the next ones still run):
+//!
+//! 1. `location`: every node reaches every other node's pod address, the external peer reaches
+//!    every pod address, and only the leaders (a1, b1, c1) hold WireGuard peers.
+//! 3. NAT: a1 and b1 publish C's endpoint as seen through the NAT (`discovered-endpoints`) and
+//!    send to it; A and B reach C's pod and back.
+//! 4. No churn: across three resync periods no agent writes WireGuard (metrics), and no peer's
+//!    handshake or transfer counters go back.
+//! 2. The same as 1 after restarting the agents with `full`, then with `cross` (restarted with
+//!    `--clean-up=false`, as a rolling update keeps the published state; see [`Mesh::switch`]).
+//! 5. Failover (back in `location`, agents with clean-up): a1's agent is killed and its
+//!    WireGuard port dropped; the time until b1 and b2 reach a2's and a3's pods through a2 is
+//!    printed; past 120 s the scenario fails.
+//! 6. Graceful shutdown (a1's agent restarted first): SIGTERM leaves no table-1107 or proto-107
+//!    route or rule, no KILO chain in any namespace, and no owned annotation in any Node file.
+//!
+//! Run alone with `cargo test -p mesh-tests --test e2e` (it builds `mesh-agent` first when the
+//! binary is missing or older than its sources). `KTE_KEEP_DIR=1` keeps the run directory (cluster
+//! files, keys, every process log) under the temporary directory; `KTE_DEBUG_PAUSE=1` holds the
+//! world when the paths of a granularity do not all answer, until `DIR/resume` exists.
+//!
+//! Needs root, `ip`, `wireguard-go`, `wg`, `iptables`, `ping`, `bash` and `/dev/net/tun`; fails
+//! (never skips) without them. Everything is removed when the test ends, also on failure or panic:
+//! the processes by PID, the namespaces, the UAPI sockets and the run directory.
+
+#[path = "e2e/world.rs"]
+mod world;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use world::{Outcome, Row, World, in_ns, poll, progress, run};
+
+/// `--resync-period` of every agent.
+const RESYNC: Duration = Duration::from_secs(1);
+/// The external WireGuard client, registered as a `Peer`.
+const PEER: &str = "laptop";
+/// The external peer's allowed IP (and its WireGuard interface address).
+const PEER_IP: &str = "10.5.0.1";
+/// The NAT router's internet address: what C looks like from outside.
+const NAT_PUBLIC_IP: &str = "203.0.113.1";
+/// The external peer's internet address.
+const PEER_PUBLIC_IP: &str = "203.0.113.50";
+/// Where every agent serves /metrics, inside its own namespace.
+const METRICS_PORT: u16 = 1107;
+/// The WireGuard writes `mesh_plan_operations_total{kind}` counts.
+const WIREGUARD_WRITES: [&str; 4] = ["add_peer", "remove_peer", "update_peer", "set_listen_port"];
+/// The annotations an agent owns and must remove when it cleans up (mesh-kube's list).
+const OWNED_ANNOTATIONS: [&str; 8] = [
+    "kilo.squat.ai/endpoint",
+    "kilo.squat.ai/internal-ip",
+    "kilo.squat.ai/key",
+    "kilo.squat.ai/last-seen",
+    "kilo.squat.ai/wireguard-ip",
+    "kilo.squat.ai/discovered-endpoints",
+    "kilo.squat.ai/granularity",
+    "kilo.squat.ai/cni-compatibility-ip",
+];
+/// Failover baseline: the test fails past this.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(120);
+
+/// A location: its name, its bridge in the fabric and its private network.
+#[derive(Clone, Copy, Debug)]
+struct Location {
+    name: &'static str,
+    /// The fabric bridge of the location; `None`: its node sits behind the NAT router.
+    bridge: Option<&'static str>,
+    /// The private network (`--internal-cidr`).
+    network: &'static str,
+}
+
+const LOC_A: Location = Location { name: "loc-a", bridge: Some("bra"), network: "192.168.10.0/24" };
+const LOC_B: Location = Location { name: "loc-b", bridge: Some("brb"), network: "192.168.20.0/24" };
+const LOC_C: Location = Location { name: "loc-c", bridge: None, network: "10.0.30.0/24" };
+
+/// One node of the world.
+#[derive(Clone, Copy, Debug)]
+struct NodeDef {
+    name: &'static str,
+    location: Location,
+    /// The private address (with prefix) on `loc0`.
+    private: &'static str,
+    /// The address (with prefix) on the internet bridge, if the node has one.
+    internet: Option<&'static str>,
+    /// `spec.podCIDR`.
+    pod_cidr: &'static str,
+    /// The pod address, the first address of the pod CIDR.
+    pod_ip: &'static str,
+    /// Carries `kilo.squat.ai/leader`.
+    leader: bool,
+    /// `kilo.squat.ai/persistent-keepalive`.
+    keepalive: Option<u16>,
+}
+
+const fn node(
+    name: &'static str,
+    location: Location,
+    private: &'static str,
+    internet: Option<&'static str>,
+    pod: (&'static str, &'static str),
+    leader: bool,
+) -> NodeDef {
+    NodeDef { name, location, private, internet, pod_cidr: pod.0, pod_ip: pod.1, leader, keepalive: None }
+}
+
+const NODES: [NodeDef; 6] = [
+    node("a1", LOC_A, "192.168.10.1/24", Some("198.51.100.11/24"), ("10.42.1.0/24", "10.42.1.1"), true),
+    node("a2", LOC_A, "192.168.10.2/24", Some("198.51.100.12/24"), ("10.42.2.0/24", "10.42.2.1"), false),
+    node("a3", LOC_A, "192.168.10.3/24", Some("198.51.100.13/24"), ("10.42.3.0/24", "10.42.3.1"), false),
+    node("b1", LOC_B, "192.168.20.1/24", Some("198.51.100.21/24"), ("10.42.4.0/24", "10.42.4.1"), true),
+    node("b2", LOC_B, "192.168.20.2/24", Some("198.51.100.22/24"), ("10.42.5.0/24", "10.42.5.1"), false),
+    NodeDef { keepalive: Some(10), ..node("c1", LOC_C, "10.0.30.2/24", None, ("10.42.6.0/24", "10.42.6.1"), false) },
+];
+
+fn node_def(name: &str) -> &'static NodeDef {
+    NODES.iter().find(|node| node.name == name).expect("a node of the world")
+}
+
+/// The nodes that terminate WireGuard in `granularity`.
+fn leaders(granularity: &str) -> BTreeSet<&'static str> {
+    match granularity {
+        "location" => ["a1", "b1", "c1"].into(),
+        _ => NODES.iter().map(|node| node.name).collect(),
+    }
+}
+
+/// The WireGuard peers (node names, or [`PEER`]) `node` must hold in `granularity`.
+fn expected_peers(granularity: &str, node: &NodeDef) -> BTreeSet<String> {
+    let others = NODES.iter().filter(|other| other.name != node.name);
+    let mut peers: BTreeSet<String> = match granularity {
+        "location" if !leaders("location").contains(node.name) => return BTreeSet::new(),
+        "location" => others.filter(|other| leaders("location").contains(other.name)).map(|o| o.name.into()).collect(),
+        "cross" => {
+            others.filter(|other| other.location.name != node.location.name).map(|other| other.name.into()).collect()
+        }
+        _ => others.map(|other| other.name.into()).collect(),
+    };
+    peers.insert(PEER.into());
+    peers
+}
+
+/// How many `[Peer]` sections the external peer's configuration has: one per segment.
+fn segments(granularity: &str) -> usize {
+    if granularity == "location" { 3 } else { NODES.len() }
+}
+
+/// One ping: from a namespace to an address.
+#[derive(Clone, Debug)]
+struct Probe {
+    from: String,
+    namespace: String,
+    to: String,
+    address: String,
+}
+
+/// Pings every probe until each has answered once; how long it took, or which never answered.
+///
+/// On success, also names the paths that answered last (the slowest), for the summary.
+fn reach(probes: &[Probe], timeout: Duration) -> Outcome<(Duration, String)> {
+    let started = Instant::now();
+    let mut pending: Vec<&Probe> = probes.iter().collect();
+    let mut first_round = true;
+    loop {
+        let trying: Vec<String> = pending.iter().map(|probe| format!("{}->{}", probe.from, probe.to)).collect();
+        let children: Vec<_> = pending
+            .iter()
+            .map(|probe| {
+                let child = Command::new("ip")
+                    .args(["netns", "exec", &probe.namespace, "ping", "-n", "-q", "-c1", "-W1", &probe.address])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn();
+                (*probe, child)
+            })
+            .collect();
+        pending = children
+            .into_iter()
+            .filter_map(|(probe, child)| {
+                let answered =
+                    child.ok().and_then(|mut child| child.wait().ok()).is_some_and(|status| status.success());
+                (!answered).then_some(probe)
+            })
+            .collect();
+        if pending.is_empty() {
+            let last = if first_round { "none: all at once".to_owned() } else { trying.join(" ") };
+            return Ok((started.elapsed(), last));
+        }
+        first_round = false;
+        if started.elapsed() >= timeout {
+            let missing: Vec<String> =
+                pending.iter().map(|probe| format!("{}->{}({})", probe.from, probe.to, probe.address)).collect();
+            return Err(format!(
+                "{} of {} paths never answered within {timeout:?}: {}",
+                missing.len(),
+                probes.len(),
+                missing.join(" ")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// One peer line of `wg show IFACE dump`.
+#[derive(Clone, Debug)]
+struct WgPeer {
+    key: String,
+    endpoint: String,
+    handshake: u64,
+    rx: u64,
+    tx: u64,
+}
+
+/// The value of one series (`name` or `name{labels}`) in a Prometheus text exposition; 0 when absent.
+fn series(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .find(|(series, _)| *series == name)
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(0))
+}
+
+/// What one agent's metrics say: WireGuard writes by kind, and reconciles.
+type Counters = (BTreeMap<&'static str, f64>, f64);
+
+/// The mesh on top of the world: names, files, agents and checks.
+struct Mesh {
+    world: World,
+    agent: PathBuf,
+    cluster: PathBuf,
+    peer_private_key: String,
+    peer_public_key: String,
+    granularity: &'static str,
+    /// `--clean-up` of the agents started next.
+    clean_up: bool,
+}
+
+impl Mesh {
+    fn new(world: World, agent: PathBuf) -> Mesh {
+        let cluster = world.dir.join("cluster");
+        Mesh {
+            world,
+            agent,
+            cluster,
+            peer_private_key: String::new(),
+            peer_public_key: String::new(),
+            granularity: "location",
+            clean_up: false,
+        }
+    }
+
+    fn ns(&self, name: &str) -> String {
+        format!("kte{}-{name}", self.world.id)
+    }
+
+    /// The node's WireGuard interface: unique on the machine, so its UAPI socket is too.
+    fn iface(&self, name: &str) -> String {
+        format!("kte{}{name}", self.world.id)
+    }
+
+    fn fabric(&self) -> String {
+        self.ns("fabric")
+    }
+
+    fn router(&self) -> String {
+        self.ns("nat")
+    }
+
+    fn peer_ns(&self) -> String {
+        self.ns("peer")
+    }
+
+    fn peer_iface(&self) -> String {
+        self.iface("px")
+    }
+
+    /// A veth pair with one end in each namespace, created there directly (never in the host).
+    fn veth(&self, name: &str, namespace: &str, peer: &str, peer_namespace: &str) -> Outcome {
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            name,
+            "netns",
+            namespace,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            peer_namespace,
+        ]))
+        .map(drop)
+    }
+
+    /// Builds the namespaces, links, addresses, NAT, WireGuard daemons and cluster files.
+    fn build(&mut self) -> Outcome<String> {
+        let (fabric, router, peer) = (self.fabric(), self.router(), self.peer_ns());
+        for namespace in [fabric.clone(), router.clone(), peer.clone()] {
+            self.world.add_namespace(&namespace)?;
+        }
+        for node in &NODES {
+            self.world.add_namespace(&self.ns(node.name))?;
+        }
+        let no_rp_filter = "echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter; \
+                            echo 0 > /proc/sys/net/ipv4/conf/default/rp_filter";
+        in_ns(
+            &fabric,
+            &format!(
+                "{no_rp_filter}; for bridge in bra brb brn; do ip link add $bridge type bridge; \
+                 ip link set $bridge up; done"
+            ),
+        )?;
+
+        for node in &NODES {
+            let namespace = self.ns(node.name);
+            let mut script = format!("{no_rp_filter}; echo 1 > /proc/sys/net/ipv4/ip_forward; ");
+            match node.location.bridge {
+                Some(bridge) => {
+                    self.veth(&format!("{}l", node.name), &fabric, "loc0", &namespace)?;
+                    in_ns(&fabric, &format!("ip link set {}l master {bridge} up", node.name))?;
+                }
+                None => self.veth("lan0", &router, "loc0", &namespace)?,
+            }
+            script.push_str(&format!(
+                "ip addr add {} dev loc0; ip link set loc0 up; ip link add kube-bridge type bridge; \
+                 ip addr add {}/24 dev kube-bridge; ip link set kube-bridge up; ",
+                node.private, node.pod_ip
+            ));
+            if let Some(internet) = node.internet {
+                self.veth(&format!("{}i", node.name), &fabric, "inet0", &namespace)?;
+                in_ns(&fabric, &format!("ip link set {}i master brn up", node.name))?;
+                script.push_str(&format!(
+                    "ip addr add {internet} dev inet0; ip link set inet0 up; ip route add 203.0.113.0/24 dev inet0; "
+                ));
+            }
+            if node.location.bridge.is_none() {
+                script.push_str("ip route add default via 10.0.30.1; ");
+            }
+            in_ns(&namespace, &script)?;
+        }
+
+        // The NAT router in front of C: masquerades everything that leaves for the internet, and
+        // refuses everything else at once (`prohibit`, with no ICMP rate limit): the agent
+        // resolves its host name at start (Kilo's IP discovery), and a DNS query dropped in
+        // silence would cost it the resolver's 5 s timeout.
+        self.veth("nati", &fabric, "inet0", &router)?;
+        in_ns(&fabric, "ip link set nati master brn up")?;
+        in_ns(
+            &router,
+            &format!(
+                "{no_rp_filter}; echo 1 > /proc/sys/net/ipv4/ip_forward; echo 0 > /proc/sys/net/ipv4/icmp_ratelimit; \
+                 ip addr add {NAT_PUBLIC_IP}/24 dev inet0; ip link set inet0 up; \
+                 ip route add 198.51.100.0/24 dev inet0; ip addr add 10.0.30.1/24 dev lan0; ip link set lan0 up; \
+                 ip route add prohibit default; iptables -t nat -A POSTROUTING -o inet0 -j MASQUERADE"
+            ),
+        )?;
+
+        // The external peer: a plain WireGuard client on the internet.
+        self.veth("peeri", &fabric, "inet0", &peer)?;
+        in_ns(&fabric, "ip link set peeri master brn up")?;
+        in_ns(
+            &peer,
+            &format!(
+                "{no_rp_filter}; ip addr add {PEER_PUBLIC_IP}/24 dev inet0; ip link set inet0 up; \
+                 ip route add 198.51.100.0/24 dev inet0"
+            ),
+        )?;
+
+        // WireGuard daemons: one per node, one for the peer.
+        let mut interfaces = Vec::new();
+        for node in &NODES {
+            interfaces.push((format!("wg-{}", node.name), self.ns(node.name), self.iface(node.name)));
+        }
+        interfaces.push(("wg-peer".to_owned(), peer.clone(), self.peer_iface()));
+        for (label, namespace, interface) in &interfaces {
+            let socket = PathBuf::from(format!("/var/run/wireguard/{interface}.sock"));
+            self.world.own_file(socket);
+            self.world.spawn_with_env(
+                label,
+                namespace,
+                Path::new("wireguard-go"),
+                &["-f".to_owned(), interface.clone()],
+                &[("WG_PROCESS_FOREGROUND", "1")],
+            )?;
+        }
+        for (label, _, interface) in &interfaces {
+            let socket = PathBuf::from(format!("/var/run/wireguard/{interface}.sock"));
+            poll(&format!("the UAPI socket of {label}"), Duration::from_secs(10), Duration::from_millis(50), || {
+                if socket.exists() { Ok(()) } else { Err(format!("{} missing", socket.display())) }
+            })?;
+        }
+
+        // The cluster: one Node file per node, the Peer, and a directory for the agents' keys.
+        for node in &NODES {
+            let mut annotations = format!("    kilo.squat.ai/location: {}\n", node.location.name);
+            if node.leader {
+                annotations.push_str("    kilo.squat.ai/leader: \"true\"\n");
+            }
+            if let Some(keepalive) = node.keepalive {
+                annotations.push_str(&format!("    kilo.squat.ai/persistent-keepalive: \"{keepalive}\"\n"));
+            }
+            let yaml = format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n  \
+                 annotations:\n{annotations}spec:\n  podCIDR: {pod_cidr}\n",
+                name = node.name,
+                pod_cidr = node.pod_cidr,
+            );
+            world::write_file(&self.cluster.join("nodes").join(format!("{}.yaml", node.name)), &yaml)?;
+        }
+        std::fs::create_dir_all(self.world.dir.join("keys")).map_err(|error| format!("create keys dir: {error}"))?;
+        self.peer_private_key = run(Command::new("wg").arg("genkey"))?.trim().to_owned();
+        self.peer_public_key = world::sh(&format!("echo '{}' | wg pubkey", self.peer_private_key))?.trim().to_owned();
+        world::write_file(
+            &self.cluster.join("peers").join(format!("{PEER}.yaml")),
+            &format!(
+                "apiVersion: kilo.squat.ai/v1alpha1\nkind: Peer\nmetadata:\n  name: {PEER}\nspec:\n  allowedIPs:\n  \
+                 - {PEER_IP}/32\n  publicKey: {}\n  persistentKeepalive: 10\n",
+                self.peer_public_key
+            ),
+        )?;
+        let peer_iface = self.peer_iface();
+        let key_file = self.world.dir.join("peer.key");
+        world::write_file(&key_file, &self.peer_private_key)?;
+        run(Command::new("wg")
+            .args(["set", &peer_iface, "private-key"])
+            .arg(&key_file)
+            .args(["listen-port", "51820"]))?;
+        in_ns(&peer, &format!("ip addr add {PEER_IP}/32 dev {peer_iface}; ip link set {peer_iface} up"))?;
+        Ok(format!("{} namespaces, 7 wireguard-go daemons", self.world.namespaces().len()))
+    }
+
+    fn agent_label(name: &str) -> String {
+        format!("agent-{name}")
+    }
+
+    fn start_agent(&mut self, node: &NodeDef) -> Outcome {
+        let args = vec![
+            "--backend=file".to_owned(),
+            format!("--cluster-dir={}", self.cluster.display()),
+            format!("--hostname={}", node.name),
+            format!("--interface={}", self.iface(node.name)),
+            "--create-interface=false".to_owned(),
+            "--wireguard-backend=userspace".to_owned(),
+            "--encapsulate=never".to_owned(),
+            "--cni=false".to_owned(),
+            format!("--private-key-file={}", self.world.dir.join("keys").join(node.name).display()),
+            format!("--listen=127.0.0.1:{METRICS_PORT}"),
+            format!("--resync-period={}ms", RESYNC.as_millis()),
+            format!("--mesh-granularity={}", self.granularity),
+            format!("--clean-up={}", self.clean_up),
+            format!("--internal-cidr={}", node.location.network),
+            "--mtu=1420".to_owned(),
+        ];
+        let namespace = self.ns(node.name);
+        let agent = self.agent.clone();
+        self.world.spawn(&Self::agent_label(node.name), &namespace, &agent, &args).map(drop)
+    }
+
+    fn start_agents(&mut self) -> Outcome {
+        for node in &NODES {
+            self.start_agent(node)?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to every running agent; each must exit 0 within 10 s (after cleaning up, if it was
+    /// started with `--clean-up=true`).
+    fn stop_agents(&mut self) -> Outcome<Duration> {
+        let started = Instant::now();
+        let running: Vec<&NodeDef> =
+            NODES.iter().filter(|node| self.world.is_running(&Self::agent_label(node.name))).collect();
+        for node in &running {
+            self.world.signal(&Self::agent_label(node.name), Signal::SIGTERM)?;
+        }
+        let mut failures = Vec::new();
+        for node in &running {
+            match self.world.wait_exit(&Self::agent_label(node.name), Duration::from_secs(10)) {
+                Ok(status) if status.success() => {}
+                Ok(status) => failures.push(format!("{}: {status}", node.name)),
+                Err(error) => failures.push(error),
+            }
+        }
+        if failures.is_empty() { Ok(started.elapsed()) } else { Err(format!("graceful stop: {}", failures.join("; "))) }
+    }
+
+    /// GET `path` from `node`'s agent, from inside its namespace.
+    fn http_get(&self, node: &str, path: &str) -> Outcome<String> {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{METRICS_PORT} && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        let response =
+            run(Command::new("ip").args(["netns", "exec", &self.ns(node), "timeout", "5", "bash", "-c", &script]))?;
+        if response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200") {
+            Ok(response)
+        } else {
+            Err(format!("GET {path} on {node}: {}", response.lines().next().unwrap_or("no response")))
+        }
+    }
+
+    fn metrics(&self, node: &str) -> Outcome<String> {
+        self.http_get(node, "/metrics")
+    }
+
+    /// The annotations of `node`'s file.
+    fn annotations(&self, node: &str) -> Outcome<BTreeMap<String, String>> {
+        let path = self.cluster.join("nodes").join(format!("{node}.yaml"));
+        let text = std::fs::read_to_string(&path).map_err(|error| format!("read {}: {error}", path.display()))?;
+        let value: Value =
+            serde_norway::from_str(&text).map_err(|error| format!("parse {}: {error}", path.display()))?;
+        let annotations = value.pointer("/metadata/annotations").and_then(Value::as_object);
+        Ok(annotations
+            .into_iter()
+            .flatten()
+            .map(|(key, value)| (key.clone(), value.as_str().map_or_else(|| value.to_string(), str::to_owned)))
+            .collect())
+    }
+
+    /// Published public key → node name, plus the external peer's.
+    fn key_names(&self) -> Outcome<BTreeMap<String, String>> {
+        let mut names = BTreeMap::new();
+        for node in &NODES {
+            let key = self.annotations(node.name)?.remove("kilo.squat.ai/key").unwrap_or_default();
+            if key.is_empty() {
+                return Err(format!("{} has published no key", node.name));
+            }
+            names.insert(key, node.name.to_owned());
+        }
+        names.insert(self.peer_public_key.clone(), PEER.to_owned());
+        Ok(names)
+    }
+
+    fn node_key(&self, node: &str) -> Outcome<String> {
+        self.annotations(node)?
+            .remove("kilo.squat.ai/key")
+            .filter(|key| !key.is_empty())
+            .ok_or_else(|| format!("{node} has published no key"))
+    }
+
+    /// `wg show IFACE dump`: the UAPI socket path is global, so `wg` runs in the host namespace.
+    fn wg_peers(&self, interface: &str) -> Outcome<Vec<WgPeer>> {
+        let dump = run(Command::new("wg").args(["show", interface, "dump"]))?;
+        let mut peers = Vec::new();
+        for line in dump.lines().skip(1) {
+            let fields: Vec<&str> = line.split('\t').collect();
+            if fields.len() < 8 {
+                return Err(format!("unexpected wg dump line {line:?}"));
+            }
+            peers.push(WgPeer {
+                key: fields[0].to_owned(),
+                endpoint: fields[2].to_owned(),
+                handshake: fields[4].parse().unwrap_or(0),
+                rx: fields[5].parse().unwrap_or(0),
+                tx: fields[6].parse().unwrap_or(0),
+            });
+        }
+        Ok(peers)
+    }
+
+    /// Every node has published what the granularity makes of it.
+    fn check_annotations(&self) -> Outcome {
+        let leaders = leaders(self.granularity);
+        for node in &NODES {
+            let annotations = self.annotations(node.name)?;
+            let get = |key: &str| annotations.get(key).map_or("", String::as_str);
+            for key in ["kilo.squat.ai/key", "kilo.squat.ai/endpoint", "kilo.squat.ai/last-seen"] {
+                if get(key).is_empty() {
+                    return Err(format!("{} has not published {key}", node.name));
+                }
+            }
+            if get("kilo.squat.ai/granularity") != self.granularity {
+                return Err(format!("{} publishes granularity {:?}", node.name, get("kilo.squat.ai/granularity")));
+            }
+            let leads = !get("kilo.squat.ai/wireguard-ip").is_empty();
+            if leads != leaders.contains(node.name) {
+                return Err(format!(
+                    "{} publishes wireguard-ip {:?}; expected {}",
+                    node.name,
+                    get("kilo.squat.ai/wireguard-ip"),
+                    if leaders.contains(node.name) { "one (leader)" } else { "none (not a leader)" }
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node holds exactly the WireGuard peers the granularity gives it (only leaders hold any).
+    fn check_wireguard_peers(&self) -> Outcome<String> {
+        let names = self.key_names()?;
+        let mut problems = Vec::new();
+        let mut holders = Vec::new();
+        for node in &NODES {
+            let held: BTreeSet<String> = self
+                .wg_peers(&self.iface(node.name))?
+                .iter()
+                .map(|peer| names.get(&peer.key).cloned().unwrap_or_else(|| format!("unknown:{}", peer.key)))
+                .collect();
+            let expected = expected_peers(self.granularity, node);
+            if held != expected {
+                problems.push(format!("{} holds {held:?}, expected {expected:?}", node.name));
+            }
+            if !held.is_empty() {
+                holders.push(format!("{}:{}", node.name, held.len()));
+            }
+        }
+        if problems.is_empty() { Ok(holders.join(" ")) } else { Err(problems.join("; ")) }
+    }
+
+    /// `kilo_leader` of every agent says what the granularity makes of it.
+    fn check_leader_metrics(&self) -> Outcome {
+        let leaders = leaders(self.granularity);
+        for node in &NODES {
+            let leader = series(&self.metrics(node.name)?, "kilo_leader");
+            if (leader == 1.0) != leaders.contains(node.name) {
+                return Err(format!("{} reports kilo_leader {leader}", node.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The external peer's configuration from `mesh-agent showconf peer`, once C's discovered
+    /// endpoint (C itself announces only its private address) is in the published annotations.
+    fn peer_config(&self) -> Outcome<String> {
+        let mut all = String::new();
+        for node in &NODES {
+            let path = self.cluster.join("nodes").join(format!("{}.yaml", node.name));
+            all.push_str("---\n");
+            all.push_str(&std::fs::read_to_string(&path).map_err(|error| format!("read {}: {error}", path.display()))?);
+        }
+        let nodes_file = self.world.dir.join("all-nodes.yaml");
+        world::write_file(&nodes_file, &all)?;
+        let config = run(Command::new(&self.agent)
+            .args(["showconf", "peer", PEER, "--nodes"])
+            .arg(&nodes_file)
+            .arg("--peers")
+            .arg(self.cluster.join("peers").join(format!("{PEER}.yaml")))
+            .arg(format!("--mesh-granularity={}", self.granularity)))?;
+        let sections = config.matches("[Peer]").count();
+        if sections != segments(self.granularity) {
+            return Err(format!("{sections} [Peer] sections, expected {}:\n{config}", segments(self.granularity)));
+        }
+        let c_key = self.node_key("c1")?;
+        let c_section = config
+            .split("[Peer]")
+            .find(|section| section.contains(&c_key))
+            .ok_or_else(|| format!("no [Peer] for c1 in\n{config}"))?;
+        if !c_section.contains(&format!("Endpoint = {NAT_PUBLIC_IP}:")) {
+            return Err(format!("c1's discovered endpoint is not in the configuration yet:{c_section}"));
+        }
+        Ok(config)
+    }
+
+    /// Loads `config` into the external peer's interface (`wg syncconf`, as a user updating a
+    /// tunnel would: the sessions with unchanged peers survive) and routes its allowed IPs into it.
+    fn apply_peer_config(&self, config: &str) -> Outcome {
+        let interface = self.peer_iface();
+        let path = self.world.dir.join("peer.conf");
+        world::write_file(
+            &path,
+            &format!("[Interface]\nPrivateKey = {}\nListenPort = 51820\n\n{config}", self.peer_private_key),
+        )?;
+        run(Command::new("wg").args(["syncconf", &interface]).arg(&path))?;
+        let mut script = format!("ip route flush dev {interface}; ");
+        for line in config.lines().filter_map(|line| line.strip_prefix("AllowedIPs = ")) {
+            for cidr in line.split(',').map(str::trim).filter(|cidr| !cidr.is_empty()) {
+                script.push_str(&format!("ip route replace {cidr} dev {interface}; "));
+            }
+        }
+        in_ns(&self.peer_ns(), &script).map(drop)
+    }
+
+    /// Every node to every other node's pod address, and the external peer to every pod address.
+    fn all_probes(&self) -> Vec<Probe> {
+        let mut probes = Vec::new();
+        for from in &NODES {
+            for to in NODES.iter().filter(|to| to.name != from.name) {
+                probes.push(self.probe(from.name, to.name));
+            }
+        }
+        for to in &NODES {
+            probes.push(Probe {
+                from: PEER.into(),
+                namespace: self.peer_ns(),
+                to: to.name.into(),
+                address: to.pod_ip.into(),
+            });
+        }
+        probes
+    }
+
+    fn probe(&self, from: &str, to: &str) -> Probe {
+        Probe { from: from.into(), namespace: self.ns(from), to: to.into(), address: node_def(to).pod_ip.into() }
+    }
+
+    /// Waits for the mesh of the current granularity: annotations, WireGuard peers, leaders, the
+    /// external peer's configuration, then every path.
+    fn converge(&self) -> Outcome<String> {
+        let started = Instant::now();
+        let step = Duration::from_millis(250);
+        let at = || format!("{:.1}s", started.elapsed().as_secs_f64());
+        poll("every node's annotations", Duration::from_secs(30), step, || self.check_annotations())?;
+        let annotated = at();
+        let holders =
+            poll("every node's WireGuard peers", Duration::from_secs(30), step, || self.check_wireguard_peers())?;
+        let peered = at();
+        poll("kilo_leader on every agent", Duration::from_secs(15), step, || self.check_leader_metrics())?;
+        let config = poll("the external peer's configuration", Duration::from_secs(30), step, || self.peer_config())?;
+        self.apply_peer_config(&config)?;
+        let configured = at();
+        let probes = self.all_probes();
+        let (_, last) = reach(&probes, Duration::from_secs(45)).inspect_err(|error| self.debug_pause(error))?;
+        Ok(format!(
+            "converged in {} (annotations {annotated}, WireGuard peers {peered}, peer configuration {configured}, \
+             last paths {last}); {} paths answer (30 node->pod, 6 peer->pod); WireGuard peers held by {holders}",
+            at(),
+            probes.len()
+        ))
+    }
+
+    /// With `KTE_DEBUG_PAUSE` set, keeps the world as it is until `DIR/resume` exists (at most
+    /// 15 minutes), for a look from another shell.
+    fn debug_pause(&self, error: &str) {
+        if std::env::var_os("KTE_DEBUG_PAUSE").is_none() {
+            return;
+        }
+        let resume = self.world.dir.join("resume");
+        progress(&format!("paused for debugging ({error}); touch {} to go on", resume.display()));
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while !resume.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Restarts every agent with `granularity` and `clean_up`, and waits for the mesh.
+    ///
+    /// The agents being replaced were started with `--clean-up=false`, so the mesh keeps its
+    /// published state across the restart, as in a rolling update: with clean-up, every agent
+    /// would briefly see the others without annotations, drop them as WireGuard peers, and lose
+    /// the session with C behind NAT until C's WireGuard rekeys (up to two minutes).
+    fn switch(&mut self, granularity: &'static str, clean_up: bool) -> Outcome<String> {
+        let stopped = self.stop_agents()?;
+        self.granularity = granularity;
+        self.clean_up = clean_up;
+        self.start_agents()?;
+        let converged = self.converge()?;
+        Ok(format!(
+            "agents stopped in {:.1}s, restarted with --mesh-granularity={granularity}; {converged}",
+            stopped.as_secs_f64()
+        ))
+    }
+
+    // ----- scenarios -----
+
+    /// 1: `location` granularity.
+    fn scenario_location(&mut self) -> Outcome<String> {
+        self.granularity = "location";
+        self.clean_up = false;
+        self.start_agents()?;
+        self.converge()
+    }
+
+    /// 3: C, behind NAT with a persistent keepalive, is reached at its discovered endpoint.
+    fn scenario_nat(&self) -> Outcome<String> {
+        let c_key = self.node_key("c1")?;
+        let published = self.annotations("c1")?.remove("kilo.squat.ai/endpoint").unwrap_or_default();
+        let mut seen = Vec::new();
+        for leader in ["a1", "b1"] {
+            let endpoint = poll(
+                &format!("{leader} to publish c1's discovered endpoint"),
+                Duration::from_secs(20),
+                Duration::from_millis(250),
+                || {
+                    let annotations = self.annotations(leader)?;
+                    let text = annotations.get("kilo.squat.ai/discovered-endpoints").cloned().unwrap_or_default();
+                    let discovered: Value = serde_json::from_str(&text)
+                        .map_err(|error| format!("discovered-endpoints of {leader} {text:?}: {error}"))?;
+                    let entry = discovered.get(&c_key).ok_or_else(|| format!("{leader} publishes {text}"))?;
+                    let ip = entry.get("IP").and_then(Value::as_str).unwrap_or_default();
+                    let port = entry.get("Port").and_then(Value::as_u64).unwrap_or_default();
+                    if ip == NAT_PUBLIC_IP {
+                        Ok(format!("{ip}:{port}"))
+                    } else {
+                        Err(format!("{leader} publishes {text}"))
+                    }
+                },
+            )?;
+            let wg = self.wg_peers(&self.iface(leader))?;
+            let configured =
+                wg.iter().find(|peer| peer.key == c_key).ok_or_else(|| format!("{leader} has no peer c1"))?;
+            if configured.endpoint != endpoint {
+                return Err(format!("{leader} sends to c1 at {}, publishes {endpoint}", configured.endpoint));
+            }
+            seen.push(format!("{leader} publishes and uses {endpoint}"));
+        }
+        let keepalive = self.annotations("c1")?.remove("kilo.squat.ai/persistent-keepalive").unwrap_or_default();
+        if keepalive.is_empty() {
+            return Err("c1 lost its persistent-keepalive annotation".into());
+        }
+        let mut probes = Vec::new();
+        for from in NODES.iter().filter(|node| node.location.name != LOC_C.name) {
+            probes.push(self.probe(from.name, "c1"));
+            probes.push(self.probe("c1", from.name));
+        }
+        reach(&probes, Duration::from_secs(20))?;
+        Ok(format!("c1 announces {published} (private); {}; A and B reach c1's pod and back", seen.join(", ")))
+    }
+
+    /// WireGuard writes per node and kind, and reconciles per node.
+    fn counters(&self) -> Outcome<BTreeMap<String, Counters>> {
+        let mut counters = BTreeMap::new();
+        for node in &NODES {
+            let metrics = self.metrics(node.name)?;
+            let writes = WIREGUARD_WRITES
+                .iter()
+                .map(|kind| (*kind, series(&metrics, &format!("mesh_plan_operations_total{{kind=\"{kind}\"}}"))))
+                .collect();
+            counters.insert(node.name.to_owned(), (writes, series(&metrics, "kilo_reconciles_total")));
+        }
+        Ok(counters)
+    }
+
+    /// 4: no WireGuard writes and no reset handshakes across three resync periods.
+    fn scenario_no_churn(&self) -> Outcome<String> {
+        // Steady state: no WireGuard write during one resync period (the mesh has converged; the
+        // last discovered endpoints may still be settling).
+        poll("a quiet resync period", Duration::from_secs(20), Duration::ZERO, || {
+            let before = self.counters()?;
+            std::thread::sleep(RESYNC + RESYNC / 2);
+            let after = self.counters()?;
+            let changed: Vec<&String> = before.keys().filter(|node| before[*node].0 != after[*node].0).collect();
+            if changed.is_empty() { Ok(()) } else { Err(format!("WireGuard writes on {changed:?}")) }
+        })?;
+        let before = self.counters()?;
+        let handshakes_before: BTreeMap<&str, Vec<WgPeer>> =
+            NODES.iter().map(|node| Ok((node.name, self.wg_peers(&self.iface(node.name))?))).collect::<Outcome<_>>()?;
+        let window = Instant::now();
+        std::thread::sleep(RESYNC * 3);
+        // Three resync periods as each agent counts them: at least three more reconciles each
+        // (a loaded machine may run the timers late).
+        let after = poll("three more reconciles on every agent", Duration::from_secs(20), RESYNC / 4, || {
+            let after = self.counters()?;
+            let late: Vec<String> = NODES
+                .iter()
+                .filter(|node| after[node.name].1 - before[node.name].1 < 3.0)
+                .map(|node| format!("{}: {} reconciles", node.name, after[node.name].1 - before[node.name].1))
+                .collect();
+            if late.is_empty() { Ok(after) } else { Err(late.join(", ")) }
+        })?;
+        let window = window.elapsed();
+        let mut problems = Vec::new();
+        for node in &NODES {
+            let (writes_before, writes_after) = (&before[node.name].0, &after[node.name].0);
+            for kind in WIREGUARD_WRITES {
+                if writes_before[kind] != writes_after[kind] {
+                    problems.push(format!("{}: {kind} {} -> {}", node.name, writes_before[kind], writes_after[kind]));
+                }
+            }
+        }
+        let mut handshakes = 0;
+        for node in &NODES {
+            let now = self.wg_peers(&self.iface(node.name))?;
+            for old in handshakes_before[node.name].iter().filter(|peer| peer.handshake > 0) {
+                handshakes += 1;
+                match now.iter().find(|peer| peer.key == old.key) {
+                    None => problems.push(format!("{}: peer {} vanished", node.name, old.key)),
+                    Some(new) if new.handshake < old.handshake || new.rx < old.rx || new.tx < old.tx => {
+                        problems.push(format!(
+                            "{}: peer {} was reset (handshake {} -> {}, rx {} -> {}, tx {} -> {})",
+                            node.name, old.key, old.handshake, new.handshake, old.rx, new.rx, old.tx, new.tx
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        let total: f64 = after.values().map(|(writes, _)| writes.values().sum::<f64>()).sum();
+        let reconciles: f64 = NODES.iter().map(|node| after[node.name].1 - before[node.name].1).sum();
+        Ok(format!(
+            "0 WireGuard writes in {:.1}s ({reconciles} reconciles on 6 agents; {total} WireGuard writes before); \
+             {handshakes} handshakes intact",
+            window.as_secs_f64()
+        ))
+    }
+
+    /// 5: location A's leader stops and goes dark; how long until B reaches A's other pods.
+    fn scenario_failover(&mut self) -> Outcome<String> {
+        let mut detail = String::new();
+        if self.granularity != "location" || !self.clean_up {
+            // The last agents of the run clean up when they stop (scenario 6).
+            let switched = self.switch("location", true)?;
+            detail.push_str(&format!("back to location ({}); ", switched.split(';').next().unwrap_or_default()));
+        }
+        if series(&self.metrics("a1")?, "kilo_leader") != 1.0 {
+            return Err("a1 does not lead location A".into());
+        }
+        let a2_key = self.node_key("a2")?;
+        let a1_key = self.node_key("a1")?;
+        let last_seen: i64 = self
+            .annotations("a1")?
+            .get("kilo.squat.ai/last-seen")
+            .and_then(|value| value.parse().ok())
+            .ok_or("a1 has no last-seen")?;
+        self.world.signal(&Self::agent_label("a1"), Signal::SIGKILL)?;
+        let stopped = Instant::now();
+        let heartbeat_age = unix_now() - last_seen;
+        self.world.wait_exit(&Self::agent_label("a1"), Duration::from_secs(5))?;
+        in_ns(
+            &self.ns("a1"),
+            "iptables -I INPUT -p udp --dport 51820 -j DROP; iptables -I OUTPUT -p udp --sport 51820 -j DROP",
+        )?;
+        progress(&format!("a1's agent killed (last heartbeat {heartbeat_age}s old); waiting for B to reach A via a2"));
+        let probes: Vec<Probe> =
+            ["b1", "b2"].iter().flat_map(|from| ["a2", "a3"].map(|to| self.probe(from, to))).collect();
+        let mut new_leader_after = None;
+        let reached = loop {
+            if new_leader_after.is_none()
+                && self.metrics("a2").is_ok_and(|metrics| series(&metrics, "kilo_leader") == 1.0)
+            {
+                new_leader_after = Some(stopped.elapsed());
+                progress(&format!("a2 leads location A after {:.1}s", stopped.elapsed().as_secs_f64()));
+            }
+            if reach(&probes, Duration::ZERO).is_ok() {
+                break stopped.elapsed();
+            }
+            if stopped.elapsed() > FAILOVER_LIMIT {
+                return Err(format!(
+                    "{detail}B does not reach A's remaining pods {FAILOVER_LIMIT:?} after a1 stopped (a1's last \
+                     heartbeat was {heartbeat_age}s old; a2 leader after {new_leader_after:?})"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        progress(&format!("FAILOVER: B reaches A's remaining pods {:.1}s after a1 stopped", reached.as_secs_f64()));
+        let b1_peers: Vec<String> = self.wg_peers(&self.iface("b1"))?.into_iter().map(|peer| peer.key).collect();
+        if !b1_peers.contains(&a2_key) || b1_peers.contains(&a1_key) {
+            return Err(format!("{detail}b1 does not go through a2: its peers are {b1_peers:?}"));
+        }
+        Ok(format!(
+            "{detail}failover took {:.1}s: B reaches a2's and a3's pods through a2 (a1's last heartbeat was {}s \
+             old when it stopped; a2 led A after {}; limit {}s)",
+            reached.as_secs_f64(),
+            heartbeat_age,
+            new_leader_after.map_or("?".into(), |after| format!("{:.1}s", after.as_secs_f64())),
+            FAILOVER_LIMIT.as_secs()
+        ))
+    }
+
+    /// What the mesh owns in any namespace: table-1107 and proto-107 routes, rules to table 1107
+    /// or with protocol 107, and KILO chains and rules.
+    fn leftovers(&self) -> Outcome<Vec<String>> {
+        let mut found = Vec::new();
+        for namespace in self.world.namespaces() {
+            let routes = in_ns(namespace, "ip -4 route show table all; ip -6 route show table all")?;
+            for line in routes.lines().filter(|line| line.contains("table 1107") || line.contains("proto 107")) {
+                found.push(format!("{namespace}: route {line}"));
+            }
+            let rules = in_ns(namespace, "ip -4 rule show; ip -6 rule show")?;
+            for line in rules.lines().filter(|line| line.contains("1107") || line.contains("proto 107")) {
+                found.push(format!("{namespace}: rule {line}"));
+            }
+            let firewall = in_ns(namespace, "iptables-save; ip6tables-save 2>/dev/null || true")?;
+            for line in firewall.lines().filter(|line| line.contains("KILO")) {
+                found.push(format!("{namespace}: firewall {line}"));
+            }
+        }
+        Ok(found)
+    }
+
+    /// 6: graceful shutdown with clean-up leaves nothing of the mesh behind.
+    fn scenario_clean_up(&mut self) -> Outcome<String> {
+        let mut detail = String::new();
+        if !self.world.is_running(&Self::agent_label("a1")) {
+            // a1 was killed by the failover scenario: bring it back, so that it can clean up.
+            let _ = in_ns(
+                &self.ns("a1"),
+                "iptables -D INPUT -p udp --dport 51820 -j DROP; iptables -D OUTPUT -p udp --sport 51820 -j DROP",
+            );
+            self.start_agent(node_def("a1"))?;
+            poll("a1's agent to reconcile", Duration::from_secs(20), Duration::from_millis(250), || {
+                let reconciles = series(&self.metrics("a1")?, "kilo_reconciles_total");
+                if reconciles >= 1.0 { Ok(()) } else { Err("no reconcile yet".into()) }
+            })?;
+            detail.push_str("a1 restarted; ");
+        }
+        let before = self.leftovers()?;
+        if !before.iter().any(|line| line.contains("route")) || !before.iter().any(|line| line.contains("KILO")) {
+            return Err(format!("the running mesh has no routes or KILO chains to clean up: {before:?}"));
+        }
+        let stopped = self.stop_agents()?;
+        let mut problems = self.leftovers()?;
+        for node in &NODES {
+            let annotations = self.annotations(node.name)?;
+            for key in OWNED_ANNOTATIONS.iter().filter(|key| annotations.contains_key(**key)) {
+                problems.push(format!("{}: annotation {key} left", node.name));
+            }
+            if annotations.get("kilo.squat.ai/location").map(String::as_str) != Some(node.location.name) {
+                problems.push(format!("{}: lost its location annotation", node.name));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        Ok(format!(
+            "{detail}6 agents exited 0 within {:.1}s of SIGTERM; {} routes, rules and firewall lines of the mesh \
+             before, none left in {} namespaces; no owned annotations left",
+            stopped.as_secs_f64(),
+            before.len(),
+            self.world.namespaces().len()
+        ))
+    }
+}
+
+/// The `mesh-agent` binary of this workspace and profile, built first when missing or stale.
+fn agent_binary() -> Outcome<PathBuf> {
+    let exe = std::env::current_exe().map_err(|error| format!("current_exe: {error}"))?;
+    // target/<profile>/deps/e2e-<hash>
+    let profile_dir = exe.parent().and_then(Path::parent).ok_or("unexpected test binary location")?;
+    let target_dir = profile_dir.parent().ok_or("unexpected test binary location")?;
+    let profile = profile_dir.file_name().and_then(|name| name.to_str()).ok_or("unexpected profile directory")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace")?;
+    let binary = profile_dir.join("mesh-agent");
+    if is_fresh(&binary, workspace) {
+        return Ok(binary);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    progress(&format!("building mesh-agent ({profile} profile) with {cargo}"));
+    let mut command = Command::new(&cargo);
+    command.current_dir(workspace).args(["build", "-p", "mesh-agent", "--bin", "mesh-agent"]);
+    command.env("CARGO_TARGET_DIR", target_dir);
+    match profile {
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
+        }
+        other => {
+            command.args(["--profile", other]);
+        }
+    }
+    run(&mut command).map_err(|error| format!("building mesh-agent failed: {error}"))?;
+    if binary.exists() { Ok(binary) } else { Err(format!("cargo build did not produce {}", binary.display())) }
+}
+
+/// Whether `binary` is newer than every file it was built from: the sources its dep-info file
+/// (`mesh-agent.d`, written by cargo beside it) lists, and the manifests. `cargo test --workspace`
+/// builds the binary for mesh-agent's own tests, so in CI it is fresh; a plain mtime walk of the
+/// crates would also count `#[cfg(test)]` files the binary does not contain.
+fn is_fresh(binary: &Path, workspace: &Path) -> bool {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|metadata| metadata.modified()).ok();
+    let Some(built) = modified(binary) else { return false };
+    let Ok(dep_info) = std::fs::read_to_string(binary.with_extension("d")) else { return false };
+    let Some((_, inputs)) = dep_info.lines().next().and_then(|line| line.split_once(": ")) else { return false };
+    // Make syntax: inputs are separated by spaces; a space inside a path is escaped as `\ `.
+    let mut sources = vec![String::new()];
+    let mut chars = inputs.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => sources.last_mut().expect("one").push(chars.next().expect("a space")),
+            ' ' => sources.push(String::new()),
+            c => sources.last_mut().expect("one").push(c),
+        }
+    }
+    let mut sources: Vec<PathBuf> =
+        sources.into_iter().filter(|source| !source.is_empty()).map(PathBuf::from).collect();
+    sources.extend(["Cargo.toml", "Cargo.lock"].map(|name| workspace.join(name)));
+    sources.extend(
+        ["mesh-core", "mesh-netlink", "mesh-kube", "mesh-agent"].map(|name| workspace.join(name).join("Cargo.toml")),
+    );
+    sources.len() > 2 + 4 && sources.iter().all(|source| modified(source).is_some_and(|time| time <= built))
+}
+
+/// Runs one scenario, catching panics, and records its row.
+fn step(rows: &mut Vec<Row>, scenario: &str, body: impl FnOnce() -> Outcome<String>) -> bool {
+    progress(&format!("{scenario}: start"));
+    let started = Instant::now();
+    let result = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
+            .unwrap_or_else(|| "panicked".into());
+        Err(format!("panic: {message}"))
+    });
+    let passed = result.is_ok();
+    progress(&format!(
+        "{scenario}: {} after {:.1}s: {}",
+        if passed { "pass" } else { "FAIL" },
+        started.elapsed().as_secs_f64(),
+        result.as_ref().map_or_else(String::as_str, String::as_str)
+    ));
+    rows.push(Row { scenario: scenario.to_owned(), result, time: started.elapsed() });
+    passed
+}
+
+#[test]
+fn netns_e2e_multi_location_mesh_with_nat_peer_failover_and_clean_up() {
+    assert!(world::is_root(), "this test needs root (network namespaces, WireGuard, iptables); run it as root");
+    for tool in ["ip", "wireguard-go", "wg", "iptables", "iptables-save", "ping", "bash", "timeout"] {
+        assert!(
+            world::has_tool(tool),
+            "this test needs `{tool}`: apt-get install -y wireguard-tools wireguard-go iptables iproute2 iputils-ping"
+        );
+    }
+    assert!(Path::new("/dev/net/tun").exists(), "this test needs /dev/net/tun (wireguard-go creates TUN devices)");
+    std::fs::create_dir_all("/var/run/wireguard").expect("create /var/run/wireguard");
+    let agent = agent_binary().unwrap_or_else(|error| panic!("{error}"));
+
+    let id = world::run_id();
+    progress(&format!("run kte{id}: agent {}", agent.display()));
+    let started = Instant::now();
+    let mut mesh = Mesh::new(World::new(&id).expect("a run directory"), agent);
+    let mut rows = Vec::new();
+
+    if step(&mut rows, "0 build the world", || mesh.build()) {
+        step(&mut rows, "1 location: all paths, only leaders hold peers", || mesh.scenario_location());
+        step(&mut rows, "3 NAT: C reached at its discovered endpoint", || mesh.scenario_nat());
+        step(&mut rows, "4 no churn across 3 resync periods", || mesh.scenario_no_churn());
+        step(&mut rows, "2 switch to full: all paths", || mesh.switch("full", false));
+        step(&mut rows, "2 switch to cross: all paths", || mesh.switch("cross", false));
+        step(&mut rows, "5 leader failover (baseline)", || mesh.scenario_failover());
+        step(&mut rows, "6 graceful shutdown cleans up", || mesh.scenario_clean_up());
+    }
+
+    let total = started.elapsed();
+    world::print_uncaptured(&world::summary(&rows, total));
+    let failed: Vec<&str> = rows.iter().filter(|row| row.result.is_err()).map(|row| row.scenario.as_str()).collect();
+    if !failed.is_empty() {
+        world::print_uncaptured(&mesh.world.log_tails(40));
+        panic!("{} scenario(s) failed: {}", failed.len(), failed.join(", "));
+    }
+}

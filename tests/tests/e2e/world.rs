@@ -1,0 +1,321 @@
+//! The disposable world of the end-to-end test: network namespaces and the processes that run in
+//! them, all named after one per-run id and all removed when the [`World`] is dropped, also when
+//! the test panics. Nothing here knows about the mesh; `e2e.rs` builds the mesh on top.
+//!
+//! Failures are values ([`Outcome`]) rather than panics, so that a failing scenario can still be
+//! reported in the summary table before the test fails.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A step that either worked or says why not.
+pub type Outcome<T = ()> = Result<T, String>;
+
+/// When the test started, for the timestamps of progress lines.
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Prints a progress line straight to the process's stderr, past libtest's output capture, so
+/// that CI logs show how far a slow or hanging run got.
+pub fn progress(message: &str) {
+    let started = STARTED.get_or_init(Instant::now);
+    let _ = writeln!(std::io::stderr(), "[e2e +{:6.1}s] {message}", started.elapsed().as_secs_f64());
+}
+
+/// Writes `text` straight to stderr, past libtest's output capture.
+pub fn print_uncaptured(text: &str) {
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+/// Runs `command` to completion; its stdout, or an error naming the command and quoting stderr.
+pub fn run(command: &mut Command) -> Outcome<String> {
+    let output = command.stdin(Stdio::null()).output().map_err(|error| format!("cannot run {command:?}: {error}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{command:?} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            String::from_utf8_lossy(&output.stdout).trim()
+        ))
+    }
+}
+
+/// Runs a shell script (`sh -ec`) in the host namespace.
+pub fn sh(script: &str) -> Outcome<String> {
+    run(Command::new("sh").arg("-ec").arg(script))
+}
+
+/// Runs a shell script (`sh -ec`) inside network namespace `namespace`.
+pub fn in_ns(namespace: &str, script: &str) -> Outcome<String> {
+    run(Command::new("ip").args(["netns", "exec", namespace, "sh", "-ec", script]))
+}
+
+/// Calls `probe` until it succeeds or `timeout` has passed; the last error names what was awaited.
+pub fn poll<T>(what: &str, timeout: Duration, interval: Duration, mut probe: impl FnMut() -> Outcome<T>) -> Outcome<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return Ok(value),
+            Err(error) if Instant::now() >= deadline => {
+                return Err(format!("timed out after {timeout:?} waiting for {what}: {error}"));
+            }
+            Err(_) => std::thread::sleep(interval),
+        }
+    }
+}
+
+/// Whether the current user is root.
+pub fn is_root() -> bool {
+    run(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
+}
+
+/// Whether `tool` is on the PATH.
+pub fn has_tool(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// A short id that makes this run's names unique on the machine (netns names are global).
+pub fn run_id() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.subsec_nanos());
+    let mixed = (std::process::id().wrapping_mul(2_654_435_761) ^ nanos) % (36 * 36 * 36 * 36);
+    let digits: Vec<char> = (0..4)
+        .scan(mixed, |rest, _| {
+            let digit = char::from_digit(*rest % 36, 36);
+            *rest /= 36;
+            digit
+        })
+        .collect();
+    digits.into_iter().collect()
+}
+
+/// Network namespaces, processes, UAPI sockets and a temporary directory that exist for one run.
+#[derive(Debug)]
+pub struct World {
+    /// The per-run id every name contains.
+    pub id: String,
+    /// The run's temporary directory (cluster files, keys, logs).
+    pub dir: PathBuf,
+    namespaces: Vec<String>,
+    processes: BTreeMap<String, Child>,
+    logs: BTreeMap<String, PathBuf>,
+    sockets: Vec<PathBuf>,
+}
+
+impl World {
+    /// An empty world with a fresh temporary directory.
+    pub fn new(id: &str) -> Outcome<World> {
+        let dir = std::env::temp_dir().join(format!("kte-{id}"));
+        fs::create_dir_all(dir.join("logs")).map_err(|error| format!("create {}: {error}", dir.display()))?;
+        Ok(World {
+            id: id.to_owned(),
+            dir,
+            namespaces: Vec::new(),
+            processes: BTreeMap::new(),
+            logs: BTreeMap::new(),
+            sockets: Vec::new(),
+        })
+    }
+
+    /// Creates network namespace `name` with its loopback up. It is deleted on drop.
+    pub fn add_namespace(&mut self, name: &str) -> Outcome {
+        if self.namespaces.iter().any(|known| known == name) {
+            return Err(format!("namespace {name} exists already"));
+        }
+        // Recorded first: a namespace that was half set up is deleted all the same.
+        self.namespaces.push(name.to_owned());
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        run(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]))?;
+        Ok(())
+    }
+
+    /// The namespaces of this world, in creation order.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    /// A UAPI socket (or other file outside the run directory) to remove on drop.
+    pub fn own_file(&mut self, path: PathBuf) {
+        self.sockets.push(path);
+    }
+
+    /// The log file of process `label`.
+    pub fn log_path(&self, label: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{label}.log"))
+    }
+
+    /// Starts `program` inside `namespace` (`ip netns exec` execs it, so the child's PID is the
+    /// program's), with stdout and stderr appended to the log of `label`.
+    pub fn spawn(&mut self, label: &str, namespace: &str, program: &Path, args: &[String]) -> Outcome<u32> {
+        self.spawn_with_env(label, namespace, program, args, &[])
+    }
+
+    /// [`World::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        &mut self,
+        label: &str,
+        namespace: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Outcome<u32> {
+        if self.is_running(label) {
+            return Err(format!("process {label} is running already"));
+        }
+        let path = self.log_path(label);
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|error| format!("open {}: {error}", path.display()))?;
+        let _ = writeln!(log, "===== {label}: {} {}", program.display(), args.join(" "));
+        let stderr = log.try_clone().map_err(|error| format!("clone log handle: {error}"))?;
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", namespace]).arg(program).args(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|error| format!("cannot start {label} ({}): {error}", program.display()))?;
+        let pid = child.id();
+        self.processes.insert(label.to_owned(), child);
+        self.logs.insert(label.to_owned(), path);
+        Ok(pid)
+    }
+
+    /// Whether process `label` was started and has not exited.
+    pub fn is_running(&mut self, label: &str) -> bool {
+        self.processes.get_mut(label).is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// The PID of process `label`.
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.processes.get(label).map(Child::id)
+    }
+
+    /// Sends `signal` to process `label`, by its PID.
+    pub fn signal(&mut self, label: &str, signal: Signal) -> Outcome {
+        let pid = self.pid(label).ok_or_else(|| format!("no process {label}"))?;
+        let pid = i32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
+        kill(Pid::from_raw(pid), signal).map_err(|error| format!("kill -{signal} {label} ({pid}): {error}"))
+    }
+
+    /// Waits up to `timeout` for process `label` to exit and forgets it.
+    pub fn wait_exit(&mut self, label: &str, timeout: Duration) -> Outcome<ExitStatus> {
+        let child = self.processes.get_mut(label).ok_or_else(|| format!("no process {label}"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.processes.remove(label);
+                    return Ok(status);
+                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Ok(None) => return Err(format!("{label} (pid {}) did not exit within {timeout:?}", child.id())),
+                Err(error) => return Err(format!("waiting for {label}: {error}")),
+            }
+        }
+    }
+
+    /// The last `lines` lines of every process log, for a failure report.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut text = String::new();
+        for (label, path) in &self.logs {
+            let content = fs::read_to_string(path).unwrap_or_default();
+            let all: Vec<&str> = content.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            text.push_str(&format!("----- {label} ({}) -----\n{}\n", path.display(), tail.join("\n")));
+        }
+        text
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Our processes first (agents would otherwise clean up against half-deleted namespaces),
+        // by PID; then whatever still runs inside our namespaces (pings), by PID; then the
+        // namespaces, the sockets and the directory.
+        for child in self.processes.values_mut() {
+            let _ = child.kill();
+        }
+        for child in self.processes.values_mut() {
+            let _ = child.wait();
+        }
+        for namespace in self.namespaces.iter().rev() {
+            if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", namespace])) {
+                for pid in pids.split_whitespace().filter_map(|pid| pid.parse().ok()) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "delete", namespace]).stderr(Stdio::null()).status();
+        }
+        for socket in &self.sockets {
+            let _ = fs::remove_file(socket);
+        }
+        if std::env::var_os("KTE_KEEP_DIR").is_some() {
+            progress(&format!("kept {} (KTE_KEEP_DIR is set)", self.dir.display()));
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// One row of the summary table.
+#[derive(Debug)]
+pub struct Row {
+    /// The scenario.
+    pub scenario: String,
+    /// `Ok(detail)` or `Err(why)`.
+    pub result: Outcome<String>,
+    /// How long it took.
+    pub time: Duration,
+}
+
+/// The summary table: scenario | result | time | detail.
+pub fn summary(rows: &[Row], total: Duration) -> String {
+    let width = rows.iter().map(|row| row.scenario.len()).max().unwrap_or(8).max(8);
+    let mut text = format!("\n{:<width$} | result | {:>7} | detail\n", "scenario", "time");
+    text.push_str(&format!("{}-|--------|-{}-|-------\n", "-".repeat(width), "-".repeat(7)));
+    for row in rows {
+        let (result, detail) = match &row.result {
+            Ok(detail) => ("pass", detail.as_str()),
+            Err(error) => ("FAIL", error.as_str()),
+        };
+        let detail: String = detail.chars().take(600).collect();
+        text.push_str(&format!(
+            "{:<width$} | {result:<6} | {:>6.1}s | {}\n",
+            row.scenario,
+            row.time.as_secs_f64(),
+            detail.replace('\n', " / ")
+        ));
+    }
+    text.push_str(&format!("{:<width$} | {:<6} | {:>6.1}s |\n", "total", "", total.as_secs_f64()));
+    text
+}
+
+/// Creates (or truncates) `path` with `text`.
+pub fn write_file(path: &Path, text: &str) -> Outcome {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|error| format!("create {}: {error}", parent.display()))?;
+    }
+    File::create(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|error| format!("write {}: {error}", path.display()))
+}

@@ -209,32 +209,22 @@ impl DataplaneState {
             }
             kept.push(route);
         }
-        // Kilo replaces routes in order, so the kernel keeps the last one for a destination:
-        // sorting by destination, then by position, keeps that order among routes to one
-        // destination.
-        // Sort small (key, position) pairs rather than whole routes.
-        let mut order: Vec<(RouteKey, u32)> =
-            kept.iter().enumerate().map(|(index, route)| (route.key(), index as u32)).collect();
-        order.sort_unstable();
-        let mut routes: Vec<(RouteKey, Route)> = Vec::with_capacity(order.len());
-        for route in order.into_iter().map(|(_, index)| kept[index as usize]) {
-            match routes.last_mut() {
-                Some((key, previous)) if *key == route.key() => {
-                    if *previous != route {
-                        warn(format!(
-                            "two routes to {} in table {} (via {} and via {}); the later one is used",
-                            route.dst,
-                            route.table,
-                            display_gateway(previous.gateway),
-                            display_gateway(route.gateway)
-                        ));
-                    }
-                    *previous = route;
-                }
-                _ => routes.push((route.key(), route)),
+        // Kilo replaces routes in order, so the kernel keeps the last one for a destination. A
+        // stable sort by destination keeps that order among routes to one destination, and
+        // `BTreeMap` keeps the last of equal keys.
+        kept.sort_by_key(Route::key);
+        for pair in kept.windows(2) {
+            if pair[0].key() == pair[1].key() && pair[0] != pair[1] {
+                warn(format!(
+                    "two routes to {} in table {} (via {} and via {}); the later one is used",
+                    pair[1].dst,
+                    pair[1].table,
+                    display_gateway(pair[0].gateway),
+                    display_gateway(pair[1].gateway)
+                ));
             }
         }
-        let routes: BTreeMap<RouteKey, Route> = routes.into_iter().collect();
+        let routes: BTreeMap<RouteKey, Route> = kept.iter().map(|route| (route.key(), *route)).collect();
         let rules = rule_list
             .into_iter()
             .map(|rule| Rule { src: rule.src.map(|net| net.trunc()), dst: rule.dst.map(|net| net.trunc()), ..rule })

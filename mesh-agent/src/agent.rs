@@ -74,8 +74,8 @@ impl AgentConfig {
 /// What other parts of the process (the HTTP server) read from the loop.
 #[derive(Debug, Default)]
 pub struct Status {
-    /// The mesh as DOT, from the last successful computation.
-    pub graph: Option<String>,
+    /// The mesh from the last successful computation; `/graph` draws it on request.
+    pub topology: Option<Arc<Topology>>,
     /// Whether the last reconcile succeeded.
     pub healthy: bool,
 }
@@ -269,7 +269,6 @@ impl<C: ClusterBackend, D: Dataplane, H: Host> Agent<C, D, H> {
             skipped(ObjectKind::Node),
             skipped(ObjectKind::Peer),
         );
-        self.status.lock().expect("status lock").graph = Some(topology.to_dot());
 
         let plan = Plan::between(&observed, &desired);
         self.warn_roamed(&plan, snapshot);
@@ -283,6 +282,7 @@ impl<C: ClusterBackend, D: Dataplane, H: Host> Agent<C, D, H> {
         }
 
         self.announce(&local, &topology).await;
+        self.status.lock().expect("status lock").topology = Some(Arc::new(topology));
         Ok(())
     }
 

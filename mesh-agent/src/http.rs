@@ -65,9 +65,11 @@ const LAYOUTS: &[&str] = &["circo", "dot", "neato", "twopi", "fdp"];
 /// The mesh graph. `format` (default `svg`): `dot`/`gv` give DOT text; the others are rendered by
 /// Graphviz's `dot` with `layout` (default `circo`), as Kilo does.
 async fn graph(State(state): State<HttpState>, Query(query): Query<HashMap<String, String>>) -> Response {
-    let Some(dot) = state.status.lock().expect("status lock").graph.clone() else {
+    let Some(topology) = state.status.lock().expect("status lock").topology.clone() else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "did not find any valid Kilo nodes in the cluster").into_response();
     };
+    // Drawn on request, not at every reconcile: a 5,000-node graph takes a while to write.
+    let dot = topology.to_dot();
     let format = query.get("format").map_or("svg", String::as_str);
     let layout = query.get("layout").map_or("circo", String::as_str);
     if !FORMATS.contains(&format) {

@@ -72,7 +72,8 @@ async fn a_snapshot_leads_to_exactly_one_apply_and_one_announcement() {
     agent.run(std::future::pending()).await;
     assert_eq!(metrics.reconciles(), 1);
     assert!(metrics.operations("add_peer") == 1 && metrics.operations("add_route") > 0);
-    assert!(agent.status().lock().unwrap().graph.as_deref().is_some_and(|dot| dot.starts_with("digraph kilo")));
+    let topology = agent.status().lock().unwrap().topology.clone();
+    assert!(topology.is_some_and(|topology| topology.to_dot().starts_with("digraph kilo")));
 }
 
 #[tokio::test]

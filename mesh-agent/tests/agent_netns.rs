@@ -154,6 +154,8 @@ fn netns_agent_with_file_backend_reconciles_serves_and_cleans_up() {
         http_get(&ns, port, "/metrics").and_then(|m| metric(&m, "kilo_reconciles_total")).filter(|n| *n > first)
     });
     assert!(later > first);
+    let graph = http_get(&ns, port, "/graph?format=dot").unwrap();
+    assert!(graph.contains("digraph kilo {") && graph.contains("\"node-b\""), "{graph}");
     let metrics = http_get(&ns, port, "/metrics").unwrap();
     assert_eq!(metric(&metrics, "kilo_leader"), Some(1.0), "{metrics}");
     assert_eq!(metric(&metrics, "kilo_nodes"), Some(2.0), "{metrics}");

@@ -288,17 +288,9 @@ impl<C: ClusterBackend, D: Dataplane, H: Host> Agent<C, D, H> {
 
     /// Publishes the local node when what it says changed, and at every check-in period.
     async fn announce(&mut self, local: &NodeSpec, topology: &Topology) {
-        let announcement = LocalAnnouncement {
-            hostname: local.name.clone(),
-            key: local.key,
-            endpoint: local.endpoint.clone(),
-            internal_ip: local.internal_ip,
-            wireguard_ip: topology.leader.then_some(topology.wireguard_cidr),
-            last_seen: local.last_seen.unwrap_or_default(),
-            discovered_endpoints: local.discovered_endpoints.clone(),
-            granularity: self.config.options.granularity,
-            cni_compatibility_ip: local.cni_compatibility_ip,
-        };
+        let published = NodeSpec { wireguard_ip: topology.leader.then_some(topology.wireguard_cidr), ..local.clone() };
+        let announcement =
+            LocalAnnouncement::of(&published, self.config.options.granularity, local.last_seen.unwrap_or_default());
         let changed = self.announced.as_ref().is_none_or(|(previous, _)| {
             LocalAnnouncement { last_seen: 0, ..previous.clone() }
                 != LocalAnnouncement { last_seen: 0, ..announcement.clone() }

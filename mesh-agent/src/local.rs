@@ -1,14 +1,13 @@
 //! The local node as the agent runs it (Kilo's `handleLocal`, §4.3 of the reference), and the
 //! resolution of DNS endpoints before each reconcile (§4.8).
 //!
-//! At each reconcile the agent:
+//! At each reconcile the agent ([`crate::agent`], through its `Host`):
 //!
-//! 1. builds [`LocalInputs`] from the local Node as translated from the cluster, what IP
-//!    discovery found at start ([`crate::host`]), its flags, its key and the current time;
-//! 2. calls [`local_node`]: the effective [`NodeSpec`] of the local node, and the
-//!    [`LocalAnnouncement`] to publish when [`needs_announcement`] says the cluster differs;
-//! 3. puts the effective spec into the snapshot with [`insert_local`];
-//! 4. calls [`resolve_endpoints`] on the snapshot, then `Topology::compute`.
+//! 1. calls [`resolve_endpoints`] on the snapshot;
+//! 2. builds [`LocalInputs`] from the local Node as translated from the cluster, what IP discovery
+//!    found ([`crate::host`]), its flags, its key and the current time, and replaces the local node
+//!    of the snapshot with the effective [`NodeSpec`] that [`local_node`] returns;
+//! 3. computes the topology.
 //!
 //! Everything here but [`resolve_endpoints`] is pure.
 
@@ -79,7 +78,7 @@ pub enum InternalIpSource {
 /// The local node for this reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalNode {
-    /// The node to feed into `Topology::compute` (see [`insert_local`]).
+    /// The node to feed into `Topology::compute`, in place of the translated one.
     pub spec: NodeSpec,
     /// What to publish about the node.
     pub announcement: LocalAnnouncement,
@@ -139,50 +138,8 @@ pub fn local_node(inputs: &LocalInputs<'_>) -> LocalNode {
         allowed_location_ips: node.allowed_location_ips.clone(),
         granularity: Some(inputs.granularity),
     };
-    let announcement = LocalAnnouncement {
-        hostname: spec.name.clone(),
-        key: spec.key,
-        endpoint: spec.endpoint.clone(),
-        internal_ip: spec.internal_ip,
-        wireguard_ip: spec.wireguard_ip,
-        last_seen: inputs.now,
-        discovered_endpoints: spec.discovered_endpoints.clone(),
-        granularity: inputs.granularity,
-        cni_compatibility_ip: spec.cni_compatibility_ip,
-    };
+    let announcement = LocalAnnouncement::of(&spec, inputs.granularity, inputs.now);
     LocalNode { spec, announcement, endpoint_source, internal_ip_source }
-}
-
-/// Whether the Node in the cluster (`published`, as translated) differs from the effective
-/// local node, so the announcement must be published: Kilo's `nodesAreEqual`, which ignores
-/// `last_seen` except for whether it keeps the node ready at `now`, and compares endpoints by
-/// their DNS-first text (a new address behind the same name is no change).
-///
-/// The periodic check-in publishes `last-seen` regardless (every 30 s in Kilo).
-pub fn needs_announcement(published: &NodeSpec, local: &NodeSpec, now: i64) -> bool {
-    let endpoint_text = |node: &NodeSpec| node.endpoint.as_ref().map(ToString::to_string);
-    endpoint_text(published) != endpoint_text(local)
-        || published.key != local.key
-        || published.wireguard_ip != local.wireguard_ip
-        || published.internal_ip != local.internal_ip
-        || published.cni_compatibility_ip != local.cni_compatibility_ip
-        || published.leader != local.leader
-        || published.location != local.location
-        || published.name != local.name
-        || published.pod_subnet != local.pod_subnet
-        || published.readiness(now).is_ok() != local.readiness(now).is_ok()
-        || published.persistent_keepalive != local.persistent_keepalive
-        || published.discovered_endpoints != local.discovered_endpoints
-        || published.allowed_location_ips != local.allowed_location_ips
-        || published.granularity != local.granularity
-}
-
-/// Replaces the node named like `local` in the snapshot with it (or adds it).
-pub fn insert_local(snapshot: &mut ClusterSnapshot, local: NodeSpec) {
-    match snapshot.nodes.iter_mut().find(|node| node.name == local.name) {
-        Some(node) => *node = local,
-        None => snapshot.nodes.push(local),
-    }
 }
 
 /// Looks up DNS names. Injectable so tests (and embedders) need no network.
@@ -529,68 +486,6 @@ mod tests {
         let local = local_node(&inputs(&node));
         assert_eq!(local.spec.wireguard_ip, None);
         assert_eq!(local.announcement.wireguard_ip, None);
-    }
-
-    #[test]
-    fn announcement_is_needed_until_the_cluster_agrees() {
-        let node = fresh_node();
-        let local = local_node(&inputs(&node)).spec;
-        assert!(needs_announcement(&node, &local, NOW));
-
-        // The cluster now shows what was published, with a heartbeat 10 s old: no change.
-        let published = NodeSpec { last_seen: Some(NOW - 10), ..local.clone() };
-        assert!(!needs_announcement(&published, &local, NOW));
-        // ...and the next pass computes the same local node from it.
-        assert_eq!(local_node(&inputs(&published)).spec, local);
-
-        // A stale heartbeat changes readiness: publish.
-        let stale = NodeSpec { last_seen: Some(NOW - 60), ..local.clone() };
-        assert!(needs_announcement(&stale, &local, NOW));
-        // Each agent-owned field counts.
-        for changed in [
-            NodeSpec { key: Some(key(5)), ..published.clone() },
-            NodeSpec { internal_ip: Some(net("192.168.0.5/16")), ..published.clone() },
-            NodeSpec { endpoint: Some(endpoint("203.0.113.5:51821")), ..published.clone() },
-            NodeSpec { wireguard_ip: Some(net("10.4.0.1/16")), ..published.clone() },
-            NodeSpec { cni_compatibility_ip: Some(net("10.0.1.1/32")), ..published.clone() },
-            NodeSpec { granularity: None, ..published.clone() },
-            NodeSpec {
-                discovered_endpoints: BTreeMap::from([(key(3), "1.2.3.4:5".parse().unwrap())]),
-                ..published.clone()
-            },
-        ] {
-            assert!(needs_announcement(&changed, &local, NOW), "{changed:?}");
-        }
-    }
-
-    #[test]
-    fn endpoints_compare_by_dns_name_not_address() {
-        let resolved = |ip: &str| Endpoint {
-            host: Host::Dns { name: "gw.example.com".to_owned(), resolved: Some(ip.parse().unwrap()) },
-            port: 51820,
-        };
-        let published = NodeSpec { endpoint: Some(resolved("192.0.2.1")), ..local_node(&inputs(&fresh_node())).spec };
-        let local = NodeSpec { endpoint: Some(resolved("192.0.2.2")), ..published.clone() };
-        assert!(!needs_announcement(&published, &local, NOW));
-    }
-
-    #[test]
-    fn insert_local_replaces_or_adds() {
-        let mut snapshot = ClusterSnapshot {
-            nodes: vec![
-                NodeSpec { name: "node-b".to_owned(), ..NodeSpec::default() },
-                NodeSpec { name: "node-a".to_owned(), ..NodeSpec::default() },
-            ],
-            peers: vec![],
-            now: NOW,
-        };
-        let local = local_node(&inputs(&fresh_node())).spec;
-        insert_local(&mut snapshot, local.clone());
-        assert_eq!(snapshot.nodes.len(), 2);
-        assert_eq!(snapshot.nodes[1], local);
-        let mut empty = ClusterSnapshot::default();
-        insert_local(&mut empty, local.clone());
-        assert_eq!(empty.nodes, vec![local]);
     }
 
     type Answers = BTreeMap<String, Result<Vec<IpAddr>, String>>;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
-use crate::{ClusterSnapshot, Endpoint, Granularity, Key, ObservedState, Plan};
+use crate::{ClusterSnapshot, Endpoint, Granularity, Key, NodeSpec, ObservedState, Plan};
 
 /// An error from a backend, naming the operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,25 @@ pub struct LocalAnnouncement {
     pub granularity: Granularity,
     /// The CNI-compatibility IP (Cilium's `cilium_host` address).
     pub cni_compatibility_ip: Option<IpNet>,
+}
+
+impl LocalAnnouncement {
+    /// What `node` (the local node as this agent runs it) publishes: its key, endpoint,
+    /// internal, WireGuard and CNI-compatibility IPs and discovered endpoints, with a heartbeat
+    /// at `last_seen` and the agent's granularity.
+    pub fn of(node: &NodeSpec, granularity: Granularity, last_seen: i64) -> Self {
+        LocalAnnouncement {
+            hostname: node.name.clone(),
+            key: node.key,
+            endpoint: node.endpoint.clone(),
+            internal_ip: node.internal_ip,
+            wireguard_ip: node.wireguard_ip,
+            last_seen,
+            discovered_endpoints: node.discovered_endpoints.clone(),
+            granularity,
+            cni_compatibility_ip: node.cni_compatibility_ip,
+        }
+    }
 }
 
 /// Where nodes and peers come from, and where the local node publishes itself.

@@ -341,11 +341,6 @@ impl FirewallRule {
         };
         consistent.then_some(rule)
     }
-
-    /// Whether this rule sits in a chain we own rather than in a built-in chain.
-    pub fn in_owned_chain(&self) -> bool {
-        self.chain.is_owned()
-    }
 }
 
 impl Serialize for FirewallRule {

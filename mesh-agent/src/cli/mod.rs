@@ -155,6 +155,19 @@ impl Cluster {
     }
 }
 
+/// The arguments `showconf` and `graph` share: where the cluster comes from, the mesh flags and
+/// the readiness clock.
+#[derive(clap::Args, Debug)]
+struct KgctlArgs {
+    /// Judge readiness at this Unix time [default: now].
+    #[arg(long)]
+    now: Option<i64>,
+    #[command(flatten)]
+    source: Source,
+    #[command(flatten)]
+    mesh: MeshFlags,
+}
+
 /// A cluster as `kgctl` sees it: its objects, the granularity (`auto` resolved from the
 /// agents' annotations) and the WireGuard subnet (from their `wireguard-ip` annotations unless
 /// `--subnet` is given).
@@ -166,12 +179,12 @@ struct KgctlView {
 }
 
 impl KgctlView {
-    async fn load(source: &Source, mesh: &MeshFlags, now: Option<i64>) -> Result<KgctlView, CliError> {
-        let choice = mesh.granularity("auto", true).map_err(CliError::usage)?;
-        let objects = source.load().await?;
-        let cluster = Cluster::translate(&objects, &mesh.topology_label, now.unwrap_or_else(unix_now));
+    async fn load(args: &KgctlArgs) -> Result<KgctlView, CliError> {
+        let choice = args.mesh.granularity("auto", true).map_err(CliError::usage)?;
+        let objects = args.source.load().await?;
+        let cluster = Cluster::translate(&objects, &args.mesh.topology_label, args.now.unwrap_or_else(unix_now));
         let granularity = cluster.granularity(choice)?;
-        let subnet = mesh.subnet.unwrap_or_else(|| cluster.announced_subnet());
+        let subnet = args.mesh.subnet.unwrap_or_else(|| cluster.announced_subnet());
         Ok(KgctlView { cluster, granularity, subnet })
     }
 

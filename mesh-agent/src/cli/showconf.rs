@@ -5,8 +5,8 @@ use mesh_core::wireguard::{Conf, PeerConfig};
 use mesh_core::{Endpoint, Host};
 use serde_json::{Map, Value, json};
 
-use super::flags::{MeshFlags, parse_cidr};
-use super::{CliError, KgctlView, Source, write};
+use super::flags::parse_cidr;
+use super::{CliError, KgctlArgs, KgctlView, write};
 
 /// Arguments of `showconf`.
 #[derive(clap::Args, Debug)]
@@ -25,30 +25,25 @@ pub struct ShowconfArgs {
     /// Extra allowed IPs for --as-peer output, e.g. the cluster's service CIDR.
     #[arg(long = "allowed-ips", value_delimiter = ',', value_parser = parse_cidr)]
     allowed_ips: Vec<IpNet>,
-    /// Judge readiness at this Unix time [default: now].
-    #[arg(long)]
-    now: Option<i64>,
     #[command(flatten)]
-    source: Source,
-    #[command(flatten)]
-    mesh: MeshFlags,
+    cluster: KgctlArgs,
 }
 
 pub(super) async fn run(args: ShowconfArgs, out: &mut dyn std::io::Write) -> Result<(), CliError> {
-    let view = KgctlView::load(&args.source, &args.mesh, args.now).await?;
+    let view = KgctlView::load(&args.cluster).await?;
     let ready = view.cluster.ready_nodes();
 
     if args.kind == "node" {
         if !ready.contains(&args.name.as_str()) {
             return Err(CliError::input(format!("did not find any node named {:?} in the cluster", args.name)));
         }
-        let topology = view.topology(&args.mesh, &args.name)?;
+        let topology = view.topology(&args.cluster.mesh, &args.name)?;
         if !topology.leader {
             eprintln!("Node {:?} is not a leader node", args.name);
             return Ok(());
         }
         if !args.as_peer {
-            return write(out, &topology.node_conf(None, args.mesh.port).to_string());
+            return write(out, &topology.node_conf(None, args.cluster.mesh.port).to_string());
         }
         let mut peer = topology.as_peer();
         add_allowed_ips(&mut peer, &args.allowed_ips);
@@ -58,7 +53,7 @@ pub(super) async fn run(args: ShowconfArgs, out: &mut dyn std::io::Write) -> Res
     let Some(last) = ready.last() else {
         return Err(CliError::input("did not find any valid Kilo nodes in the cluster"));
     };
-    let topology = view.topology(&args.mesh, last)?;
+    let topology = view.topology(&args.cluster.mesh, last)?;
     let Some(peer) = topology.peers.iter().find(|peer| peer.name == args.name) else {
         return Err(CliError::input(format!("did not find any peer named {:?} in the cluster", args.name)));
     };

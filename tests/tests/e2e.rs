@@ -57,14 +57,13 @@
 mod world;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use world::{Outcome, Row, World, in_ns, poll, progress, run};
+use world::{Outcome, Probe, World, agent_binary, in_ns, poll, progress, reach, run, series, step};
 
 /// `--resync-period` of every agent.
 const RESYNC: Duration = Duration::from_secs(1);
@@ -179,63 +178,6 @@ fn segments(granularity: &str) -> usize {
     if granularity == "location" { 3 } else { NODES.len() }
 }
 
-/// One ping: from a namespace to an address.
-#[derive(Clone, Debug)]
-struct Probe {
-    from: String,
-    namespace: String,
-    to: String,
-    address: String,
-}
-
-/// Pings every probe until each has answered once; how long it took, or which never answered.
-///
-/// On success, also names the paths that answered last (the slowest), for the summary.
-fn reach(probes: &[Probe], timeout: Duration) -> Outcome<(Duration, String)> {
-    let started = Instant::now();
-    let mut pending: Vec<&Probe> = probes.iter().collect();
-    let mut first_round = true;
-    loop {
-        let trying: Vec<String> = pending.iter().map(|probe| format!("{}->{}", probe.from, probe.to)).collect();
-        let children: Vec<_> = pending
-            .iter()
-            .map(|probe| {
-                let child = Command::new("ip")
-                    .args(["netns", "exec", &probe.namespace, "ping", "-n", "-q", "-c1", "-W1", &probe.address])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn();
-                (*probe, child)
-            })
-            .collect();
-        pending = children
-            .into_iter()
-            .filter_map(|(probe, child)| {
-                let answered =
-                    child.ok().and_then(|mut child| child.wait().ok()).is_some_and(|status| status.success());
-                (!answered).then_some(probe)
-            })
-            .collect();
-        if pending.is_empty() {
-            let last = if first_round { "none: all at once".to_owned() } else { trying.join(" ") };
-            return Ok((started.elapsed(), last));
-        }
-        first_round = false;
-        if started.elapsed() >= timeout {
-            let missing: Vec<String> =
-                pending.iter().map(|probe| format!("{}->{}({})", probe.from, probe.to, probe.address)).collect();
-            return Err(format!(
-                "{} of {} paths never answered within {timeout:?}: {}",
-                missing.len(),
-                probes.len(),
-                missing.join(" ")
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 /// One peer line of `wg show IFACE dump`.
 #[derive(Clone, Debug)]
 struct WgPeer {
@@ -244,16 +186,6 @@ struct WgPeer {
     handshake: u64,
     rx: u64,
     tx: u64,
-}
-
-/// The value of one series (`name` or `name{labels}`) in a Prometheus text exposition; 0 when absent.
-fn series(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter_map(|line| line.split_once(' '))
-        .find(|(series, _)| *series == name)
-        .and_then(|(_, value)| value.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn unix_now() -> i64 {
@@ -1051,87 +983,6 @@ impl Mesh {
             self.world.namespaces().len()
         ))
     }
-}
-
-/// The `mesh-agent` binary of this workspace and profile, built first when missing or stale.
-fn agent_binary() -> Outcome<PathBuf> {
-    let exe = std::env::current_exe().map_err(|error| format!("current_exe: {error}"))?;
-    // target/<profile>/deps/e2e-<hash>
-    let profile_dir = exe.parent().and_then(Path::parent).ok_or("unexpected test binary location")?;
-    let target_dir = profile_dir.parent().ok_or("unexpected test binary location")?;
-    let profile = profile_dir.file_name().and_then(|name| name.to_str()).ok_or("unexpected profile directory")?;
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace")?;
-    let binary = profile_dir.join("mesh-agent");
-    if is_fresh(&binary, workspace) {
-        return Ok(binary);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    progress(&format!("building mesh-agent ({profile} profile) with {cargo}"));
-    let mut command = Command::new(&cargo);
-    command.current_dir(workspace).args(["build", "-p", "mesh-agent", "--bin", "mesh-agent"]);
-    command.env("CARGO_TARGET_DIR", target_dir);
-    match profile {
-        "debug" => {}
-        "release" => {
-            command.arg("--release");
-        }
-        other => {
-            command.args(["--profile", other]);
-        }
-    }
-    run(&mut command).map_err(|error| format!("building mesh-agent failed: {error}"))?;
-    if binary.exists() { Ok(binary) } else { Err(format!("cargo build did not produce {}", binary.display())) }
-}
-
-/// Whether `binary` is newer than every file it was built from: the sources its dep-info file
-/// (`mesh-agent.d`, written by cargo beside it) lists, and the manifests. `cargo test --workspace`
-/// builds the binary for mesh-agent's own tests, so in CI it is fresh; a plain mtime walk of the
-/// crates would also count `#[cfg(test)]` files the binary does not contain.
-fn is_fresh(binary: &Path, workspace: &Path) -> bool {
-    let modified = |path: &Path| std::fs::metadata(path).and_then(|metadata| metadata.modified()).ok();
-    let Some(built) = modified(binary) else { return false };
-    let Ok(dep_info) = std::fs::read_to_string(binary.with_extension("d")) else { return false };
-    let Some((_, inputs)) = dep_info.lines().next().and_then(|line| line.split_once(": ")) else { return false };
-    // Make syntax: inputs are separated by spaces; a space inside a path is escaped as `\ `.
-    let mut sources = vec![String::new()];
-    let mut chars = inputs.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if chars.peek() == Some(&' ') => sources.last_mut().expect("one").push(chars.next().expect("a space")),
-            ' ' => sources.push(String::new()),
-            c => sources.last_mut().expect("one").push(c),
-        }
-    }
-    let mut sources: Vec<PathBuf> =
-        sources.into_iter().filter(|source| !source.is_empty()).map(PathBuf::from).collect();
-    sources.extend(["Cargo.toml", "Cargo.lock"].map(|name| workspace.join(name)));
-    sources.extend(
-        ["mesh-core", "mesh-netlink", "mesh-kube", "mesh-agent"].map(|name| workspace.join(name).join("Cargo.toml")),
-    );
-    sources.len() > 2 + 4 && sources.iter().all(|source| modified(source).is_some_and(|time| time <= built))
-}
-
-/// Runs one scenario, catching panics, and records its row.
-fn step(rows: &mut Vec<Row>, scenario: &str, body: impl FnOnce() -> Outcome<String>) -> bool {
-    progress(&format!("{scenario}: start"));
-    let started = Instant::now();
-    let result = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
-            .unwrap_or_else(|| "panicked".into());
-        Err(format!("panic: {message}"))
-    });
-    let passed = result.is_ok();
-    progress(&format!(
-        "{scenario}: {} after {:.1}s: {}",
-        if passed { "pass" } else { "FAIL" },
-        started.elapsed().as_secs_f64(),
-        result.as_ref().map_or_else(String::as_str, String::as_str)
-    ));
-    rows.push(Row { scenario: scenario.to_owned(), result, time: started.elapsed() });
-    passed
 }
 
 #[test]

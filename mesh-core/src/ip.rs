@@ -83,6 +83,19 @@ impl Allocator {
     }
 }
 
+/// `IpNet`'s own order (IPv4 before IPv6, then address, then prefix length) as a pair of
+/// integers, which compare in a few instructions where `IpNet::cmp` compares byte by byte: the
+/// family and the first address byte, then the other address bytes and the prefix length.
+pub(crate) fn order_key(net: &IpNet) -> (u16, u128) {
+    match net {
+        IpNet::V4(v4) => (0, u128::from(u32::from(v4.addr())) << 8 | u128::from(v4.prefix_len())),
+        IpNet::V6(v6) => {
+            let bits = u128::from(v6.addr());
+            (0x100 | (bits >> 120) as u16, bits << 8 | u128::from(v6.prefix_len()))
+        }
+    }
+}
+
 /// Kilo's `sortIPs` order: IPv4 before IPv6, then by CIDR text.
 pub fn sort_ips(ips: &mut [IpNet]) {
     ips.sort_by_cached_key(|ip| (ip.addr().is_ipv6(), ip.to_string()));
@@ -131,6 +144,35 @@ mod tests {
         assert_eq!(a.next(), None);
         let mut a = Allocator::new(net("::/0"));
         assert_eq!(a.next(), Some(net("::1/0")));
+    }
+
+    #[test]
+    fn order_key_orders_as_ipnet() {
+        let mut nets: Vec<IpNet> = [
+            "10.0.0.1/32",
+            "10.0.0.1/24",
+            "10.0.0.0/24",
+            "255.255.255.255/32",
+            "0.0.0.0/0",
+            "::/0",
+            "::1/128",
+            "::ffff:10.0.0.1/128",
+            "fd00::/8",
+            "fd00::/64",
+            "ff00::1/128",
+            "ffff::/16",
+            "1.2.3.4/31",
+        ]
+        .iter()
+        .map(|s| net(s))
+        .collect();
+        for a in &nets {
+            for b in &nets {
+                assert_eq!(order_key(a).cmp(&order_key(b)), a.cmp(b), "{a} vs {b}");
+            }
+        }
+        nets.sort_by_key(order_key);
+        assert!(nets.is_sorted());
     }
 
     // Kilo's TestSortIPs.

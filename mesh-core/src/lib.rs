@@ -65,5 +65,5 @@ pub use model::{ClusterSnapshot, Granularity, NodeSpec, NotReady, PeerSpec, READ
 pub use options::{Compatibility, Encapsulation, KILO_TABLE, MAIN_TABLE, Options, RULE_PRIORITY};
 pub use plan::{Operation, Plan};
 pub use routes::{Dev, DeviceNames, Route, Rule};
-pub use state::{DataplaneState, DesiredState, ObservedState};
+pub use state::{DataplaneState, DesiredState, ObservedState, RouteKey, Routes};
 pub use topology::{ComputeError, Topology};

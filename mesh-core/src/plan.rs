@@ -1,6 +1,6 @@
 //! The minimal, ordered list of operations that turns the observed data plane into the desired one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use ipnet::IpNet;
@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::firewall::{Family, Firewall};
 use crate::routes::{Route, Rule};
-use crate::state::{DataplaneState, DesiredState, ObservedState, WireGuardPeer};
+use crate::state::{DataplaneState, DesiredState, ObservedState, Routes, WireGuardPeer};
 use crate::{Key, PresharedKey};
 
 /// How long after a handshake an endpoint WireGuard learned from the peer is trusted over the
@@ -162,7 +162,7 @@ impl Plan {
         for rule in current.rules.difference(&desired.rules) {
             ops.push(Operation::DeleteRule(*rule));
         }
-        // Both route maps are sorted by key: one walk finds deletions, additions and replacements.
+        // Both route sets are sorted by key: one walk finds deletions, additions and replacements.
         let mut additions = Vec::new();
         for change in merge(&current.routes, &desired.routes) {
             match change {
@@ -233,14 +233,14 @@ impl Plan {
     /// [`Dataplane`](crate::backend::Dataplane) implements, and what the in-memory fake does.
     pub fn apply_to(&self, state: &DataplaneState) -> DataplaneState {
         let mut next = state.clone();
+        // Route changes are applied together, in order, so a plan of thousands stays linear.
+        let mut route_changes = Vec::new();
         for operation in &self.operations {
             match operation {
                 Operation::DeleteRule(rule) => {
                     next.rules.remove(rule);
                 }
-                Operation::DeleteRoute(route) => {
-                    next.routes.remove(&route.key());
-                }
+                Operation::DeleteRoute(route) => route_changes.push((route.key(), None)),
                 Operation::SetMtu(mtu) => next.interface.mtu = Some(*mtu),
                 Operation::RemoveAddress(address) => {
                     next.interface.addresses.remove(address);
@@ -274,7 +274,7 @@ impl Plan {
                 }
                 Operation::SetTunnelAddress(address) => next.tunnel_address = *address,
                 Operation::AddRoute(route) | Operation::ReplaceRoute(route) => {
-                    next.routes.insert(route.key(), *route);
+                    route_changes.push((route.key(), Some(*route)));
                 }
                 Operation::AddRule(rule) => {
                     next.rules.insert(*rule);
@@ -290,30 +290,24 @@ impl Plan {
                 }
             }
         }
+        next.routes.apply(route_changes);
         next
     }
 }
 
-/// Walks two sorted maps together: `(Some, None)` only on the left, `(None, Some)` only on the
-/// right, `(Some, Some)` in both.
-fn merge<'a, K: Ord, V>(
-    left: &'a BTreeMap<K, V>,
-    right: &'a BTreeMap<K, V>,
-) -> impl Iterator<Item = (Option<&'a V>, Option<&'a V>)> {
+/// Walks two route sets together, both sorted by key: `(Some, None)` only on the left,
+/// `(None, Some)` only on the right, `(Some, Some)` in both.
+fn merge<'a>(left: &'a Routes, right: &'a Routes) -> impl Iterator<Item = (Option<&'a Route>, Option<&'a Route>)> {
     let mut left = left.iter().peekable();
     let mut right = right.iter().peekable();
     std::iter::from_fn(move || match (left.peek(), right.peek()) {
         (None, None) => None,
-        (Some(_), None) => left.next().map(|(_, v)| (Some(v), None)),
-        (None, Some(_)) => right.next().map(|(_, v)| (None, Some(v))),
-        (Some((l, _)), Some((r, _))) => match l.cmp(r) {
-            std::cmp::Ordering::Less => left.next().map(|(_, v)| (Some(v), None)),
-            std::cmp::Ordering::Greater => right.next().map(|(_, v)| (None, Some(v))),
-            std::cmp::Ordering::Equal => {
-                let (_, l) = left.next()?;
-                let (_, r) = right.next()?;
-                Some((Some(l), Some(r)))
-            }
+        (Some(_), None) => left.next().map(|l| (Some(l), None)),
+        (None, Some(_)) => right.next().map(|r| (None, Some(r))),
+        (Some(l), Some(r)) => match l.key().order().cmp(&r.key().order()) {
+            std::cmp::Ordering::Less => left.next().map(|l| (Some(l), None)),
+            std::cmp::Ordering::Greater => right.next().map(|r| (None, Some(r))),
+            std::cmp::Ordering::Equal => Some((left.next(), right.next())),
         },
     })
 }

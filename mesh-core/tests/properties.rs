@@ -761,7 +761,8 @@ fn apply_drift(mut state: DataplaneState, drift: &Drift) -> DataplaneState {
         state.tunnel_address = address;
     }
     for index in &drift.dropped_routes {
-        if let Some(route_key) = state.routes.keys().nth(usize::from(*index) % state.routes.len().max(1)).copied() {
+        let route_key = state.routes.keys().nth(usize::from(*index) % state.routes.len().max(1));
+        if let Some(route_key) = route_key {
             state.routes.remove(&route_key);
         }
     }

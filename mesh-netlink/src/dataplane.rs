@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use mesh_core::backend::{BackendError, Dataplane};
 use mesh_core::firewall::{Family, Firewall};
-use mesh_core::state::{DataplaneState, InterfaceState, RouteKey};
-use mesh_core::{Compatibility, Dev, DeviceNames, Key, ObservedState, Operation, Plan, Route, Rule};
+use mesh_core::state::{DataplaneState, InterfaceState};
+use mesh_core::{Compatibility, Dev, DeviceNames, Key, ObservedState, Operation, Plan, Route, Routes, Rule};
 use nix::libc;
 use rtnetlink::Handle;
 use wireguard_control::DeviceUpdate;
@@ -226,8 +226,7 @@ impl LinuxDataplane {
         state.routes = routes
             .iter()
             .filter_map(|message| route::to_route(message, dev_of))
-            .map(|route| (route.key(), route))
-            .collect::<BTreeMap<RouteKey, Route>>();
+            .collect::<Routes>();
 
         let names = &self.names;
         let has_private = self.config.private_interface.is_some();

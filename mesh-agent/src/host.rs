@@ -289,12 +289,29 @@ impl HostNetwork {
     /// any DNS query happen inside it) with its own single-threaded runtime. From async code use
     /// [`HostNetwork::read_async`].
     pub fn read(namespace: &Namespace, hostname: &str) -> Result<HostNetwork, HostError> {
+        Self::read_blocking(namespace, Some(hostname))
+    }
+
+    /// [`HostNetwork::read`] without blocking the async runtime.
+    pub async fn read_async(namespace: &Namespace, hostname: &str) -> Result<HostNetwork, HostError> {
+        Self::read_off_runtime(namespace, Some(hostname)).await
+    }
+
+    /// Links, addresses and the default route only, with no hostname lookup
+    /// ([`HostNetwork::hostname_ips`] is empty). For the agent's passes, which look again at
+    /// `cilium_host` and the underlay's MTU: a DNS query there would stall every pass for as
+    /// long as the resolver takes to fail (seconds, behind a firewall that drops it).
+    pub async fn read_links_async(namespace: &Namespace) -> Result<HostNetwork, HostError> {
+        Self::read_off_runtime(namespace, None).await
+    }
+
+    fn read_blocking(namespace: &Namespace, hostname: Option<&str>) -> Result<HostNetwork, HostError> {
         let label = namespace.to_string();
         let namespace = namespace.clone();
-        let hostname = hostname.to_owned();
+        let hostname = hostname.map(str::to_owned);
         let worker = std::thread::Builder::new()
             .name("host-network".to_owned())
-            .spawn(move || read_on_this_thread(&namespace, &hostname))
+            .spawn(move || read_on_this_thread(&namespace, hostname.as_deref()))
             .map_err(|source| HostError::Reader { namespace: label, source })?;
         match worker.join() {
             Ok(result) => result,
@@ -302,12 +319,11 @@ impl HostNetwork {
         }
     }
 
-    /// [`HostNetwork::read`] without blocking the async runtime.
-    pub async fn read_async(namespace: &Namespace, hostname: &str) -> Result<HostNetwork, HostError> {
+    async fn read_off_runtime(namespace: &Namespace, hostname: Option<&str>) -> Result<HostNetwork, HostError> {
         let label = namespace.to_string();
         let namespace = namespace.clone();
-        let hostname = hostname.to_owned();
-        match tokio::task::spawn_blocking(move || HostNetwork::read(&namespace, &hostname)).await {
+        let hostname = hostname.map(str::to_owned);
+        match tokio::task::spawn_blocking(move || HostNetwork::read_blocking(&namespace, hostname.as_deref())).await {
             Ok(result) => result,
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Err(error) => Err(HostError::Reader { namespace: label, source: io::Error::other(error.to_string()) }),
@@ -348,7 +364,7 @@ fn is_local(ip: IpAddr) -> bool {
     }
 }
 
-fn read_on_this_thread(namespace: &Namespace, hostname: &str) -> Result<HostNetwork, HostError> {
+fn read_on_this_thread(namespace: &Namespace, hostname: Option<&str>) -> Result<HostNetwork, HostError> {
     let label = namespace.to_string();
     if let Namespace::Path(path) = namespace {
         // This thread exists only for this read, so it never has to switch back.
@@ -372,7 +388,11 @@ fn read_on_this_thread(namespace: &Namespace, hostname: &str) -> Result<HostNetw
         connection.abort();
         result
     })?;
-    Ok(HostNetwork { interfaces, default_route_interface, hostname_ips: resolve_hostname(hostname) })
+    Ok(HostNetwork {
+        interfaces,
+        default_route_interface,
+        hostname_ips: hostname.map(resolve_hostname).unwrap_or_default(),
+    })
 }
 
 async fn read_links(handle: &Handle, namespace: &str) -> Result<(Vec<Interface>, Option<u32>), HostError> {

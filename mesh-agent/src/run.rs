@@ -160,7 +160,6 @@ struct LinuxHost {
     compatibility: Compatibility,
     cni_compatibility_ip: Option<IpNet>,
     resolver: ResolverCache,
-    hostname: String,
     cni_path: Option<PathBuf>,
     /// The last CNI error logged, so a persistent one is logged once.
     cni_error: Option<String>,
@@ -210,7 +209,7 @@ impl Host for LinuxHost {
         // MTU can change: look again every pass, as Kilo does.
         let cilium = self.compatibility == Compatibility::Cilium;
         if (cilium || self.auto_mtu.is_some())
-            && let Ok(network) = HostNetwork::read_async(&Namespace::Current, &self.hostname).await
+            && let Ok(network) = HostNetwork::read_links_async(&Namespace::Current).await
         {
             if cilium {
                 self.cni_compatibility_ip = network.cilium_host_ip();
@@ -285,7 +284,6 @@ impl AgentFlags {
             compatibility: self.mesh.compatibility,
             cni_compatibility_ip: if cilium { network.cilium_host_ip() } else { None },
             resolver: ResolverCache::new(),
-            hostname: hostname.clone(),
             cni_path: self.mesh.cni.then(|| self.cni_path.clone()),
             cni_error: None,
             auto_mtu: (self.mtu == Mtu::Auto).then_some(mtu),

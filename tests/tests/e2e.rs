@@ -476,16 +476,7 @@ impl Mesh {
 
     /// The annotations of `node`'s file.
     fn annotations(&self, node: &str) -> Outcome<BTreeMap<String, String>> {
-        let path = self.cluster.join("nodes").join(format!("{node}.yaml"));
-        let text = std::fs::read_to_string(&path).map_err(|error| format!("read {}: {error}", path.display()))?;
-        let value: Value =
-            serde_norway::from_str(&text).map_err(|error| format!("parse {}: {error}", path.display()))?;
-        let annotations = value.pointer("/metadata/annotations").and_then(Value::as_object);
-        Ok(annotations
-            .into_iter()
-            .flatten()
-            .map(|(key, value)| (key.clone(), value.as_str().map_or_else(|| value.to_string(), str::to_owned)))
-            .collect())
+        world::annotations_in(&self.cluster.join("nodes").join(format!("{node}.yaml")))
     }
 
     /// Published public key → node name, plus the external peer's.
@@ -655,13 +646,20 @@ impl Mesh {
                 namespace: self.peer_ns(),
                 to: to.name.into(),
                 address: to.pod_ip.into(),
+                source: None,
             });
         }
         probes
     }
 
     fn probe(&self, from: &str, to: &str) -> Probe {
-        Probe { from: from.into(), namespace: self.ns(from), to: to.into(), address: node_def(to).pod_ip.into() }
+        Probe {
+            from: from.into(),
+            namespace: self.ns(from),
+            to: to.into(),
+            address: node_def(to).pod_ip.into(),
+            source: None,
+        }
     }
 
     /// Waits for the mesh of the current granularity: annotations, WireGuard peers, leaders, the

@@ -15,7 +15,7 @@
 //! `scripts/vm/vm-setup.sh` installs (QEMU, a static busybox, the extracted kernel package);
 //! without them the test fails, never skips, and says to run that script. `KTE_KEEP_DIR=1` keeps
 //! the guest's run directories, which live in the VM's RAM, so it is useful with `VM_RW_DIRS`;
-//! `KTE_ONLY=text` runs only the scenarios whose label contains `text`.
+//! `KTE_ONLY=a,b` runs only the scenarios whose label contains `a` or `b`.
 //! The whole suite must stay under 5 minutes (`VM_TIMEOUT` is set to 300 s).
 
 #[allow(dead_code, reason = "the helpers are shared with e2e.rs, which uses others")]
@@ -56,8 +56,8 @@ fn host() {
     let check = Command::new(scripts.join("vm-setup.sh")).arg("--check").output().expect("run vm-setup.sh --check");
     assert!(
         check.status.success(),
-        "the kernel VM suite cannot start a VM: {}. Run scripts/vm/vm-setup.sh as root (it installs QEMU \
-         and extracts Debian's kernel under target/vm)",
+        "the kernel VM suite cannot start a VM: {} (vm-setup.sh installs QEMU and a static busybox, and \
+         extracts Debian's kernel package under target/vm)",
         String::from_utf8_lossy(&check.stderr).trim()
     );
     for tool in ["ip", "wg", "iptables", "ping", "bash"] {
@@ -73,7 +73,7 @@ fn host() {
         .args(["--exact", "kernel_vm_suite", "--nocapture", "--test-threads=1"])
         .env("VM_TIMEOUT", VM_TIMEOUT_SECONDS.to_string())
         .env("VM_MEM", "2048")
-        .env("VM_ENV", "KTE_AGENT KTE_ONLY")
+        .env("VM_ENV", "KTE_AGENT KTE_ONLY KTE_LOGS")
         .env("KTE_AGENT", &agent)
         .status()
         .expect("run scripts/vm/vm-run.sh");
@@ -90,16 +90,16 @@ fn host() {
 fn guest() {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     progress(&format!("in the VM: kernel {}", release.trim()));
-    // `KTE_ONLY=text` runs only the scenarios whose label contains `text` (for iterating on one).
+    // `KTE_ONLY=a,b` runs only the scenarios whose label contains `a` or `b` (to iterate on one).
     let only = std::env::var("KTE_ONLY").unwrap_or_default();
-    let scenarios: Vec<Scenario> =
-        dataplane::SCENARIOS.iter().chain(mesh::SCENARIOS).filter(|(name, _)| name.contains(&only)).copied().collect();
-    assert!(!scenarios.is_empty(), "no scenario matches KTE_ONLY={only}");
+    let selected = |name: &str| only.split(',').any(|part| name.contains(part));
     let started = Instant::now();
     let mut rows = Vec::new();
-    for (name, body) in scenarios {
-        step(&mut rows, name, body);
+    for (name, body) in dataplane::SCENARIOS.iter().filter(|(name, _)| selected(name)) {
+        step(&mut rows, name, *body);
     }
+    mesh::run(&mut rows, &selected);
+    assert!(!rows.is_empty(), "no scenario matches KTE_ONLY={only}");
     world::print_uncaptured(&world::summary(&rows, started.elapsed()));
     let failed: Vec<&str> = rows.iter().filter(|row| row.result.is_err()).map(|row| row.scenario.as_str()).collect();
     assert!(failed.is_empty(), "{} scenario(s) failed: {}", failed.len(), failed.join(", "));

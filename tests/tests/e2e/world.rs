@@ -333,6 +333,8 @@ pub struct Probe {
     pub to: String,
     /// The address pinged.
     pub address: String,
+    /// The source address (`ping -I`), if not the one the route chooses.
+    pub source: Option<String>,
 }
 
 /// Pings every probe until each has answered once; how long it took, or which never answered.
@@ -347,8 +349,13 @@ pub fn reach(probes: &[Probe], timeout: Duration) -> Outcome<(Duration, String)>
         let children: Vec<_> = pending
             .iter()
             .map(|probe| {
-                let child = Command::new("ip")
-                    .args(["netns", "exec", &probe.namespace, "ping", "-n", "-q", "-c1", "-W1", &probe.address])
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &probe.namespace, "ping", "-n", "-q", "-c1", "-W1"]);
+                if let Some(source) = &probe.source {
+                    command.args(["-I", source]);
+                }
+                let child = command
+                    .arg(&probe.address)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -472,4 +479,17 @@ pub fn step(rows: &mut Vec<Row>, scenario: &str, body: impl FnOnce() -> Outcome<
     ));
     rows.push(Row { scenario: scenario.to_owned(), result, time: started.elapsed() });
     passed
+}
+
+/// The annotations of the Node in the YAML file at `path` (the file backend's format).
+pub fn annotations_in(path: &Path) -> Outcome<BTreeMap<String, String>> {
+    let text = fs::read_to_string(path).map_err(|error| format!("read {}: {error}", path.display()))?;
+    let value: serde_json::Value =
+        serde_norway::from_str(&text).map_err(|error| format!("parse {}: {error}", path.display()))?;
+    let annotations = value.pointer("/metadata/annotations").and_then(serde_json::Value::as_object);
+    Ok(annotations
+        .into_iter()
+        .flatten()
+        .map(|(key, value)| (key.clone(), value.as_str().map_or_else(|| value.to_string(), str::to_owned)))
+        .collect())
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine, as root: WireGuard's userspace tools
+# and wireguard-go (the netns and end-to-end tests), iptables, iproute2, ping, Graphviz (the DOT
+# output is rendered), and QEMU with Debian's stock kernel for the kernel VM suite
+# (scripts/vm/vm-setup.sh). Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(wireguard-tools wireguard-go iptables iproute2 iputils-ping graphviz)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+scripts/vm/vm-setup.sh

@@ -59,6 +59,19 @@ pub enum Error {
     /// tells users to look for.
     #[error("cilium_tunl interface not found: run Cilium with enable-ipip-termination=true")]
     CiliumTunnelNotFound,
+    /// Kilo's `tunl0` cannot be created because the namespace's any-to-any IPIP device, of
+    /// which the kernel allows one, exists under another name: the fallback `tunl0` that
+    /// loading the ipip module creates, renamed (by Cilium, to `cilium_tunl`).
+    #[error(
+        "failed to create IPIP tunnel {tunnel}: the kernel's any-to-any IPIP device exists as {existing} and \
+         refuses a second one (File exists); if {existing} is Cilium's, run with --compatibility=cilium to share it"
+    )]
+    IpipDeviceRenamed {
+        /// The device the mesh wanted (`tunl0`).
+        tunnel: String,
+        /// The name the kernel's IPIP device has now (`cilium_tunl`).
+        existing: String,
+    },
     /// A `--wireguard-backend` value that is not `auto`, `kernel` or `userspace`.
     #[error("invalid WireGuard backend {0:?}: expected auto, kernel or userspace")]
     InvalidBackend(String),

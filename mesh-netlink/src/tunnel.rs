@@ -1,11 +1,17 @@
 //! The encapsulation device: Kilo's IPIP `tunl0` (created here), Cilium's `cilium_tunl` or
 //! Flannel's `flannel.1` (both reused, never created or deleted).
+//!
+//! On a real kernel `tunl0` is usually not ours: loading the ipip module creates a fallback
+//! `tunl0` (any to any) in every namespace, and the kernel refuses a second any-to-any device,
+//! also when the fallback was renamed (Cilium's `cilium_tunl`). So an existing `tunl0` is
+//! reused, and only a device this module really created is deleted on clean-up.
 
+use futures::TryStreamExt;
 use mesh_core::Compatibility;
-use rtnetlink::packet_route::link::LinkMessage;
+use rtnetlink::packet_route::link::{InfoData, InfoIpTunnel, InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::{Handle, LinkIpIp};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, netlink_io};
 use crate::link::{self, Link};
 
 /// Cilium's IPIP device, which Cilium creates (by renaming the kernel's `tunl0`) when it runs
@@ -78,18 +84,25 @@ pub(crate) async fn ensure(
                 Some(link) => link,
                 None => {
                     *writes += 1;
+                    let operation = || format!("create IPIP tunnel {name} with mtu {mtu}");
                     match link::add(handle, ipip_link_message(name, mtu)).await {
-                        // Loading the ipip module creates the fallback `tunl0` itself.
+                        Ok(()) => *created = true,
+                        // The request loaded the ipip module, whose fallback `tunl0` (any to any)
+                        // appeared in every namespace before our link could: the kernel's device,
+                        // not ours (deleting it is a silent no-op), so it is not marked created.
+                        // Or that fallback exists under another name, which also refuses ours.
                         Err(error) if error.raw_os_error() == Some(nix::libc::EEXIST) => {}
-                        Err(source) => {
-                            return Err(Error::netlink(format!("create IPIP tunnel {name} with mtu {mtu}"), source));
-                        }
-                        Ok(()) => {}
+                        Err(source) => return Err(Error::netlink(operation(), source)),
                     }
-                    *created = true;
-                    find("look up new tunnel device")
-                        .await?
-                        .ok_or_else(|| Error::not_found("create IPIP tunnel", name))?
+                    match find("look up new tunnel device").await? {
+                        Some(link) => link,
+                        None => {
+                            return Err(match any_to_any_ipip(handle).await? {
+                                Some(existing) => Error::IpipDeviceRenamed { tunnel: name.to_owned(), existing },
+                                None => Error::not_found(operation(), name),
+                            });
+                        }
+                    }
                 }
             };
             if link.mtu != Some(mtu) {
@@ -107,6 +120,48 @@ pub(crate) async fn ensure(
             Ok(Link { mtu: Some(mtu), up: true, ..link })
         }
     }
+}
+
+/// The name of the namespace's any-to-any IPIP device (no local or remote address, no lower
+/// device): the kernel's fallback `tunl0`, possibly renamed (Cilium renames it `cilium_tunl`).
+/// A namespace holds at most one, so while it exists no `tunl0` can be created beside it.
+async fn any_to_any_ipip(handle: &Handle) -> Result<Option<String>> {
+    let links: Vec<LinkMessage> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|error| Error::netlink("list links", netlink_io(error)))?;
+    Ok(links.iter().find(|message| is_any_to_any_ipip(message)).and_then(|message| {
+        message.attributes.iter().find_map(|attribute| match attribute {
+            LinkAttribute::IfName(name) => Some(name.clone()),
+            _ => None,
+        })
+    }))
+}
+
+/// Whether the link is an IPIP device whose parameters match any packet: the kind of device the
+/// kernel refuses a second of (`File exists`).
+fn is_any_to_any_ipip(message: &LinkMessage) -> bool {
+    let infos = message.attributes.iter().find_map(|attribute| match attribute {
+        LinkAttribute::LinkInfo(infos) => Some(infos.as_slice()),
+        _ => None,
+    });
+    let Some(infos) = infos else { return false };
+    if !infos.contains(&LinkInfo::Kind(InfoKind::IpIp)) {
+        return false;
+    }
+    let parameters = infos.iter().find_map(|info| match info {
+        LinkInfo::Data(InfoData::IpTunnel(parameters)) => Some(parameters.as_slice()),
+        _ => None,
+    });
+    parameters.unwrap_or_default().iter().all(|parameter| match parameter {
+        InfoIpTunnel::Local(ip) | InfoIpTunnel::Remote(ip) => ip.is_unspecified(),
+        InfoIpTunnel::Link(index) => *index == 0,
+        InfoIpTunnel::CollectMetadata => false,
+        _ => true,
+    })
 }
 
 #[cfg(test)]
@@ -135,6 +190,34 @@ mod tests {
             .collect();
         assert_eq!(kinds, [&InfoKind::IpIp]);
         assert!(message.header.flags.contains(LinkFlags::Up));
+    }
+
+    fn ipip_link(name: &str, parameters: Vec<InfoIpTunnel>) -> LinkMessage {
+        let mut message = LinkMessage::default();
+        message.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        message.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::IpIp),
+            LinkInfo::Data(InfoData::IpTunnel(parameters)),
+        ]));
+        message
+    }
+
+    /// The kernel reports the fallback device as `ipip any remote any local any`: zero
+    /// addresses and no lower device. Only such a device blocks the creation of `tunl0`.
+    #[test]
+    fn the_renamed_fallback_is_recognised_by_its_parameters_not_its_name() {
+        let any = std::net::IpAddr::from([0, 0, 0, 0]);
+        let fallback =
+            ipip_link("cilium_tunl", vec![InfoIpTunnel::Link(0), InfoIpTunnel::Local(any), InfoIpTunnel::Remote(any)]);
+        assert!(is_any_to_any_ipip(&fallback));
+        assert!(is_any_to_any_ipip(&ipip_link("tunl0", Vec::new())));
+        let remote = std::net::IpAddr::from([192, 168, 1, 2]);
+        assert!(!is_any_to_any_ipip(&ipip_link("ipip1", vec![InfoIpTunnel::Local(any), InfoIpTunnel::Remote(remote)])));
+        assert!(!is_any_to_any_ipip(&ipip_link("ipip2", vec![InfoIpTunnel::Link(3)])));
+        assert!(!is_any_to_any_ipip(&ipip_link("ipip3", vec![InfoIpTunnel::CollectMetadata])));
+        let mut veth = LinkMessage::default();
+        veth.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]));
+        assert!(!is_any_to_any_ipip(&veth));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use rustc_hash::FxHashSet;
 use serde::Serialize;
 use serde::ser::SerializeStruct as _;
 
-use crate::ip::one_address_cidr;
+use crate::ip::{one_address_cidr, trunc};
 use crate::{Encapsulation, Granularity, Options, Topology};
 
 /// The NAT chain: masquerades traffic leaving the mesh, returns early for mesh destinations.
@@ -258,11 +258,15 @@ pub struct FirewallRule {
 }
 
 impl FirewallRule {
+    // Inlined, with `RuleList::rule` and `push`, into the loops over thousands of addresses:
+    // out of line, `Match` and its byte-aligned `IpNet` went through memory byte by byte and
+    // were read back whole, stalling on every rule (a tenth of the pipeline's time).
+    #[inline(always)]
     fn new(chain: ChainName, matches: Match, target: Target, comment: Comment) -> Self {
         let (matches, family) = match matches {
-            Match::Source(net) => (Match::Source(net.trunc()), Family::of(net.addr())),
-            Match::Destination(net) => (Match::Destination(net.trunc()), Family::of(net.addr())),
-            Match::DestinationFromOutside(net) => (Match::DestinationFromOutside(net.trunc()), Family::of(net.addr())),
+            Match::Source(net) => (Match::Source(trunc(net)), Family::of(net.addr())),
+            Match::Destination(net) => (Match::Destination(trunc(net)), Family::of(net.addr())),
+            Match::DestinationFromOutside(net) => (Match::DestinationFromOutside(trunc(net)), Family::of(net.addr())),
             Match::Any | Match::Ipip => (matches, Family::Ipv4),
         };
         FirewallRule { family, chain, matches, target, comment }
@@ -425,27 +429,56 @@ impl Firewall {
 /// canonical without sorting.
 struct RuleList {
     buckets: [Vec<FirewallRule>; 10],
-    seen: FxHashSet<(Family, ChainName, Match, Target)>,
+    /// The rules seen, by [`RuleList::identity`]: rules without an IPv6 network as one integer,
+    /// which hashes in one step, the others as two.
+    seen: FxHashSet<u64>,
+    seen_ipv6: FxHashSet<(u128, u64)>,
 }
 
 impl RuleList {
     fn with_capacity(capacity: usize) -> Self {
         let mut seen = FxHashSet::default();
         seen.reserve(capacity);
-        RuleList { buckets: Default::default(), seen }
+        RuleList { buckets: Default::default(), seen, seen_ipv6: FxHashSet::default() }
     }
 
+    /// What makes a rule a repeat (family, chain, match and target, not the comment), packed
+    /// into integers: the bits of an IPv6 network, and the rest.
+    #[inline(always)]
+    fn identity(rule: &FirewallRule) -> (Option<u128>, u64) {
+        let (kind, net) = match rule.matches {
+            Match::Any => (0, None),
+            Match::Source(net) => (1, Some(net)),
+            Match::Destination(net) => (2, Some(net)),
+            Match::DestinationFromOutside(net) => (3, Some(net)),
+            Match::Ipip => (4, None),
+        };
+        let (ipv6, ipv4, prefix) = match net {
+            None => (None, 0, 0),
+            Some(IpNet::V4(v4)) => (None, u64::from(u32::from(v4.addr())), u64::from(v4.prefix_len())),
+            Some(IpNet::V6(v6)) => (Some(u128::from(v6.addr())), 0, u64::from(v6.prefix_len())),
+        };
+        let tags = (rule.family as u64) << 12 | (rule.chain as u64) << 8 | kind << 4 | rule.target as u64;
+        (ipv6, ipv4 << 32 | prefix << 16 | tags)
+    }
+
+    #[inline(always)]
     fn push(&mut self, rule: FirewallRule) {
-        if self.seen.insert((rule.family, rule.chain, rule.matches, rule.target)) {
+        let new = match RuleList::identity(&rule) {
+            (None, rest) => self.seen.insert(rest),
+            (Some(ipv6), rest) => self.seen_ipv6.insert((ipv6, rest)),
+        };
+        if new {
             let family = match rule.family {
                 Family::Ipv4 => 0,
                 Family::Ipv6 => 5,
             };
-            let chain = ChainName::ALL.iter().position(|chain| *chain == rule.chain).unwrap_or(0);
-            self.buckets[family + chain].push(rule);
+            // `ChainName::ALL` is in declaration order.
+            self.buckets[family + rule.chain as usize].push(rule);
         }
     }
 
+    #[inline(always)]
     fn rule(&mut self, chain: ChainName, matches: Match, target: Target, comment: Comment) {
         self.push(FirewallRule::new(chain, matches, target, comment));
     }

@@ -32,6 +32,17 @@ pub fn one_address_cidr(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
+/// `net.trunc()` (host bits cleared), with the common case of a network that has none set
+/// answered by one mask instead of rebuilding it (thousands of routes and rules go through here).
+#[inline]
+pub(crate) fn trunc(net: IpNet) -> IpNet {
+    let host_bits_clear = match net {
+        IpNet::V4(v4) => u32::from(v4.addr()) & u32::from(v4.hostmask()) == 0,
+        IpNet::V6(v6) => u128::from(v6.addr()) & u128::from(v6.hostmask()) == 0,
+    };
+    if host_bits_clear { net } else { net.trunc() }
+}
+
 /// Whether either network contains the other's address (Kilo's `intersect`, host bits as given).
 pub fn intersect(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.addr()) || b.contains(&a.addr())

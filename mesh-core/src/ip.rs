@@ -45,7 +45,15 @@ pub(crate) fn trunc(net: IpNet) -> IpNet {
 
 /// Whether either network contains the other's address (Kilo's `intersect`, host bits as given).
 pub fn intersect(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(&b.addr()) || b.contains(&a.addr())
+    // `IpNet::contains`, by masks: the filter of allowed-location IPs asks this per peer IP.
+    let contains = |net: &IpNet, addr: IpAddr| match (net, addr) {
+        (IpNet::V4(net), IpAddr::V4(addr)) => (u32::from(net.addr()) ^ u32::from(addr)) & u32::from(net.netmask()) == 0,
+        (IpNet::V6(net), IpAddr::V6(addr)) => {
+            (u128::from(net.addr()) ^ u128::from(addr)) & u128::from(net.netmask()) == 0
+        }
+        _ => false,
+    };
+    contains(a, b.addr()) || contains(b, a.addr())
 }
 
 /// Hands out `network + 1`, `network + 2`, … of a subnet, as Kilo's allocator does, with the
@@ -184,6 +192,33 @@ mod tests {
         }
         nets.sort_by_key(order_key);
         assert!(nets.is_sorted());
+    }
+
+    #[test]
+    fn intersect_is_containment_of_either_address() {
+        let nets: Vec<IpNet> = [
+            "10.0.0.1/32",
+            "10.0.0.7/24",
+            "10.0.1.0/24",
+            "10.0.0.0/8",
+            "0.0.0.0/0",
+            "11.0.0.0/8",
+            "::/0",
+            "fd00::1/64",
+            "fd00::/8",
+            "fd00:0:0:1::/64",
+            "::ffff:10.0.0.1/128",
+            "10.0.0.128/25",
+        ]
+        .iter()
+        .map(|s| net(s))
+        .collect();
+        for a in &nets {
+            for b in &nets {
+                assert_eq!(intersect(a, b), a.contains(&b.addr()) || b.contains(&a.addr()), "{a} {b}");
+            }
+            assert_eq!(trunc(*a), a.trunc());
+        }
     }
 
     // Kilo's TestSortIPs.

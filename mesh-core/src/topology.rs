@@ -1,14 +1,15 @@
 //! Segments, leaders, WireGuard IPs and allowed IPs: Kilo's `NewTopology`, plus `cross` granularity.
 
 use std::collections::{BTreeMap, HashSet};
-
-use rustc_hash::FxHashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+
+use rustc_hash::FxHashMap;
 
 use ipnet::IpNet;
 
 use crate::diagnostics::{ObjectKind, Skipped, Warning};
-use crate::ip::{Allocator, intersect, is_public, one_address_cidr};
+use crate::ip::{Allocator, intersect, is_public, one_address_cidr, trunc};
 use crate::{ClusterSnapshot, Endpoint, Granularity, Key, NodeSpec, Options, PeerSpec, PresharedKey};
 
 /// Why a topology cannot be computed for this node at all.
@@ -136,7 +137,7 @@ pub struct Topology {
 /// A node that passed the readiness check, with its required fields unwrapped.
 struct ReadyNode<'a> {
     spec: &'a NodeSpec,
-    key: Key,
+    key: &'a Key,
     pod_subnet: IpNet,
 }
 
@@ -178,42 +179,52 @@ impl Topology {
     pub fn compute(snapshot: &ClusterSnapshot, options: &Options) -> Result<Topology, ComputeError> {
         let mut skipped = Vec::new();
         let mut warnings = Vec::new();
-        let nodes = ready_nodes(snapshot, options, &mut skipped)?;
-        let local =
-            nodes.iter().find(|node| node.spec.name == options.hostname).expect("ready_nodes keeps the local node");
+        let (nodes, local_index) = ready_nodes(snapshot, options, &mut skipped)?;
+        let local = &nodes[local_index];
 
-        // Segments keyed without allocating: `location:` keys sort before `node:` keys, and
-        // within each kind by the text after the prefix, exactly as Kilo's key strings sort.
-        let local_key = segment_key(options.granularity, local.spec);
-        let mut groups: BTreeMap<(bool, &str), Vec<&ReadyNode<'_>>> = BTreeMap::new();
-        for node in &nodes {
-            groups.entry(segment_key(options.granularity, node.spec)).or_default().push(node);
-        }
-
+        let groups = Groups::of(&nodes, options.granularity);
         let mut leader = options.granularity != Granularity::Location;
-        let mut segments = Vec::with_capacity(groups.len());
-        let mut member_specs = Vec::with_capacity(groups.len());
+        let mut segments = Vec::with_capacity(groups.segments.len());
         let mut local_segment = 0;
-        for (key, members) in groups {
+        for (key, members) in &groups.segments {
+            let members = &groups.members[members.clone()];
             // `nodes` is sorted by name, so every group already is.
-            let leader_index = find_leader(&members);
-            if key == local_key {
+            let leader_index = find_leader(&nodes, members);
+            if members.contains(&local_index) {
                 local_segment = segments.len();
-                leader |= members[leader_index].spec.name == options.hostname;
+                leader |= members[leader_index] == local_index;
             }
-            let name = format!("{}{}", if key.0 { "node:" } else { "location:" }, key.1);
-            segments.push(build_segment(name, options.granularity, &members, leader_index));
-            member_specs.push(members.iter().map(|node| node.spec).collect::<Vec<_>>());
+            segments.push(build_segment(*key, options.granularity, &nodes, members, leader_index));
         }
 
         let peers = ready_peers(snapshot, &mut skipped);
         let mut discovered_endpoints = local.spec.discovered_endpoints.clone();
+        for (_, members) in &groups.segments {
+            for node in &groups.members[members.clone()] {
+                for (key, endpoint) in &nodes[*node].spec.discovered_endpoints {
+                    discovered_endpoints.entry(*key).or_insert(*endpoint);
+                }
+            }
+        }
 
+        // Asked before the WireGuard IPs join the segments' allowed IPs.
+        let known = KnownAddresses::new(&segments);
         let mut allocator = Allocator::new(options.subnet);
         let mut wireguard_cidr = options.subnet.trunc();
-        let capacity = segments.iter().map(|s| s.allowed_ips.len() + 1).sum();
-        let mut known = AddressIndex::new(segments.iter().flat_map(|s| s.allowed_ips.iter()), capacity);
         let segment_count = segments.len();
+        for (index, segment) in segments.iter_mut().enumerate() {
+            let address = allocator.next().ok_or_else(|| ComputeError::SubnetExhausted {
+                subnet: options.subnet,
+                segment: segment.name.clone(),
+                segments: segment_count,
+            })?;
+            segment.wireguard_ip = address.addr();
+            segment.allowed_ips.push(one_address_cidr(address.addr()));
+            if leader && index == local_segment {
+                wireguard_cidr = address;
+            }
+        }
+
         // Every segment's allowed-location IPs, as the filter sees them: earlier segments'
         // filtered, later ones' not yet. Few in practice, so they are scanned, not indexed.
         let mut location_ips: Vec<(usize, IpNet)> = segments
@@ -221,33 +232,16 @@ impl Topology {
             .enumerate()
             .flat_map(|(index, segment)| segment.allowed_location_ips.iter().map(move |ip| (index, *ip)))
             .collect();
-        for index in 0..segments.len() {
-            let address = allocator.next().ok_or_else(|| ComputeError::SubnetExhausted {
-                subnet: options.subnet,
-                segment: segments[index].name.clone(),
-                segments: segment_count,
-            })?;
-            let segment = &mut segments[index];
-            segment.wireguard_ip = address.addr();
-            let wireguard_ip = one_address_cidr(address.addr());
-            segment.allowed_ips.push(wireguard_ip);
-            known.insert(&wireguard_ip);
-            if leader && index == local_segment {
-                wireguard_cidr = address;
-            }
-            for spec in &member_specs[index] {
-                for (key, endpoint) in &spec.discovered_endpoints {
-                    discovered_endpoints.entry(*key).or_insert(*endpoint);
-                }
-            }
+        for (index, (_, members)) in groups.segments.iter().enumerate() {
             if !segments[index].allowed_location_ips.is_empty() {
+                let members = groups.members[members.clone()].iter().map(|node| nodes[*node].spec);
                 let filtered = filter_allowed_location_ips(
                     &segments,
                     index,
                     &location_ips,
                     &known,
                     &peers,
-                    &member_specs[index],
+                    members,
                     &mut warnings,
                 );
                 // Later segments are checked against what this one kept.
@@ -303,19 +297,24 @@ impl Topology {
 }
 
 /// Nodes that take part, sorted by name; the local node must be among them.
+/// Also returns the local node's index.
 fn ready_nodes<'a>(
     snapshot: &'a ClusterSnapshot,
     options: &Options,
     skipped: &mut Vec<Skipped>,
-) -> Result<Vec<ReadyNode<'a>>, ComputeError> {
+) -> Result<(Vec<ReadyNode<'a>>, usize), ComputeError> {
     let mut sorted: Vec<&NodeSpec> = snapshot.nodes.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut ready = Vec::with_capacity(sorted.len());
     let mut local_found = false;
+    let mut local_index = 0;
     for namesakes in sorted.chunk_by(|a, b| a.name == b.name) {
         let spec = namesakes[0];
         let is_local = spec.name == options.hostname;
         local_found |= is_local;
+        if is_local {
+            local_index = ready.len();
+        }
         // Which of several objects with one name is meant cannot be told (only files allow it);
         // picking one by input order would make agents disagree, so none is used.
         if namesakes.len() > 1 {
@@ -326,10 +325,8 @@ fn ready_nodes<'a>(
             skipped.extend(namesakes.iter().map(|n| Skipped::node(&n.name, reason.clone())));
             continue;
         }
-        match (spec.readiness(snapshot.now), spec.key, spec.pod_subnet) {
-            (Ok(()), Some(key), Some(pod_subnet)) => {
-                ready.push(ReadyNode { spec, key, pod_subnet: pod_subnet.trunc() })
-            }
+        match (spec.readiness(snapshot.now), &spec.key, spec.pod_subnet) {
+            (Ok(()), Some(key), Some(pod_subnet)) => ready.push(ReadyNode { spec, key, pod_subnet: trunc(pod_subnet) }),
             (result, ..) => {
                 let reason = result.err().map_or_else(|| "not ready".to_owned(), |e| e.to_string());
                 if is_local {
@@ -342,7 +339,7 @@ fn ready_nodes<'a>(
     if !local_found {
         return Err(ComputeError::LocalNodeMissing { hostname: options.hostname.clone() });
     }
-    Ok(ready)
+    Ok((ready, local_index))
 }
 
 /// Ready peers sorted by name, allowed IPs de-duplicated across peers (earlier names keep them).
@@ -395,60 +392,129 @@ pub fn deduplicate_peer_ips(peers: &mut [Peer]) {
     }
 }
 
-/// Kilo's segment key for a node under a granularity, as (is a `node:` key, the text after the
-/// prefix): `location:<location>`, or `node:<name>` in `full` and `cross` and for a node without
-/// internal IP.
-fn segment_key(granularity: Granularity, node: &NodeSpec) -> (bool, &str) {
-    match granularity {
-        Granularity::Location if node.internal_ip.is_some() => (false, &node.location),
-        _ => (true, &node.name),
+/// Kilo's segment key of a group of nodes, as (is a `node:` key, the text after the prefix):
+/// `location:<location>`, or `node:<name>` in `full` and `cross` and for a node without
+/// internal IP. Keys compare as Kilo's key strings do.
+type SegmentKey<'a> = (bool, &'a str);
+
+/// The ready nodes grouped into segments, in Kilo's segment order, found without a map of
+/// segments: `location:` keys first, by location, then `node:` keys, by name.
+struct Groups<'a> {
+    /// Each segment's key and its range in `members`.
+    segments: Vec<(SegmentKey<'a>, Range<usize>)>,
+    /// Indices of ready nodes, segment after segment, each segment's in name order.
+    members: Vec<usize>,
+}
+
+impl<'a> Groups<'a> {
+    fn of(nodes: &[ReadyNode<'a>], granularity: Granularity) -> Self {
+        let mut groups = Groups { segments: Vec::new(), members: Vec::with_capacity(nodes.len()) };
+        if granularity != Granularity::Location {
+            nodes.iter().enumerate().for_each(|(index, node)| groups.push_own_segment(index, node));
+            return groups;
+        }
+        // Number the locations as they come, then lay out their members with a counting sort,
+        // which keeps name order inside each location.
+        let mut numbers: FxHashMap<&str, usize> = FxHashMap::default();
+        let mut sizes: Vec<usize> = Vec::new();
+        let number_of: Vec<Option<usize>> = nodes
+            .iter()
+            .map(|node| {
+                node.spec.internal_ip?;
+                let number = *numbers.entry(node.spec.location.as_str()).or_insert(sizes.len());
+                if number == sizes.len() {
+                    sizes.push(0);
+                }
+                sizes[number] += 1;
+                Some(number)
+            })
+            .collect();
+        let mut locations: Vec<(&str, usize)> = numbers.into_iter().collect();
+        locations.sort_unstable();
+        let mut next = vec![0; sizes.len()];
+        let mut start = 0;
+        for (location, number) in locations {
+            groups.segments.push(((false, location), start..start + sizes[number]));
+            next[number] = start;
+            start += sizes[number];
+        }
+        groups.members.resize(start, 0);
+        for (index, number) in number_of.iter().enumerate() {
+            if let Some(number) = *number {
+                groups.members[next[number]] = index;
+                next[number] += 1;
+            }
+        }
+        for (index, node) in nodes.iter().enumerate() {
+            if number_of[index].is_none() {
+                groups.push_own_segment(index, node);
+            }
+        }
+        groups
+    }
+
+    /// A `node:` segment of one node.
+    fn push_own_segment(&mut self, index: usize, node: &ReadyNode<'a>) {
+        self.segments.push(((true, node.spec.name.as_str()), self.members.len()..self.members.len() + 1));
+        self.members.push(index);
     }
 }
 
-/// Kilo's `findLeader` over a name-sorted segment: the first annotated node with a public
-/// endpoint, else the first annotated node, else the first node with a public endpoint, else the first.
-fn find_leader(members: &[&ReadyNode<'_>]) -> usize {
-    members
-        .iter()
+/// Kilo's `findLeader` over a name-sorted segment (indices into `nodes`): the first annotated
+/// node with a public endpoint, else the first annotated node, else the first node with a
+/// public endpoint, else the first.
+fn find_leader(nodes: &[ReadyNode<'_>], members: &[usize]) -> usize {
+    let members = || members.iter().map(|index| &nodes[*index]);
+    members()
         .position(|n| n.spec.leader && n.has_public_endpoint())
-        .or_else(|| members.iter().position(|n| n.spec.leader))
-        .or_else(|| members.iter().position(|n| n.has_public_endpoint()))
+        .or_else(|| members().position(|n| n.spec.leader))
+        .or_else(|| members().position(|n| n.has_public_endpoint()))
         .unwrap_or(0)
 }
 
-fn build_segment(name: String, granularity: Granularity, members: &[&ReadyNode<'_>], leader: usize) -> Segment {
+fn build_segment(
+    (is_node_key, key): SegmentKey<'_>,
+    granularity: Granularity,
+    nodes: &[ReadyNode<'_>],
+    members: &[usize],
+    leader: usize,
+) -> Segment {
+    let prefix = if is_node_key { "node:" } else { "location:" };
+    let mut name = String::with_capacity(prefix.len() + key.len());
+    name.push_str(prefix);
+    name.push_str(key);
     let mut allowed_ips = Vec::with_capacity(members.len() * 2 + 1);
     let mut allowed_location_ips: Vec<IpNet> = Vec::new();
-    let mut seen_location_ips = HashSet::new();
-    for node in members {
+    for node in members.iter().map(|index| &nodes[*index]) {
         allowed_ips.push(node.pod_subnet);
-        for ip in &node.spec.allowed_location_ips {
-            if seen_location_ips.insert(*ip) {
-                allowed_location_ips.push(*ip);
-            }
-        }
+        allowed_location_ips.extend_from_slice(&node.spec.allowed_location_ips);
         if let Some(internal) = node.spec.internal_ip {
             allowed_ips.push(one_address_cidr(internal.addr()));
         }
     }
-    // Kilo sorts by the CIDR text; keep that order so renderers print what kgctl prints.
+    // Kilo sorts by the CIDR text; keep that order so renderers print what kgctl prints. Equal
+    // networks have equal texts, so the repeats end up side by side.
     allowed_location_ips.sort_by_cached_key(ToString::to_string);
-    let leader_node = members[leader];
+    allowed_location_ips.dedup();
+    let leader_node = &nodes[members[leader]];
     Segment {
         group: (granularity == Granularity::Cross).then(|| format!("location:{}", leader_node.spec.location)),
         name,
         members: members
             .iter()
-            .map(|node| Member {
-                name: node.spec.name.clone(),
-                pod_subnet: node.pod_subnet,
-                private_ip: node.spec.internal_ip.map(|ip| ip.addr()),
-                cni_compatibility_ip: node.spec.cni_compatibility_ip,
+            .map(|index| {
+                let node = &nodes[*index];
+                Member {
+                    name: node.spec.name.clone(),
+                    pod_subnet: node.pod_subnet,
+                    private_ip: node.spec.internal_ip.map(|ip| ip.addr()),
+                    cni_compatibility_ip: node.spec.cni_compatibility_ip,
+                }
             })
             .collect(),
         leader,
         endpoint: leader_node.spec.endpoint.clone(),
-        key: leader_node.key,
+        key: *leader_node.key,
         persistent_keepalive: leader_node.spec.persistent_keepalive,
         allowed_ips,
         allowed_location_ips,
@@ -456,72 +522,75 @@ fn build_segment(name: String, granularity: Granularity, members: &[&ReadyNode<'
     }
 }
 
-/// Which addresses fall inside a set of networks, answered with one hash lookup per distinct
-/// prefix length instead of a scan of every network (Kilo's filter is quadratic).
-struct AddressIndex {
-    networks: FxHashSet<(bool, u8, u128)>,
-    /// The distinct (family, prefix length) pairs, few in practice.
-    prefixes: Vec<(bool, u8)>,
+/// Which allowed-location IPs lie inside an allowed IP of the mesh. Those IPs are few and the
+/// mesh's allowed IPs many (a pod subnet and a private IP per node), so the candidates are
+/// sorted and each allowed IP of the nodes looks for candidates in its range, instead of the
+/// allowed IPs being indexed for the candidates to look up (Kilo's filter is quadratic).
+struct KnownAddresses {
+    /// The candidates' addresses, sorted and unique, as (is IPv6, bits).
+    candidates: Vec<(bool, u128)>,
+    /// Per candidate: whether a node's pod subnet or private IP contains it.
+    inside_nodes: Vec<bool>,
 }
 
-impl AddressIndex {
-    fn new<'a>(networks: impl Iterator<Item = &'a IpNet>, capacity: usize) -> Self {
-        let mut index = AddressIndex { networks: FxHashSet::default(), prefixes: Vec::new() };
-        index.networks.reserve(capacity);
-        for network in networks {
-            index.insert(network);
-        }
-        index
-    }
-
-    fn insert(&mut self, network: &IpNet) {
-        let v6 = network.addr().is_ipv6();
-        if !self.prefixes.contains(&(v6, network.prefix_len())) {
-            self.prefixes.push((v6, network.prefix_len()));
-        }
-        self.networks.insert((v6, network.prefix_len(), masked_bits(network.addr(), network.prefix_len())));
-    }
-
-    /// Whether some network in the index contains `addr`.
-    fn contains(&self, addr: IpAddr) -> bool {
-        let v6 = addr.is_ipv6();
-        self.prefixes
-            .iter()
-            .filter(|(family, _)| *family == v6)
-            .any(|&(_, prefix)| self.networks.contains(&(v6, prefix, masked_bits(addr, prefix))))
-    }
-}
-
-fn masked_bits(addr: IpAddr, prefix: u8) -> u128 {
+fn address_bits(addr: IpAddr) -> (bool, u128) {
     match addr {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4);
-            u128::from(if prefix == 0 { 0 } else { bits & (u32::MAX << (32 - u32::from(prefix))) })
+        IpAddr::V4(v4) => (false, u128::from(u32::from(v4))),
+        IpAddr::V6(v6) => (true, u128::from(v6)),
+    }
+}
+
+impl KnownAddresses {
+    /// Built from segments whose allowed IPs are still their nodes' only.
+    fn new(segments: &[Segment]) -> Self {
+        let mut candidates: Vec<(bool, u128)> = segments
+            .iter()
+            .flat_map(|segment| segment.allowed_location_ips.iter().map(|ip| address_bits(ip.addr())))
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut inside_nodes = vec![false; candidates.len()];
+        if !candidates.is_empty() {
+            for network in segments.iter().flat_map(|segment| &segment.allowed_ips) {
+                let (first, last) = (address_bits(network.network()), address_bits(network.broadcast()));
+                let start = candidates.partition_point(|candidate| *candidate < first);
+                for (candidate, inside) in candidates[start..].iter().zip(&mut inside_nodes[start..]) {
+                    if *candidate > last {
+                        break;
+                    }
+                    *inside = true;
+                }
+            }
         }
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            if prefix == 0 { 0 } else { bits & (u128::MAX << (128 - u32::from(prefix))) }
-        }
+        KnownAddresses { candidates, inside_nodes }
+    }
+
+    /// Whether `addr` (a candidate's) lies inside a node's allowed IP or is the WireGuard IP of
+    /// one of `allocated`, segments whose WireGuard IPs ascend as the allocator handed them out.
+    fn contains(&self, addr: IpAddr, allocated: &[Segment]) -> bool {
+        let bits = address_bits(addr);
+        self.candidates.binary_search(&bits).is_ok_and(|index| self.inside_nodes[index])
+            || allocated.binary_search_by_key(&bits, |segment| address_bits(segment.wireguard_ip)).is_ok()
     }
 }
 
 /// Kilo's `filterAllowedLocationIPs` for segment `index`, against the current state: earlier
 /// segments are already filtered, later ones are not, and only segments up to `index` have their
-/// WireGuard IP among their allowed IPs (in `known`).
-fn filter_allowed_location_ips(
+/// WireGuard IP among their allowed IPs.
+fn filter_allowed_location_ips<'a>(
     segments: &[Segment],
     index: usize,
     location_ips: &[(usize, IpNet)],
-    known: &AddressIndex,
+    known: &KnownAddresses,
     peers: &[Peer],
-    members: &[&NodeSpec],
+    members: impl Iterator<Item = &'a NodeSpec> + Clone,
     warnings: &mut Vec<Warning>,
 ) -> Vec<IpNet> {
     let segment = &segments[index];
     // Name the node whose annotation holds the value, so the warning points at what to fix.
     let owner = |ip: &IpNet| {
         members
-            .iter()
+            .clone()
             .find(|m| m.allowed_location_ips.contains(ip))
             .map_or_else(|| segment.name.clone(), |m| m.name.clone())
     };
@@ -542,7 +611,7 @@ fn filter_allowed_location_ips(
             reject(format!("overlaps allowed location IP {clash} of segment {}; ignored", segments[*other].name));
             continue 'candidates;
         }
-        if known.contains(candidate.addr()) {
+        if known.contains(candidate.addr(), &segments[..=index]) {
             reject("lies inside an allowed IP of the mesh (a pod subnet, private or WireGuard IP); ignored".to_owned());
             continue 'candidates;
         }

@@ -1,6 +1,7 @@
 //! Address helpers with Kilo's exact semantics.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
 
 use ipnet::IpNet;
 
@@ -115,6 +116,43 @@ pub(crate) fn order_key(net: &IpNet) -> (u16, u128) {
     }
 }
 
+/// Sorts `values` as `sort_unstable` would, for values made of a key in their bytes `bytes`
+/// (byte 0 is the least significant; bytes above are zero) over their input position in the
+/// bytes below (so positions ascend in the input): by a least-significant-digit radix sort of
+/// the key bytes, which keeps the input order among equal keys and skips the bytes that are the
+/// same in all values. It is linear in the number of values, and several times faster than a
+/// comparison sort at the 10,000 routes of a leader of a large mesh.
+pub(crate) fn radix_sort(values: &mut Vec<u128>, bytes: Range<u32>) {
+    if values.len() < 256 {
+        values.sort_unstable();
+        return;
+    }
+    let (low, high) = (bytes.start as usize, bytes.end as usize);
+    let mut counts = vec![[0usize; 256]; high - low];
+    for value in values.iter() {
+        let digits = value.to_le_bytes();
+        for (count, digit) in counts.iter_mut().zip(&digits[low..high]) {
+            count[usize::from(*digit)] += 1;
+        }
+    }
+    let mut sorted = vec![0; values.len()];
+    for (count, byte) in counts.iter_mut().zip(low..high) {
+        if count.contains(&values.len()) {
+            continue;
+        }
+        let mut next = 0;
+        for slot in count.iter_mut() {
+            (*slot, next) = (next, next + *slot);
+        }
+        for value in values.iter() {
+            let slot = &mut count[usize::from(value.to_le_bytes()[byte])];
+            sorted[*slot] = *value;
+            *slot += 1;
+        }
+        std::mem::swap(values, &mut sorted);
+    }
+}
+
 /// Kilo's `sortIPs` order: IPv4 before IPv6, then by CIDR text.
 pub fn sort_ips(ips: &mut [IpNet]) {
     ips.sort_by_cached_key(|ip| (ip.addr().is_ipv6(), ip.to_string()));
@@ -218,6 +256,26 @@ mod tests {
                 assert_eq!(intersect(a, b), a.contains(&b.addr()) || b.contains(&a.addr()), "{a} {b}");
             }
             assert_eq!(trunc(*a), a.trunc());
+        }
+    }
+
+    #[test]
+    fn radix_sort_sorts_as_sort_unstable() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for (count, spread) in [(0, 1), (3, 1), (300, 1), (300, 7), (5000, 255), (5000, u64::from(u32::MAX))] {
+            let mut values: Vec<u128> = (0..count)
+                .map(|position| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    // A key of bytes 4..13 with few distinct values per byte, over the position.
+                    u128::from(state % spread) << 72 | u128::from(state >> 40) << 32 | position as u128
+                })
+                .collect();
+            let mut expected = values.clone();
+            expected.sort_unstable();
+            radix_sort(&mut values, 4..13);
+            assert!(values == expected, "{count} values");
         }
     }
 

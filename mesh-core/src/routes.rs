@@ -188,7 +188,12 @@ impl Topology {
             active: self.private_ip.is_some(),
             local: self.private_ip,
         };
-        let mut routes = Vec::new();
+        // At most two routes per node (pod subnet and private IP), one per other allowed IP,
+        // and a non-leader's one per segment: sized once, the vector is not copied as it grows.
+        let capacity =
+            self.segments.iter().map(|s| 2 * s.members.len() + s.allowed_location_ips.len() + 1).sum::<usize>()
+                + self.peers.iter().map(|p| p.allowed_ips.len()).sum::<usize>();
+        let mut routes = Vec::with_capacity(capacity);
         let mut rules = Vec::new();
         if self.leader {
             self.leader_routes(options, &encapsulator, &mut routes, &mut rules);

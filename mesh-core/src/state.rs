@@ -6,14 +6,14 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use rustc_hash::FxHashMap;
+use rustc_hash::FxHashSet;
 use serde::Serialize;
-use std::collections::hash_map::Entry;
 
 use crate::diagnostics::{ObjectKind, Warning};
 use crate::firewall::Firewall;
-use crate::ip::{Allocator, one_address_cidr, order_key};
+use crate::ip::{Allocator, one_address_cidr, order_key, radix_sort, trunc};
 use crate::routes::{Dev, Route, Rule};
+use crate::wireguard::PeerSource;
 use crate::{Encapsulation, Key, Options, PresharedKey, Topology};
 
 /// A WireGuard peer as the kernel holds it.
@@ -111,34 +111,45 @@ impl Routes {
     /// Routes in any order; of several with one key, the last is kept (as a map keeps the last
     /// value inserted). `replaced(earlier, later)` is called for each route that a later one
     /// with the same key replaces, in that order.
-    pub fn from_vec(routes: Vec<Route>, mut replaced: impl FnMut(&Route, &Route)) -> Self {
+    pub fn from_vec(mut routes: Vec<Route>, mut replaced: impl FnMut(&Route, &Route)) -> Self {
         if routes.is_sorted_by(|a, b| a.key().order() < b.key().order()) {
             return Routes(routes);
         }
-        /// The position of a route in the input, behind its key, so an unstable sort keeps
-        /// the input order among routes with one key.
-        #[derive(PartialEq, Eq, PartialOrd, Ord)]
-        struct Position {
-            order: (u64, u128),
-            index: usize,
-        }
-        let mut positions: Vec<Position> =
-            routes.iter().enumerate().map(|(index, route)| Position { order: route.key().order(), index }).collect();
-        positions.sort_unstable();
-        let mut sorted: Vec<Route> = Vec::with_capacity(routes.len());
-        let mut previous = None;
-        for position in &positions {
-            let route = routes[position.index];
-            match sorted.last_mut() {
-                Some(last) if previous == Some(position.order) => {
-                    replaced(last, &route);
-                    *last = route;
-                }
-                _ => sorted.push(route),
+        // Sort integers that hold the key and, as the last tie-break, the input position, so the
+        // input order among routes with one key is kept. IPv4 keys and positions fit in one
+        // `u128`, which a radix sort orders in linear time.
+        let ipv4_keys = u32::try_from(routes.len()).ok().and_then(|_| {
+            let ipv4_key = |(position, route): (usize, &Route)| match route.dst {
+                IpNet::V4(net) => Some(
+                    u128::from(route.table) << 72
+                        | u128::from(u32::from(net.addr())) << 40
+                        | u128::from(net.prefix_len()) << 32
+                        | position as u128,
+                ),
+                IpNet::V6(_) => None,
+            };
+            routes.iter().enumerate().map(ipv4_key).collect::<Option<Vec<u128>>>()
+        });
+        let mut sources: Vec<usize> = if let Some(mut keys) = ipv4_keys {
+            radix_sort(&mut keys, 4..13);
+            keys.into_iter().map(|key| key as u32 as usize).collect()
+        } else {
+            let mut keys: Vec<((u64, u128), usize)> =
+                routes.iter().enumerate().map(|(position, route)| (route.key().order(), position)).collect();
+            keys.sort_unstable();
+            keys.into_iter().map(|(_, position)| position).collect()
+        };
+        permute(&mut routes, &mut sources);
+        // `dedup_by` hands each route with the one kept before it; the later one takes its place.
+        routes.dedup_by(|later, kept| {
+            let same_key = later.key() == kept.key();
+            if same_key {
+                replaced(kept, later);
+                *kept = *later;
             }
-            previous = Some(position.order);
-        }
-        Routes(sorted)
+            same_key
+        });
+        Routes(routes)
     }
 
     /// How many routes there are.
@@ -234,6 +245,29 @@ impl Routes {
         }
         next.extend(current);
         self.0 = next;
+    }
+}
+
+/// Puts `items[sources[i]]` at `i`, in place, one cycle of the permutation at a time (the
+/// vector of routes is the largest of the desired state; a sorted copy would double it).
+/// `sources` is used up.
+fn permute<T: Copy>(items: &mut [T], sources: &mut [usize]) {
+    const DONE: usize = usize::MAX;
+    for start in 0..items.len() {
+        if sources[start] == DONE {
+            continue;
+        }
+        let first = items[start];
+        let mut target = start;
+        loop {
+            let source = std::mem::replace(&mut sources[target], DONE);
+            if source == start {
+                items[target] = first;
+                break;
+            }
+            items[target] = items[source];
+            target = source;
+        }
     }
 }
 
@@ -384,87 +418,12 @@ impl DataplaneState {
             });
         };
 
-        let configs = topology.wireguard_peers();
-        let mut peers: BTreeMap<Key, WireGuardPeer> = BTreeMap::new();
-        let mut owners: FxHashMap<IpNet, Key> = FxHashMap::default();
-        owners.reserve(configs.iter().map(|config| config.allowed_ips.len()).sum());
-        for config in configs {
-            // First come, first served: nodes precede Peers, so a Peer cannot take over a node's
-            // key or addresses (Kilo lets the kernel give them to whichever comes last).
-            if peers.contains_key(&config.public_key) {
-                warn(format!(
-                    "public key {} appears twice in the WireGuard configuration; the later entry is ignored",
-                    config.public_key
-                ));
-                continue;
-            }
-            let mut allowed_ips = Vec::with_capacity(config.allowed_ips.len());
-            for ip in config.allowed_ips.iter().map(IpNet::trunc) {
-                match owners.entry(ip) {
-                    Entry::Occupied(owner) if *owner.get() != config.public_key => warn(format!(
-                        "allowed IP {ip} is claimed by WireGuard peers {} and {}; the first keeps it",
-                        owner.get(),
-                        config.public_key
-                    )),
-                    Entry::Occupied(_) => {}
-                    Entry::Vacant(entry) => {
-                        entry.insert(config.public_key);
-                        allowed_ips.push(ip);
-                    }
-                }
-            }
-            peers.insert(
-                config.public_key,
-                WireGuardPeer {
-                    public_key: config.public_key,
-                    endpoint: config.endpoint.as_ref().and_then(|e| e.socket_addr()),
-                    allowed_ips: allowed_ips.into_iter().collect(),
-                    persistent_keepalive: config.persistent_keepalive,
-                    preshared_key: config.preshared_key,
-                },
-            );
-        }
-
-        let (mut route_list, rule_list) = topology.routes(options);
-        route_list.retain_mut(|route| {
-            route.dst = route.dst.trunc();
-            // Kilo mixes families (an IPv4 source or WireGuard gateway on a route to an IPv6
-            // network), which the kernel refuses. WireGuard routes by allowed IPs and needs no
-            // gateway; a private-network or tunnel route cannot cross families at all.
-            let family = |ip: IpAddr| ip.is_ipv4();
-            let dst_family = family(route.dst.addr());
-            if route.src.is_some_and(|src| family(src) != dst_family) {
-                route.src = None;
-            }
-            if route.gateway.is_some_and(|gateway| family(gateway) != dst_family) {
-                if route.dev != Dev::Kilo {
-                    warn(format!(
-                        "no route to {} over the private network: its gateway {} is of the other IP version",
-                        route.dst,
-                        display_gateway(route.gateway)
-                    ));
-                    return false;
-                }
-                route.gateway = None;
-                route.onlink = false;
-            }
-            true
-        });
-        // Kilo replaces routes in order, so the kernel keeps the last one for a destination.
-        let routes = Routes::from_vec(route_list, |earlier, later| {
-            if earlier != later {
-                warn(format!(
-                    "two routes to {} in table {} (via {} and via {}); the later one is used",
-                    later.dst,
-                    later.table,
-                    display_gateway(earlier.gateway),
-                    display_gateway(later.gateway)
-                ));
-            }
-        });
+        let peers = wireguard_peers(topology, &mut warn);
+        let (route_list, rule_list) = topology.routes(options);
+        let routes = kernel_routes(route_list, &mut warn);
         let rules = rule_list
             .into_iter()
-            .map(|rule| Rule { src: rule.src.map(|net| net.trunc()), dst: rule.dst.map(|net| net.trunc()), ..rule })
+            .map(|rule| Rule { src: rule.src.map(trunc), dst: rule.dst.map(trunc), ..rule })
             .collect();
 
         let leader = topology.leader;
@@ -483,6 +442,170 @@ impl DataplaneState {
         };
         (state, warnings)
     }
+}
+
+/// The WireGuard peers as the kernel will hold them: one per public key, each allowed IP with
+/// one peer, host bits cleared.
+///
+/// First come, first served: nodes precede Peers, so a Peer cannot take over a node's key or
+/// addresses (Kilo lets the kernel give them to whichever comes last). Who claimed an address
+/// first is found by sorting all claims by address, which also hands each peer its addresses
+/// in the order its set is built fastest from.
+#[inline(never)]
+fn wireguard_peers(topology: &Topology, warn: &mut impl FnMut(String)) -> BTreeMap<Key, WireGuardPeer> {
+    let sources: Vec<PeerSource<'_>> = topology.wireguard_peer_sources().collect();
+    let mut keys: FxHashSet<Key> = FxHashSet::default();
+    keys.reserve(sources.len());
+    let accepted: Vec<bool> = sources.iter().map(|source| keys.insert(source.public_key)).collect();
+
+    // The claims: every allowed IP of the accepted peers in order, and which peer lists it.
+    let count = sources.iter().zip(&accepted).filter(|(_, accepted)| **accepted).map(|(s, _)| s.allowed_ip_count());
+    let count = count.sum();
+    let (mut ips, mut claimants) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    for (index, source) in sources.iter().enumerate().filter(|(index, _)| accepted[*index]) {
+        ips.extend(source.allowed_ips().copied().map(trunc));
+        claimants.resize(ips.len(), index);
+    }
+    // The claims sorted by address, earlier claims first. IPv4 addresses and claim numbers fit
+    // in one `u128`, which a radix sort orders in linear time.
+    let ipv4_keys = u32::try_from(ips.len()).ok().and_then(|_| {
+        let ipv4_key = |(claim, ip): (usize, &IpNet)| match ip {
+            IpNet::V4(net) => {
+                Some(u128::from(u32::from(net.addr())) << 40 | u128::from(net.prefix_len()) << 32 | claim as u128)
+            }
+            IpNet::V6(_) => None,
+        };
+        ips.iter().enumerate().map(ipv4_key).collect::<Option<Vec<u128>>>()
+    });
+    let by_address: Vec<usize> = if let Some(mut keys) = ipv4_keys {
+        radix_sort(&mut keys, 4..9);
+        keys.into_iter().map(|key| key as u32 as usize).collect()
+    } else {
+        let mut keys: Vec<((u16, u128), usize)> = ips.iter().map(order_key).zip(0..).collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|(_, claim)| claim).collect()
+    };
+
+    // The first claim of an address owns it; a later one by another peer is reported.
+    let mut owned: Vec<usize> = Vec::with_capacity(ips.len());
+    let mut refused: Vec<(usize, usize)> = Vec::new();
+    let mut owned_per_source = vec![0; sources.len()];
+    let mut first: Option<usize> = None;
+    for claim in by_address {
+        match first {
+            Some(first) if ips[first] == ips[claim] => {
+                if claimants[first] != claimants[claim] {
+                    refused.push((claim, first));
+                }
+            }
+            _ => {
+                first = Some(claim);
+                owned.push(claim);
+                owned_per_source[claimants[claim]] += 1;
+            }
+        }
+    }
+    refused.sort_unstable();
+    // Each peer's addresses, still sorted by address, side by side (a counting sort by peer).
+    let starts: Vec<usize> = owned_per_source
+        .iter()
+        .scan(0, |next, count| {
+            let start = *next;
+            *next += count;
+            Some(start)
+        })
+        .collect();
+    let mut next = starts.clone();
+    let mut sorted_ips = vec![IpNet::default(); owned.len()];
+    for claim in owned {
+        let slot = &mut next[claimants[claim]];
+        sorted_ips[*slot] = ips[claim];
+        *slot += 1;
+    }
+
+    // Reported in the order of the configuration, as they are met.
+    let mut refused = refused.iter().peekable();
+    for (index, source) in sources.iter().enumerate() {
+        if !accepted[index] {
+            warn(format!(
+                "public key {} appears twice in the WireGuard configuration; the later entry is ignored",
+                source.public_key
+            ));
+        }
+        while let Some((claim, first)) = refused.next_if(|(claim, _)| claimants[*claim] == index) {
+            warn(format!(
+                "allowed IP {} is claimed by WireGuard peers {} and {}; the first keeps it",
+                ips[*claim], sources[claimants[*first]].public_key, source.public_key
+            ));
+        }
+    }
+
+    // The map is built fastest from entries sorted by key. Keys are sorted by their first eight
+    // bytes, as plain integers (the rest breaks ties), and each peer is built in that order.
+    let prefix = |key: &Key| u64::from_be_bytes(key.as_bytes()[..8].try_into().unwrap_or_default());
+    let mut order: Vec<(u64, usize)> = (0..sources.len())
+        .filter(|index| accepted[*index])
+        .map(|index| (prefix(&sources[index].public_key), index))
+        .collect();
+    order.sort_unstable_by(|(a_prefix, a), (b_prefix, b)| {
+        a_prefix.cmp(b_prefix).then_with(|| sources[*a].public_key.cmp(&sources[*b].public_key))
+    });
+    order
+        .into_iter()
+        .map(|(_, index)| {
+            let source = &sources[index];
+            let owned = &sorted_ips[starts[index]..starts[index] + owned_per_source[index]];
+            let peer = WireGuardPeer {
+                public_key: source.public_key,
+                endpoint: source.endpoint.as_ref().and_then(|e| e.socket_addr()),
+                allowed_ips: owned.iter().copied().collect(),
+                persistent_keepalive: source.persistent_keepalive,
+                preshared_key: source.preshared_key,
+            };
+            (source.public_key, peer)
+        })
+        .collect()
+}
+
+/// Routes as the kernel will hold them: destinations with host bits cleared, no route that mixes
+/// IP versions, one route per table and destination.
+fn kernel_routes(mut route_list: Vec<Route>, warn: &mut impl FnMut(String)) -> Routes {
+    route_list.retain_mut(|route| {
+        route.dst = trunc(route.dst);
+        // Kilo mixes families (an IPv4 source or WireGuard gateway on a route to an IPv6
+        // network), which the kernel refuses. WireGuard routes by allowed IPs and needs no
+        // gateway; a private-network or tunnel route cannot cross families at all.
+        let family = |ip: IpAddr| ip.is_ipv4();
+        let dst_family = family(route.dst.addr());
+        if route.src.is_some_and(|src| family(src) != dst_family) {
+            route.src = None;
+        }
+        if route.gateway.is_some_and(|gateway| family(gateway) != dst_family) {
+            if route.dev != Dev::Kilo {
+                warn(format!(
+                    "no route to {} over the private network: its gateway {} is of the other IP version",
+                    route.dst,
+                    display_gateway(route.gateway)
+                ));
+                return false;
+            }
+            route.gateway = None;
+            route.onlink = false;
+        }
+        true
+    });
+    // Kilo replaces routes in order, so the kernel keeps the last one for a destination.
+    Routes::from_vec(route_list, |earlier, later| {
+        if earlier != later {
+            warn(format!(
+                "two routes to {} in table {} (via {} and via {}); the later one is used",
+                later.dst,
+                later.table,
+                display_gateway(earlier.gateway),
+                display_gateway(later.gateway)
+            ));
+        }
+    })
 }
 
 /// Kilo gives the IPIP tunnel the first address of the pod subnet when it encapsulates inside the

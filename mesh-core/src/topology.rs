@@ -279,6 +279,13 @@ impl Topology {
         segment.name == self.local().name || (segment.group.is_some() && segment.group == self.local().group)
     }
 
+    /// [`Topology::is_local_location`] of `segments[index]`, without comparing names: segment
+    /// names are unique, so the local segment is the one at `local_segment`.
+    pub(crate) fn is_local_location_at(&self, index: usize) -> bool {
+        let segment = &self.segments[index];
+        index == self.local_segment || (segment.group.is_some() && segment.group == self.local().group)
+    }
+
     /// The endpoint to give WireGuard for a target: a discovered NAT endpoint when the target has a
     /// persistent keepalive (it is behind NAT and keeps its mapping open), else the configured one.
     pub fn effective_endpoint(&self, configured: Option<&Endpoint>, key: &Key, keepalive: u16) -> Option<Endpoint> {

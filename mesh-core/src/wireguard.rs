@@ -95,26 +95,71 @@ impl fmt::Display for Conf {
     }
 }
 
+/// A WireGuard peer with Kilo's values whose allowed IPs are still borrowed from the topology:
+/// what [`PeerConfig`]s and the desired state's peers are both made from.
+pub(crate) struct PeerSource<'a> {
+    pub(crate) public_key: Key,
+    pub(crate) endpoint: Option<Endpoint>,
+    pub(crate) persistent_keepalive: u16,
+    pub(crate) preshared_key: Option<PresharedKey>,
+    /// The allowed IPs, in Kilo's order: those of the first slice, then those of the second.
+    allowed_ips: [&'a [IpNet]; 2],
+}
+
+impl<'a> PeerSource<'a> {
+    /// The allowed IPs in Kilo's order, host bits kept.
+    pub(crate) fn allowed_ips(&self) -> impl Iterator<Item = &'a IpNet> + use<'a> {
+        let [first, second] = self.allowed_ips;
+        first.iter().chain(second)
+    }
+
+    /// How many allowed IPs there are.
+    pub(crate) fn allowed_ip_count(&self) -> usize {
+        self.allowed_ips[0].len() + self.allowed_ips[1].len()
+    }
+
+    fn into_config(self) -> PeerConfig {
+        let mut allowed_ips = Vec::with_capacity(self.allowed_ip_count());
+        allowed_ips.extend(self.allowed_ips().copied());
+        PeerConfig {
+            public_key: self.public_key,
+            allowed_ips,
+            endpoint: self.endpoint,
+            persistent_keepalive: self.persistent_keepalive,
+            preshared_key: self.preshared_key,
+        }
+    }
+}
+
 impl Topology {
     /// The WireGuard peers of this node (Kilo's `Conf()`): one per segment outside the local
     /// location, then one per `Peer`; every one with the local persistent keepalive.
     /// Empty for a node that is not a leader.
     pub fn wireguard_peers(&self) -> Vec<PeerConfig> {
-        if !self.leader {
-            return Vec::new();
-        }
-        let segments = self.segments.iter().filter(|s| !self.is_local_location(s));
+        self.wireguard_peer_sources().map(PeerSource::into_config).collect()
+    }
+
+    /// [`Topology::wireguard_peers`], with the allowed IPs not yet copied.
+    pub(crate) fn wireguard_peer_sources(&self) -> impl Iterator<Item = PeerSource<'_>> {
+        let (segments, peers) = if self.leader { (&self.segments[..], &self.peers[..]) } else { (&[][..], &[][..]) };
+        let segments = segments.iter().enumerate().filter(|(index, _)| !self.is_local_location_at(*index));
+        let segments = segments.map(|(_, segment)| segment);
         let segments = segments.map(|segment| self.segment_peer(segment, self.persistent_keepalive, None));
-        let peers = self.peers.iter().map(|peer| self.crd_peer(peer, self.persistent_keepalive, peer.preshared_key));
-        segments.chain(peers).collect()
+        let peers = peers.iter().map(|peer| self.crd_peer(peer, self.persistent_keepalive, peer.preshared_key));
+        segments.chain(peers)
     }
 
     /// A segment as a WireGuard peer: its allowed IPs and allowed-location IPs, its leader's key
     /// and (NAT-aware) endpoint.
-    fn segment_peer(&self, segment: &Segment, keepalive: u16, preshared_key: Option<PresharedKey>) -> PeerConfig {
-        PeerConfig {
+    fn segment_peer<'a>(
+        &self,
+        segment: &'a Segment,
+        keepalive: u16,
+        preshared_key: Option<PresharedKey>,
+    ) -> PeerSource<'a> {
+        PeerSource {
             public_key: segment.key,
-            allowed_ips: segment.allowed_ips.iter().chain(&segment.allowed_location_ips).copied().collect(),
+            allowed_ips: [&segment.allowed_ips, &segment.allowed_location_ips],
             endpoint: self.effective_endpoint(segment.endpoint.as_ref(), &segment.key, segment.persistent_keepalive),
             persistent_keepalive: keepalive,
             preshared_key,
@@ -122,10 +167,10 @@ impl Topology {
     }
 
     /// A `Peer` as a WireGuard peer.
-    fn crd_peer(&self, peer: &Peer, keepalive: u16, preshared_key: Option<PresharedKey>) -> PeerConfig {
-        PeerConfig {
+    fn crd_peer<'a>(&self, peer: &'a Peer, keepalive: u16, preshared_key: Option<PresharedKey>) -> PeerSource<'a> {
+        PeerSource {
             public_key: peer.public_key,
-            allowed_ips: peer.allowed_ips.clone(),
+            allowed_ips: [&peer.allowed_ips, &[]],
             endpoint: self.effective_endpoint(peer.endpoint.as_ref(), &peer.public_key, peer.persistent_keepalive),
             persistent_keepalive: keepalive,
             preshared_key,
@@ -147,7 +192,7 @@ impl Topology {
         let segments = self.segments.iter().map(|segment| self.segment_peer(segment, keepalive, preshared_key));
         let others =
             self.peers.iter().filter(|peer| peer.name != name).map(|peer| self.crd_peer(peer, keepalive, None));
-        let peers = segments.chain(others).collect();
+        let peers = segments.chain(others).map(PeerSource::into_config).collect();
         Conf { interface: None, peers }
     }
 

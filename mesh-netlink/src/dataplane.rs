@@ -223,10 +223,7 @@ impl LinuxDataplane {
             }
         };
         let routes = route::ours(&self.handle).await.map_err(|source| Error::netlink("list routes", source))?;
-        state.routes = routes
-            .iter()
-            .filter_map(|message| route::to_route(message, dev_of))
-            .collect::<Routes>();
+        state.routes = routes.iter().filter_map(|message| route::to_route(message, dev_of)).collect::<Routes>();
 
         let names = &self.names;
         let has_private = self.config.private_interface.is_some();

@@ -108,7 +108,7 @@ done
 qemu=(qemu-system-x86_64 -machine q35 "${machine[@]}" -m "${VM_MEM:-1024}"
     -nodefaults -no-user-config -display none -no-reboot -nic none
     -chardev stdio,id=out,signal=off -serial chardev:out
-    -chardev file,id=err,path=/proc/self/fd/2,append=on -serial chardev:err
+    -chardev "file,id=err,path=$run/stderr" -serial chardev:err
     -chardev "file,id=klog,path=$run/console.log" -serial chardev:klog
     -kernel "$vmlinux" -initrd "$initramfs"
     -append 'console=ttyS2 quiet loglevel=4 panic=-1 oops=panic mitigations=off tsc=reliable no_timer_check'
@@ -118,20 +118,30 @@ qemu=(qemu-system-x86_64 -machine q35 "${machine[@]}" -m "${VM_MEM:-1024}"
     "${shares[@]}")
 [[ -n ${VM_VERBOSE:-} ]] && printf 'vm: %s\n' "${qemu[*]}" >&2
 
+# The command's stderr reaches ours through a FIFO and `cat`, live. QEMU reopening
+# /proc/self/fd/2 instead would get its own file offset, and when our stderr is a file that
+# others write too (a CI log) their writes would overwrite what the VM wrote.
+mkfifo "$run/stderr"
+cat "$run/stderr" >&2 &
+relay=$!
+exec 3>"$run/stderr" # our write end: `cat` sees the end of the stream only once we close it
+
 started=$(date +%s.%N)
 status=0
 timeout -k 5 "${VM_TIMEOUT:-600}" "${qemu[@]}" </dev/null || status=$?
+exec 3>&-
+wait "$relay" || true
 [[ -n ${VM_TIMING:-} ]] && printf 'vm: %s, %.1f s\n' "$accel" "$(echo "$(date +%s.%N) - $started" | bc)" >&2
 [[ -n ${VM_VERBOSE:-} ]] && cat "$run/console.log" >&2
 
 if ((status == 124)); then
     printf 'vm: timed out after %s s (VM_TIMEOUT); kernel log tail:\n' "${VM_TIMEOUT:-600}" >&2
-    tail -n 20 "$run/console.log" >&2
+    tail -n 20 "$run/console.log" >&2 2>/dev/null || true
     exit 124
 fi
 if [[ ! -s $run/rc ]]; then
     printf 'vm: the VM did not run the command (qemu exit status %s); kernel log tail:\n' "$status" >&2
-    tail -n 30 "$run/console.log" >&2
+    tail -n 30 "$run/console.log" >&2 2>/dev/null || true
     exit 125
 fi
 exit "$(cat "$run/rc")"

@@ -425,10 +425,12 @@ impl Firewall {
     }
 }
 
-/// Collects rules in per-chain buckets, dropping exact repeats, so the result comes out
-/// canonical without sorting.
+/// Collects rules, dropping exact repeats, in the firewall's canonical order: the caller
+/// hands them over chain after chain in `ChainName` order, and IPv6 rules are kept aside to
+/// follow all IPv4 ones. So the result needs neither sorting nor per-chain buckets.
 struct RuleList {
-    buckets: [Vec<FirewallRule>; 10],
+    ipv4: Vec<FirewallRule>,
+    ipv6: Vec<FirewallRule>,
     /// The rules seen, by [`RuleList::identity`]: rules without an IPv6 network as one integer,
     /// which hashes in one step, the others as two.
     seen: FxHashSet<u64>,
@@ -439,7 +441,7 @@ impl RuleList {
     fn with_capacity(capacity: usize) -> Self {
         let mut seen = FxHashSet::default();
         seen.reserve(capacity);
-        RuleList { buckets: Default::default(), seen, seen_ipv6: FxHashSet::default() }
+        RuleList { ipv4: Vec::with_capacity(capacity), ipv6: Vec::new(), seen, seen_ipv6: FxHashSet::default() }
     }
 
     /// What makes a rule a repeat (family, chain, match and target, not the comment), packed
@@ -469,12 +471,10 @@ impl RuleList {
             (Some(ipv6), rest) => self.seen_ipv6.insert((ipv6, rest)),
         };
         if new {
-            let family = match rule.family {
-                Family::Ipv4 => 0,
-                Family::Ipv6 => 5,
-            };
-            // `ChainName::ALL` is in declaration order.
-            self.buckets[family + rule.chain as usize].push(rule);
+            match rule.family {
+                Family::Ipv4 => self.ipv4.push(rule),
+                Family::Ipv6 => self.ipv6.push(rule),
+            }
         }
     }
 
@@ -489,57 +489,60 @@ impl RuleList {
         }
     }
 
-    fn into_rules(self) -> Vec<FirewallRule> {
-        let mut rules = Vec::with_capacity(self.buckets.iter().map(Vec::len).sum());
-        for bucket in self.buckets {
-            rules.extend(bucket);
-        }
-        rules
+    fn into_rules(mut self) -> Vec<FirewallRule> {
+        self.ipv4.append(&mut self.ipv6);
+        self.ipv4
     }
 }
 
 impl Topology {
     /// The iptables rules this node installs (Kilo's rule set, with the encapsulation rules first).
     pub fn firewall(&self, options: &Options) -> Firewall {
-        let known: usize = self.segments.iter().map(|s| s.allowed_ips.len() + 1).sum();
-        let mut rules = RuleList::with_capacity(known + 2 * self.peers.len() + 16);
+        let ipip = self.installs_ipip_rules(options);
         let mut chains = Vec::with_capacity(4);
-        if self.installs_ipip_rules(options) {
+        if ipip {
             chains.extend([Family::Ipv4, Family::Ipv6].map(|family| Chain { family, name: ChainName::KiloIpip }));
-            self.ipip_rules(&mut rules);
         }
         chains.extend([Family::Ipv4, Family::Ipv6].map(|family| Chain { family, name: ChainName::KiloNat }));
-        if options.cni {
-            self.cni_rules(options, &mut rules);
+        chains.sort();
+
+        let known: usize = self.segments.iter().map(|s| s.allowed_ips.len() + 1).sum();
+        let peer_ips: usize = self.peers.iter().map(|p| p.allowed_ips.len()).sum();
+        let mut rules = RuleList::with_capacity(known + 2 * peer_ips + options.service_cidrs.len() + 16);
+        // Chain after chain, in `ChainName` order; inside a chain, in Kilo's order.
+        if options.cni && options.iptables_forward_rules {
+            self.forward_rules(&mut rules);
+        }
+        if ipip {
+            self.ipip_rules(&mut rules);
         }
         use {ChainName::*, Comment::*, Match::*, Target::*};
-        for (index, segment) in self.segments.iter().enumerate() {
+        for segment in &self.segments {
             rules.rule(KiloNat, Destination(one_address_cidr(segment.wireguard_ip)), Return, WireGuardIps);
             for ip in &segment.allowed_ips {
                 rules.rule(KiloNat, Destination(*ip), Return, KnownIps);
             }
-            // Traffic into the location's non-cluster hosts is masqueraded so replies find their
-            // way back, except traffic that starts inside the same range (Cozystack's fix: VIPs
-            // and floating IPs must keep their source).
-            if index == self.local_segment {
-                for ip in &segment.allowed_location_ips {
-                    rules.rule(Postrouting, DestinationFromOutside(*ip), NatChain, JumpToNat);
-                }
-            }
         }
-        for peer in &self.peers {
-            for ip in &peer.allowed_ips {
-                rules.rule(Postrouting, Source(*ip), NatChain, JumpToNat);
-                rules.rule(KiloNat, Destination(*ip), Return, Peers);
-            }
+        for ip in self.peers.iter().flat_map(|peer| &peer.allowed_ips) {
+            rules.rule(KiloNat, Destination(*ip), Return, Peers);
         }
         for cidr in &options.service_cidrs {
             rules.rule(KiloNat, Destination(*cidr), Return, ServiceCidrs);
         }
         rules.both_families(KiloNat, Any, Masquerade, NatRemaining);
-        let mut firewall = Firewall { chains, rules: rules.into_rules(), foreign: Vec::new() };
-        firewall.chains.sort();
-        firewall
+        if options.cni {
+            rules.rule(Postrouting, Source(self.pod_subnet), NatChain, JumpToKiloNat);
+        }
+        // Traffic into the location's non-cluster hosts is masqueraded so replies find their
+        // way back, except traffic that starts inside the same range (Cozystack's fix: VIPs
+        // and floating IPs must keep their source).
+        for ip in &self.local().allowed_location_ips {
+            rules.rule(Postrouting, DestinationFromOutside(*ip), NatChain, JumpToNat);
+        }
+        for ip in self.peers.iter().flat_map(|peer| &peer.allowed_ips) {
+            rules.rule(Postrouting, Source(*ip), NatChain, JumpToNat);
+        }
+        Firewall { chains, rules: rules.into_rules(), foreign: Vec::new() }
     }
 
     /// Kilo adds the IPIP rules when it routes inside the location with an IPIP tunnel and the
@@ -553,6 +556,8 @@ impl Topology {
 
     /// IPIP is accepted from the private IPs of the local location's nodes and dropped otherwise.
     fn ipip_rules(&self, rules: &mut RuleList) {
+        rules.both_families(ChainName::Input, Match::Ipip, Target::IpipChain, Comment::JumpToIpip);
+        rules.both_families(ChainName::Input, Match::Ipip, Target::Drop, Comment::RejectIpip);
         let sources: Vec<IpAddr> = match self.granularity {
             Granularity::Location => self.local().members.iter().filter_map(|m| m.private_ip).collect(),
             // Each node is its own segment; no IPIP flows inside a location.
@@ -574,22 +579,17 @@ impl Topology {
                 Comment::AllowIpip,
             );
         }
-        rules.both_families(ChainName::Input, Match::Ipip, Target::IpipChain, Comment::JumpToIpip);
-        rules.both_families(ChainName::Input, Match::Ipip, Target::Drop, Comment::RejectIpip);
     }
 
-    fn cni_rules(&self, options: &Options, rules: &mut RuleList) {
+    /// `--iptables-forward-rules`: a leader forwards for its whole location (its own segment,
+    /// as in Kilo), another node for its pod subnet.
+    fn forward_rules(&self, rules: &mut RuleList) {
         use {ChainName::*, Comment::*, Match::*, Target::*};
-        rules.rule(Postrouting, Source(self.pod_subnet), NatChain, JumpToKiloNat);
-        if !options.iptables_forward_rules {
-            return;
-        }
         if !self.leader {
             rules.rule(Forward, Source(self.pod_subnet), Accept, ForwardFromNodePodSubnet);
             rules.rule(Forward, Destination(self.pod_subnet), Accept, ForwardToNodePodSubnet);
             return;
         }
-        // A leader forwards for its whole location (its own segment, as in Kilo).
         let local = self.local();
         for member in &local.members {
             rules.rule(Forward, Source(member.pod_subnet), Accept, ForwardFromPodSubnet);

@@ -540,6 +540,20 @@ struct KnownAddresses {
     inside_nodes: Vec<bool>,
 }
 
+/// The first and last address of a network, as [`address_bits`].
+fn address_range(network: &IpNet) -> ((bool, u128), (bool, u128)) {
+    match network {
+        IpNet::V4(net) => {
+            let (bits, mask) = (u32::from(net.addr()), u32::from(net.netmask()));
+            ((false, u128::from(bits & mask)), (false, u128::from(bits | !mask)))
+        }
+        IpNet::V6(net) => {
+            let (bits, mask) = (u128::from(net.addr()), u128::from(net.netmask()));
+            ((true, bits & mask), (true, bits | !mask))
+        }
+    }
+}
+
 fn address_bits(addr: IpAddr) -> (bool, u128) {
     match addr {
         IpAddr::V4(v4) => (false, u128::from(u32::from(v4))),
@@ -557,16 +571,21 @@ impl KnownAddresses {
         candidates.sort_unstable();
         candidates.dedup();
         let mut inside_nodes = vec![false; candidates.len()];
-        if !candidates.is_empty() {
-            for network in segments.iter().flat_map(|segment| &segment.allowed_ips) {
-                let (first, last) = (address_bits(network.network()), address_bits(network.broadcast()));
-                let start = candidates.partition_point(|candidate| *candidate < first);
-                for (candidate, inside) in candidates[start..].iter().zip(&mut inside_nodes[start..]) {
-                    if *candidate > last {
-                        break;
-                    }
-                    *inside = true;
+        let (Some(lowest), Some(highest)) = (candidates.first().copied(), candidates.last().copied()) else {
+            return KnownAddresses { candidates, inside_nodes };
+        };
+        for network in segments.iter().flat_map(|segment| &segment.allowed_ips) {
+            let (first, last) = address_range(network);
+            // Most networks are nowhere near the candidates.
+            if last < lowest || first > highest {
+                continue;
+            }
+            let start = candidates.partition_point(|candidate| *candidate < first);
+            for (candidate, inside) in candidates[start..].iter().zip(&mut inside_nodes[start..]) {
+                if *candidate > last {
+                    break;
                 }
+                *inside = true;
             }
         }
         KnownAddresses { candidates, inside_nodes }

@@ -115,40 +115,51 @@ impl Routes {
         if routes.is_sorted_by(|a, b| a.key().order() < b.key().order()) {
             return Routes(routes);
         }
-        // Sort integers that hold the key and, as the last tie-break, the input position, so the
-        // input order among routes with one key is kept. IPv4 keys and positions fit in one
-        // `u128`, which a radix sort orders in linear time.
-        let ipv4_keys = u32::try_from(routes.len()).ok().and_then(|_| {
+        // Sort integers that hold the key and, below it, the input position, so the input order
+        // among routes with one key is kept. With IPv4 destinations, few tables (numbered in
+        // their order) and fewer than 2^18 routes, each fits in a `u64`, which a radix sort
+        // orders in linear time.
+        let mut tables: Vec<u32> = Vec::new();
+        for route in &routes {
+            if tables.last() != Some(&route.table) && !tables.contains(&route.table) && tables.len() <= 256 {
+                tables.push(route.table);
+            }
+        }
+        tables.sort_unstable();
+        let ipv4_keys = (routes.len() < 1 << 18 && tables.len() <= 256).then(|| {
             let ipv4_key = |(position, route): (usize, &Route)| match route.dst {
-                IpNet::V4(net) => Some(
-                    u128::from(route.table) << 72
-                        | u128::from(u32::from(net.addr())) << 40
-                        | u128::from(net.prefix_len()) << 32
-                        | position as u128,
-                ),
+                IpNet::V4(net) => {
+                    let table = tables.binary_search(&route.table).ok()? as u64;
+                    let prefix = u64::from(net.prefix_len());
+                    Some(table << 56 | u64::from(u32::from(net.addr())) << 24 | prefix << 18 | position as u64)
+                }
                 IpNet::V6(_) => None,
             };
-            routes.iter().enumerate().map(ipv4_key).collect::<Option<Vec<u128>>>()
+            routes.iter().enumerate().map(ipv4_key).collect::<Option<Vec<u64>>>()
         });
-        let mut sources: Vec<usize> = if let Some(mut keys) = ipv4_keys {
-            radix_sort(&mut keys, 4..13);
-            keys.into_iter().map(|key| key as u32 as usize).collect()
+        let (mut sources, repeats): (Vec<usize>, bool) = if let Some(Some(mut keys)) = ipv4_keys {
+            radix_sort(&mut keys, 2..8);
+            let repeats = keys.windows(2).any(|pair| pair[0] >> 18 == pair[1] >> 18);
+            (keys.into_iter().map(|key| (key & 0x3_ffff) as usize).collect(), repeats)
         } else {
             let mut keys: Vec<((u64, u128), usize)> =
                 routes.iter().enumerate().map(|(position, route)| (route.key().order(), position)).collect();
             keys.sort_unstable();
-            keys.into_iter().map(|(_, position)| position).collect()
+            let repeats = keys.windows(2).any(|pair| pair[0].0 == pair[1].0);
+            (keys.into_iter().map(|(_, position)| position).collect(), repeats)
         };
         permute(&mut routes, &mut sources);
-        // `dedup_by` hands each route with the one kept before it; the later one takes its place.
-        routes.dedup_by(|later, kept| {
-            let same_key = later.key() == kept.key();
-            if same_key {
-                replaced(kept, later);
-                *kept = *later;
-            }
-            same_key
-        });
+        if repeats {
+            // `dedup_by` hands each route with the one kept before it; the later one takes its place.
+            routes.dedup_by(|later, kept| {
+                let same_key = later.key() == kept.key();
+                if same_key {
+                    replaced(kept, later);
+                    *kept = *later;
+                }
+                same_key
+            });
+        }
         Routes(routes)
     }
 
@@ -451,12 +462,11 @@ impl DataplaneState {
 /// addresses (Kilo lets the kernel give them to whichever comes last). Who claimed an address
 /// first is found by sorting all claims by address, which also hands each peer its addresses
 /// in the order its set is built fastest from.
-#[inline(never)]
 fn wireguard_peers(topology: &Topology, warn: &mut impl FnMut(String)) -> BTreeMap<Key, WireGuardPeer> {
     let sources: Vec<PeerSource<'_>> = topology.wireguard_peer_sources().collect();
     let mut keys: FxHashSet<Key> = FxHashSet::default();
     keys.reserve(sources.len());
-    let accepted: Vec<bool> = sources.iter().map(|source| keys.insert(source.public_key)).collect();
+    let accepted: Vec<bool> = sources.iter().map(|source| keys.insert(*source.public_key)).collect();
 
     // The claims: every allowed IP of the accepted peers in order, and which peer lists it.
     let count = sources.iter().zip(&accepted).filter(|(_, accepted)| **accepted).map(|(s, _)| s.allowed_ip_count());
@@ -466,44 +476,41 @@ fn wireguard_peers(topology: &Topology, warn: &mut impl FnMut(String)) -> BTreeM
         ips.extend(source.allowed_ips().copied().map(trunc));
         claimants.resize(ips.len(), index);
     }
-    // The claims sorted by address, earlier claims first. IPv4 addresses and claim numbers fit
-    // in one `u128`, which a radix sort orders in linear time.
-    let ipv4_keys = u32::try_from(ips.len()).ok().and_then(|_| {
+    // The claims sorted by address, earlier claims first. IPv4 addresses over claim numbers
+    // below 2^24 fit in a `u64`, which a radix sort orders in linear time.
+    let ipv4_keys = (ips.len() < 1 << 24).then(|| {
         let ipv4_key = |(claim, ip): (usize, &IpNet)| match ip {
             IpNet::V4(net) => {
-                Some(u128::from(u32::from(net.addr())) << 40 | u128::from(net.prefix_len()) << 32 | claim as u128)
+                Some(u64::from(u32::from(net.addr())) << 32 | u64::from(net.prefix_len()) << 24 | claim as u64)
             }
             IpNet::V6(_) => None,
         };
-        ips.iter().enumerate().map(ipv4_key).collect::<Option<Vec<u128>>>()
+        ips.iter().enumerate().map(ipv4_key).collect::<Option<Vec<u64>>>()
     });
-    let by_address: Vec<usize> = if let Some(mut keys) = ipv4_keys {
-        radix_sort(&mut keys, 4..9);
-        keys.into_iter().map(|key| key as u32 as usize).collect()
-    } else {
-        let mut keys: Vec<((u16, u128), usize)> = ips.iter().map(order_key).zip(0..).collect();
-        keys.sort_unstable();
-        keys.into_iter().map(|(_, claim)| claim).collect()
-    };
-
     // The first claim of an address owns it; a later one by another peer is reported.
     let mut owned: Vec<usize> = Vec::with_capacity(ips.len());
     let mut refused: Vec<(usize, usize)> = Vec::new();
     let mut owned_per_source = vec![0; sources.len()];
     let mut first: Option<usize> = None;
-    for claim in by_address {
-        match first {
-            Some(first) if ips[first] == ips[claim] => {
-                if claimants[first] != claimants[claim] {
-                    refused.push((claim, first));
-                }
-            }
-            _ => {
-                first = Some(claim);
-                owned.push(claim);
-                owned_per_source[claimants[claim]] += 1;
+    let mut claim_in_order = |claim: usize| match first {
+        Some(first) if ips[first] == ips[claim] => {
+            if claimants[first] != claimants[claim] {
+                refused.push((claim, first));
             }
         }
+        _ => {
+            first = Some(claim);
+            owned.push(claim);
+            owned_per_source[claimants[claim]] += 1;
+        }
+    };
+    if let Some(Some(mut keys)) = ipv4_keys {
+        radix_sort(&mut keys, 3..8);
+        keys.into_iter().for_each(|key| claim_in_order((key & 0xff_ffff) as usize));
+    } else {
+        let mut keys: Vec<((u16, u128), usize)> = ips.iter().map(order_key).zip(0..).collect();
+        keys.sort_unstable();
+        keys.into_iter().for_each(|(_, claim)| claim_in_order(claim));
     }
     refused.sort_unstable();
     // Each peer's addresses, still sorted by address, side by side (a counting sort by peer).
@@ -540,31 +547,32 @@ fn wireguard_peers(topology: &Topology, warn: &mut impl FnMut(String)) -> BTreeM
         }
     }
 
-    // The map is built fastest from entries sorted by key. Keys are sorted by their first eight
-    // bytes, as plain integers (the rest breaks ties), and each peer is built in that order.
+    // The peers go into the map from the greatest key down: each insertion then walks the
+    // tree's left edge with one comparison per level. (`collect` would copy them all into a
+    // vector and sort it with a scratch buffer of the same size, even when it is sorted: 1.6 MB
+    // at 5,000 peers.) Keys are sorted by their first eight bytes as integers; the rest breaks ties.
     let prefix = |key: &Key| u64::from_be_bytes(key.as_bytes()[..8].try_into().unwrap_or_default());
     let mut order: Vec<(u64, usize)> = (0..sources.len())
         .filter(|index| accepted[*index])
-        .map(|index| (prefix(&sources[index].public_key), index))
+        .map(|index| (prefix(sources[index].public_key), index))
         .collect();
     order.sort_unstable_by(|(a_prefix, a), (b_prefix, b)| {
-        a_prefix.cmp(b_prefix).then_with(|| sources[*a].public_key.cmp(&sources[*b].public_key))
+        a_prefix.cmp(b_prefix).then_with(|| sources[*a].public_key.cmp(sources[*b].public_key))
     });
-    order
-        .into_iter()
-        .map(|(_, index)| {
-            let source = &sources[index];
-            let owned = &sorted_ips[starts[index]..starts[index] + owned_per_source[index]];
-            let peer = WireGuardPeer {
-                public_key: source.public_key,
-                endpoint: source.endpoint.as_ref().and_then(|e| e.socket_addr()),
-                allowed_ips: owned.iter().copied().collect(),
-                persistent_keepalive: source.persistent_keepalive,
-                preshared_key: source.preshared_key,
-            };
-            (source.public_key, peer)
-        })
-        .collect()
+    let mut peers = BTreeMap::new();
+    for (_, index) in order.into_iter().rev() {
+        let source = &sources[index];
+        let owned = &sorted_ips[starts[index]..starts[index] + owned_per_source[index]];
+        let peer = WireGuardPeer {
+            public_key: *source.public_key,
+            endpoint: source.endpoint().and_then(|e| e.socket_addr()),
+            allowed_ips: owned.iter().copied().collect(),
+            persistent_keepalive: source.persistent_keepalive,
+            preshared_key: source.preshared_key.copied(),
+        };
+        peers.insert(peer.public_key, peer);
+    }
+    peers
 }
 
 /// Routes as the kernel will hold them: destinations with host bits cleared, no route that mixes

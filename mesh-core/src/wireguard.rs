@@ -95,13 +95,17 @@ impl fmt::Display for Conf {
     }
 }
 
-/// A WireGuard peer with Kilo's values whose allowed IPs are still borrowed from the topology:
-/// what [`PeerConfig`]s and the desired state's peers are both made from.
+/// A WireGuard peer with Kilo's values, still borrowed from the topology: what [`PeerConfig`]s
+/// and the desired state's peers are both made from. Small, because a leader in `full`
+/// granularity has thousands: the endpoint is found only when asked for.
 pub(crate) struct PeerSource<'a> {
-    pub(crate) public_key: Key,
-    pub(crate) endpoint: Option<Endpoint>,
+    topology: &'a Topology,
+    pub(crate) public_key: &'a Key,
+    /// The target's configured endpoint and its own keepalive, which decide the endpoint.
+    configured_endpoint: Option<&'a Endpoint>,
+    target_keepalive: u16,
     pub(crate) persistent_keepalive: u16,
-    pub(crate) preshared_key: Option<PresharedKey>,
+    pub(crate) preshared_key: Option<&'a PresharedKey>,
     /// The allowed IPs, in Kilo's order: those of the first slice, then those of the second.
     allowed_ips: [&'a [IpNet]; 2],
 }
@@ -118,15 +122,20 @@ impl<'a> PeerSource<'a> {
         self.allowed_ips[0].len() + self.allowed_ips[1].len()
     }
 
+    /// The endpoint to configure (NAT-aware, see [`Topology::effective_endpoint`]).
+    pub(crate) fn endpoint(&self) -> Option<Endpoint> {
+        self.topology.effective_endpoint(self.configured_endpoint, self.public_key, self.target_keepalive)
+    }
+
     fn into_config(self) -> PeerConfig {
         let mut allowed_ips = Vec::with_capacity(self.allowed_ip_count());
         allowed_ips.extend(self.allowed_ips().copied());
         PeerConfig {
-            public_key: self.public_key,
+            public_key: *self.public_key,
             allowed_ips,
-            endpoint: self.endpoint,
+            endpoint: self.endpoint(),
             persistent_keepalive: self.persistent_keepalive,
-            preshared_key: self.preshared_key,
+            preshared_key: self.preshared_key.copied(),
         }
     }
 }
@@ -143,35 +152,44 @@ impl Topology {
     pub(crate) fn wireguard_peer_sources(&self) -> impl Iterator<Item = PeerSource<'_>> {
         let (segments, peers) = if self.leader { (&self.segments[..], &self.peers[..]) } else { (&[][..], &[][..]) };
         let segments = segments.iter().enumerate().filter(|(index, _)| !self.is_local_location_at(*index));
-        let segments = segments.map(|(_, segment)| segment);
-        let segments = segments.map(|segment| self.segment_peer(segment, self.persistent_keepalive, None));
-        let peers = peers.iter().map(|peer| self.crd_peer(peer, self.persistent_keepalive, peer.preshared_key));
+        let segments = segments.map(|(_, segment)| self.segment_peer(segment, self.persistent_keepalive, None));
+        let peers =
+            peers.iter().map(|peer| self.crd_peer(peer, self.persistent_keepalive, peer.preshared_key.as_ref()));
         segments.chain(peers)
     }
 
     /// A segment as a WireGuard peer: its allowed IPs and allowed-location IPs, its leader's key
     /// and (NAT-aware) endpoint.
     fn segment_peer<'a>(
-        &self,
+        &'a self,
         segment: &'a Segment,
         keepalive: u16,
-        preshared_key: Option<PresharedKey>,
+        preshared_key: Option<&'a PresharedKey>,
     ) -> PeerSource<'a> {
         PeerSource {
-            public_key: segment.key,
+            topology: self,
+            public_key: &segment.key,
+            configured_endpoint: segment.endpoint.as_ref(),
+            target_keepalive: segment.persistent_keepalive,
             allowed_ips: [&segment.allowed_ips, &segment.allowed_location_ips],
-            endpoint: self.effective_endpoint(segment.endpoint.as_ref(), &segment.key, segment.persistent_keepalive),
             persistent_keepalive: keepalive,
             preshared_key,
         }
     }
 
     /// A `Peer` as a WireGuard peer.
-    fn crd_peer<'a>(&self, peer: &'a Peer, keepalive: u16, preshared_key: Option<PresharedKey>) -> PeerSource<'a> {
+    fn crd_peer<'a>(
+        &'a self,
+        peer: &'a Peer,
+        keepalive: u16,
+        preshared_key: Option<&'a PresharedKey>,
+    ) -> PeerSource<'a> {
         PeerSource {
-            public_key: peer.public_key,
+            topology: self,
+            public_key: &peer.public_key,
+            configured_endpoint: peer.endpoint.as_ref(),
+            target_keepalive: peer.persistent_keepalive,
             allowed_ips: [&peer.allowed_ips, &[]],
-            endpoint: self.effective_endpoint(peer.endpoint.as_ref(), &peer.public_key, peer.persistent_keepalive),
             persistent_keepalive: keepalive,
             preshared_key,
         }
@@ -188,7 +206,7 @@ impl Topology {
     pub fn peer_conf(&self, name: &str) -> Conf {
         let own = self.peers.iter().find(|peer| peer.name == name);
         let keepalive = own.map_or(0, |peer| peer.persistent_keepalive);
-        let preshared_key = own.and_then(|peer| peer.preshared_key);
+        let preshared_key = own.and_then(|peer| peer.preshared_key.as_ref());
         let segments = self.segments.iter().map(|segment| self.segment_peer(segment, keepalive, preshared_key));
         let others =
             self.peers.iter().filter(|peer| peer.name != name).map(|peer| self.crd_peer(peer, keepalive, None));

@@ -28,7 +28,12 @@ static STARTED: OnceLock<Instant> = OnceLock::new();
 /// that CI logs show how far a slow or hanging run got.
 pub fn progress(message: &str) {
     let started = STARTED.get_or_init(Instant::now);
-    let _ = writeln!(std::io::stderr(), "[e2e +{:6.1}s] {message}", started.elapsed().as_secs_f64());
+    // The suite's name (`e2e`, `kernel`): the test binary's, without cargo's hash.
+    let suite = std::env::current_exe().ok().and_then(|exe| {
+        exe.file_stem().and_then(|stem| stem.to_str()).and_then(|stem| stem.split('-').next()).map(str::to_owned)
+    });
+    let suite = suite.as_deref().unwrap_or("test");
+    let _ = writeln!(std::io::stderr(), "[{suite} +{:6.1}s] {message}", started.elapsed().as_secs_f64());
 }
 
 /// Writes `text` straight to stderr, past libtest's output capture.

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use rustc_hash::FxHashSet;
 use serde::Serialize;
 use serde::ser::SerializeStruct as _;
@@ -264,9 +264,9 @@ impl FirewallRule {
     #[inline(always)]
     fn new(chain: ChainName, matches: Match, target: Target, comment: Comment) -> Self {
         let (matches, family) = match matches {
-            Match::Source(net) => (Match::Source(trunc(net)), Family::of(net.addr())),
-            Match::Destination(net) => (Match::Destination(trunc(net)), Family::of(net.addr())),
-            Match::DestinationFromOutside(net) => (Match::DestinationFromOutside(trunc(net)), Family::of(net.addr())),
+            Match::Source(net) => (Match::Source(trunc(&net)), Family::of(net.addr())),
+            Match::Destination(net) => (Match::Destination(trunc(&net)), Family::of(net.addr())),
+            Match::DestinationFromOutside(net) => (Match::DestinationFromOutside(trunc(&net)), Family::of(net.addr())),
             Match::Any | Match::Ipip => (matches, Family::Ipv4),
         };
         FirewallRule { family, chain, matches, target, comment }
@@ -480,7 +480,25 @@ impl RuleList {
 
     #[inline(always)]
     fn rule(&mut self, chain: ChainName, matches: Match, target: Target, comment: Comment) {
-        self.push(FirewallRule::new(chain, matches, target, comment));
+        // Nearly every rule matches an IPv4 network: its identity and host-bit clearing are
+        // done on the address as an integer, and the rule is built once, where it is stored.
+        let (kind, network) = match &matches {
+            Match::Source(IpNet::V4(net)) => (1, net),
+            Match::Destination(IpNet::V4(net)) => (2, net),
+            Match::DestinationFromOutside(IpNet::V4(net)) => (3, net),
+            _ => return self.push(FirewallRule::new(chain, matches, target, comment)),
+        };
+        let (bits, prefix) = (u32::from(network.addr()) & u32::from(network.netmask()), network.prefix_len());
+        let tags = (Family::Ipv4 as u64) << 12 | (chain as u64) << 8 | kind << 4 | target as u64;
+        if self.seen.insert(u64::from(bits) << 32 | u64::from(prefix) << 16 | tags) {
+            let network = IpNet::V4(Ipv4Net::new(bits.into(), prefix).unwrap_or_else(|_| network.trunc()));
+            let matches = match kind {
+                1 => Match::Source(network),
+                2 => Match::Destination(network),
+                _ => Match::DestinationFromOutside(network),
+            };
+            self.ipv4.push(FirewallRule { family: Family::Ipv4, chain, matches, target, comment });
+        }
     }
 
     fn both_families(&mut self, chain: ChainName, matches: Match, target: Target, comment: Comment) {

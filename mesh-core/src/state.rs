@@ -434,7 +434,7 @@ impl DataplaneState {
         let routes = kernel_routes(route_list, &mut warn);
         let rules = rule_list
             .into_iter()
-            .map(|rule| Rule { src: rule.src.map(trunc), dst: rule.dst.map(trunc), ..rule })
+            .map(|rule| Rule { src: rule.src.as_ref().map(trunc), dst: rule.dst.as_ref().map(trunc), ..rule })
             .collect();
 
         let leader = topology.leader;
@@ -473,7 +473,7 @@ fn wireguard_peers(topology: &Topology, warn: &mut impl FnMut(String)) -> BTreeM
     let count = count.sum();
     let (mut ips, mut claimants) = (Vec::with_capacity(count), Vec::with_capacity(count));
     for (index, source) in sources.iter().enumerate().filter(|(index, _)| accepted[*index]) {
-        ips.extend(source.allowed_ips().copied().map(trunc));
+        ips.extend(source.allowed_ips().map(trunc));
         claimants.resize(ips.len(), index);
     }
     // The claims sorted by address, earlier claims first. IPv4 addresses over claim numbers
@@ -579,7 +579,7 @@ fn wireguard_peers(topology: &Topology, warn: &mut impl FnMut(String)) -> BTreeM
 /// IP versions, one route per table and destination.
 fn kernel_routes(mut route_list: Vec<Route>, warn: &mut impl FnMut(String)) -> Routes {
     route_list.retain_mut(|route| {
-        route.dst = trunc(route.dst);
+        route.dst = trunc(&route.dst);
         // Kilo mixes families (an IPv4 source or WireGuard gateway on a route to an IPv6
         // network), which the kernel refuses. WireGuard routes by allowed IPs and needs no
         // gateway; a private-network or tunnel route cannot cross families at all.

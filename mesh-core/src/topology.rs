@@ -332,7 +332,7 @@ fn ready_nodes<'a>(
             skipped.extend(namesakes.iter().map(|n| Skipped::node(&n.name, reason.clone())));
             continue;
         }
-        match (spec.readiness(snapshot.now), &spec.key, spec.pod_subnet) {
+        match (spec.readiness(snapshot.now), &spec.key, &spec.pod_subnet) {
             (Ok(()), Some(key), Some(pod_subnet)) => ready.push(ReadyNode { spec, key, pod_subnet: trunc(pod_subnet) }),
             (result, ..) => {
                 let reason = result.err().map_or_else(|| "not ready".to_owned(), |e| e.to_string());

@@ -995,6 +995,10 @@ fn netns_e2e_multi_location_mesh_with_nat_peer_failover_and_clean_up() {
     assert!(Path::new("/dev/net/tun").exists(), "this test needs /dev/net/tun (wireguard-go creates TUN devices)");
     std::fs::create_dir_all("/var/run/wireguard").expect("create /var/run/wireguard");
     let agent = agent_binary().unwrap_or_else(|error| panic!("{error}"));
+    let abandoned = World::remove_abandoned();
+    if abandoned > 0 {
+        progress(&format!("removed {abandoned} world(s) that killed runs left behind"));
+    }
 
     let id = world::run_id();
     progress(&format!("run kte{id}: agent {}", agent.display()));

@@ -123,10 +123,14 @@ pub struct World {
 }
 
 impl World {
-    /// An empty world with a fresh temporary directory.
+    /// An empty world with a fresh temporary directory, which records the process that owns
+    /// the world (`owner`), the namespaces it creates (`namespaces`) and the files outside it
+    /// that it owns (`files`), so that a later run can remove what a killed run left behind
+    /// ([`World::remove_abandoned`]).
     pub fn new(id: &str) -> Outcome<World> {
-        let dir = std::env::temp_dir().join(format!("kte-{id}"));
+        let dir = std::env::temp_dir().join(format!("{RUN_DIR_PREFIX}{id}"));
         fs::create_dir_all(dir.join("logs")).map_err(|error| format!("create {}: {error}", dir.display()))?;
+        write_file(&dir.join("owner"), &std::process::id().to_string())?;
         Ok(World {
             id: id.to_owned(),
             dir,
@@ -142,11 +146,44 @@ impl World {
         if self.namespaces.iter().any(|known| known == name) {
             return Err(format!("namespace {name} exists already"));
         }
-        // Recorded first: a namespace that was half set up is deleted all the same.
+        // Recorded first: a namespace that was half set up is deleted all the same, by this
+        // world or, if this process is killed, by the next run.
         self.namespaces.push(name.to_owned());
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("namespaces"))
+            .and_then(|mut file| writeln!(file, "{name}"))
+            .map_err(|error| format!("record namespace {name}: {error}"))?;
         run(Command::new("ip").args(["netns", "add", name]))?;
         run(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]))?;
         Ok(())
+    }
+
+    /// Removes what runs killed without a chance to clean up (SIGKILL, a CI timeout) left
+    /// behind: for every run directory whose owner process is gone, the processes in its
+    /// namespaces, the namespaces and the directory. Returns how many worlds were removed.
+    pub fn remove_abandoned() -> usize {
+        let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return 0 };
+        let mut removed = 0;
+        for dir in entries.filter_map(Result::ok).map(|entry| entry.path()) {
+            let is_run_dir =
+                dir.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.starts_with(RUN_DIR_PREFIX));
+            let Ok(owner) = fs::read_to_string(dir.join("owner")) else { continue };
+            if !is_run_dir || Path::new("/proc").join(owner.trim()).exists() {
+                continue;
+            }
+            let namespaces = fs::read_to_string(dir.join("namespaces")).unwrap_or_default();
+            for namespace in namespaces.lines().rev() {
+                remove_namespace(namespace);
+            }
+            for file in fs::read_to_string(dir.join("files")).unwrap_or_default().lines() {
+                let _ = fs::remove_file(file);
+            }
+            let _ = fs::remove_dir_all(&dir);
+            removed += 1;
+        }
+        removed
     }
 
     /// The namespaces of this world, in creation order.
@@ -156,6 +193,11 @@ impl World {
 
     /// A UAPI socket (or other file outside the run directory) to remove on drop.
     pub fn own_file(&mut self, path: PathBuf) {
+        let _ = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("files"))
+            .and_then(|mut file| writeln!(file, "{}", path.display()));
         self.sockets.push(path);
     }
 
@@ -266,22 +308,33 @@ impl Drop for World {
             let _ = child.wait();
         }
         for namespace in self.namespaces.iter().rev() {
-            if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", namespace])) {
-                for pid in pids.split_whitespace().filter_map(|pid| pid.parse().ok()) {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "delete", namespace]).stderr(Stdio::null()).status();
+            remove_namespace(namespace);
         }
         for socket in &self.sockets {
             let _ = fs::remove_file(socket);
         }
         if std::env::var_os("KTE_KEEP_DIR").is_some() {
+            // Without an owner it is not an abandoned world that a later run would remove.
+            let _ = fs::remove_file(self.dir.join("owner"));
             progress(&format!("kept {} (KTE_KEEP_DIR is set)", self.dir.display()));
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Run directories are `<temp dir>/kte-<id>`.
+const RUN_DIR_PREFIX: &str = "kte-";
+
+/// Kills what still runs in `namespace` (by PID) and deletes it; errors are ignored (it may be
+/// gone already).
+fn remove_namespace(namespace: &str) {
+    if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", namespace])) {
+        for pid in pids.split_whitespace().filter_map(|pid| pid.parse().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "delete", namespace]).stderr(Stdio::null()).status();
 }
 
 /// One row of the summary table.

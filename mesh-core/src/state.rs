@@ -671,6 +671,20 @@ mod tests {
     }
 
     #[test]
+    fn routes_in_many_tables_sort_as_a_map_does() {
+        // More tables than the integer keys number, and enough routes for the radix sort.
+        let input: Vec<Route> = (0..3000u32)
+            .map(|i| route(&format!("10.{}.{}.0/24", i % 7, i % 251), (i % 5) as u8, 1000 + (i * 7919) % 401))
+            .collect();
+        let expected: BTreeMap<RouteKey, Route> = input.iter().map(|route| (route.key(), *route)).collect();
+        let routes = Routes::from_vec(input.clone(), |_, _| {});
+        assert!(routes.values().eq(expected.values()));
+        let few_tables: Vec<Route> = input.iter().map(|route| Route { table: route.table % 3, ..*route }).collect();
+        let expected: BTreeMap<RouteKey, Route> = few_tables.iter().map(|route| (route.key(), *route)).collect();
+        assert!(Routes::from_vec(few_tables, |_, _| {}).values().eq(expected.values()));
+    }
+
+    #[test]
     fn routes_behave_as_a_map_by_key() {
         let mut routes = Routes::new();
         let mut map = BTreeMap::new();

@@ -63,7 +63,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use world::{Outcome, Probe, World, agent_binary, in_ns, poll, progress, reach, run, series, step};
+use world::{
+    LOC_A, LOC_B, LOC_C, Location, Outcome, Probe, World, agent_binary, in_ns, poll, progress, reach, run, series, step,
+};
 
 /// `--resync-period` of every agent.
 const RESYNC: Duration = Duration::from_secs(1);
@@ -92,20 +94,6 @@ const OWNED_ANNOTATIONS: [&str; 8] = [
 ];
 /// Failover baseline: the test fails past this.
 const FAILOVER_LIMIT: Duration = Duration::from_secs(120);
-
-/// A location: its name, its bridge in the fabric and its private network.
-#[derive(Clone, Copy, Debug)]
-struct Location {
-    name: &'static str,
-    /// The fabric bridge of the location; `None`: its node sits behind the NAT router.
-    bridge: Option<&'static str>,
-    /// The private network (`--internal-cidr`).
-    network: &'static str,
-}
-
-const LOC_A: Location = Location { name: "loc-a", bridge: Some("bra"), network: "192.168.10.0/24" };
-const LOC_B: Location = Location { name: "loc-b", bridge: Some("brb"), network: "192.168.20.0/24" };
-const LOC_C: Location = Location { name: "loc-c", bridge: None, network: "10.0.30.0/24" };
 
 /// One node of the world.
 #[derive(Clone, Copy, Debug)]

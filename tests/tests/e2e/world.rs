@@ -323,6 +323,25 @@ impl Drop for World {
     }
 }
 
+/// A location of both suites' worlds: its name, its bridge in the fabric namespace and its
+/// private network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The `kilo.squat.ai/location` annotation.
+    pub name: &'static str,
+    /// The fabric bridge of the location; `None`: its node sits behind the NAT router.
+    pub bridge: Option<&'static str>,
+    /// The private network (`--internal-cidr`).
+    pub network: &'static str,
+}
+
+/// Location A: a bridge in the fabric.
+pub const LOC_A: Location = Location { name: "loc-a", bridge: Some("bra"), network: "192.168.10.0/24" };
+/// Location B: a bridge in the fabric.
+pub const LOC_B: Location = Location { name: "loc-b", bridge: Some("brb"), network: "192.168.20.0/24" };
+/// Location C: one node behind a masquerading router.
+pub const LOC_C: Location = Location { name: "loc-c", bridge: None, network: "10.0.30.0/24" };
+
 /// Run directories are `<temp dir>/kte-<id>`.
 const RUN_DIR_PREFIX: &str = "kte-";
 

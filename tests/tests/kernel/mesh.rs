@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::world::{self, Outcome, Probe, Row, World, in_ns, poll, reach, step};
+use crate::world::{self, LOC_A, LOC_B, LOC_C, Location, Outcome, Probe, Row, World, in_ns, poll, reach, step};
 
 /// `--resync-period` of every agent: slow enough for five agents on one emulated CPU.
 const RESYNC: &str = "2s";
@@ -50,19 +50,6 @@ const CONVERGE: Duration = Duration::from_secs(60);
 const NAT_PUBLIC_IP: &str = "203.0.113.1";
 /// The VXLAN network of the Cilium stand-in (Cilium's own VNI is per identity; any will do).
 const VXLAN: &str = "id 2 dstport 8472 nolearning";
-
-/// A location: its name, its fabric bridge (`None`: behind the NAT router) and its network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Location {
-    name: &'static str,
-    bridge: Option<&'static str>,
-    /// `--internal-cidr`.
-    network: &'static str,
-}
-
-const LOC_A: Location = Location { name: "loc-a", bridge: Some("bra"), network: "192.168.10.0/24" };
-const LOC_B: Location = Location { name: "loc-b", bridge: Some("brb"), network: "192.168.20.0/24" };
-const LOC_C: Location = Location { name: "loc-c", bridge: None, network: "10.0.30.0/24" };
 
 /// One node of the world.
 #[derive(Clone, Copy, Debug)]

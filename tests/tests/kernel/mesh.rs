@@ -223,7 +223,7 @@ impl Mesh {
                 None => script.push_str("ip route add default via 10.0.30.1; "),
             }
             // `ip -n` for the fabric side: one exec per node, not two (each costs ~0.1 s here).
-            world::sh(&format!("ip netns exec {namespace} sh -ec '{script}'"))?;
+            in_ns(&namespace, &script)?;
         }
         // The NAT router in front of c1: masquerades what leaves for the internet and refuses
         // everything else at once (`prohibit`), so nothing waits for a silent drop.

@@ -59,12 +59,13 @@ mod world;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use world::{
-    LOC_A, LOC_B, LOC_C, Location, Outcome, Probe, World, agent_binary, in_ns, poll, progress, reach, run, series, step,
+    LOC_A, LOC_B, LOC_C, Location, Outcome, Probe, World, agent_binary, in_ns, poll, progress, reach, run, series,
+    step, unix_now,
 };
 
 /// `--resync-period` of every agent.
@@ -176,10 +177,6 @@ struct WgPeer {
     tx: u64,
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(0))
-}
-
 /// What one agent's metrics say: WireGuard writes by kind, and reconciles.
 type Counters = (BTreeMap<&'static str, f64>, f64);
 
@@ -234,25 +231,6 @@ impl Mesh {
         self.iface("px")
     }
 
-    /// A veth pair with one end in each namespace, created there directly (never in the host).
-    fn veth(&self, name: &str, namespace: &str, peer: &str, peer_namespace: &str) -> Outcome {
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            name,
-            "netns",
-            namespace,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            peer,
-            "netns",
-            peer_namespace,
-        ]))
-        .map(drop)
-    }
-
     /// Builds the namespaces, links, addresses, NAT, WireGuard daemons and cluster files.
     fn build(&mut self) -> Outcome<String> {
         let (fabric, router, peer) = (self.fabric(), self.router(), self.peer_ns());
@@ -277,10 +255,10 @@ impl Mesh {
             let mut script = format!("{no_rp_filter}; echo 1 > /proc/sys/net/ipv4/ip_forward; ");
             match node.location.bridge {
                 Some(bridge) => {
-                    self.veth(&format!("{}l", node.name), &fabric, "loc0", &namespace)?;
+                    world::veth(&format!("{}l", node.name), &fabric, "loc0", &namespace)?;
                     in_ns(&fabric, &format!("ip link set {}l master {bridge} up", node.name))?;
                 }
-                None => self.veth("lan0", &router, "loc0", &namespace)?,
+                None => world::veth("lan0", &router, "loc0", &namespace)?,
             }
             script.push_str(&format!(
                 "ip addr add {} dev loc0; ip link set loc0 up; ip link add kube-bridge type bridge; \
@@ -288,7 +266,7 @@ impl Mesh {
                 node.private, node.pod_ip
             ));
             if let Some(internet) = node.internet {
-                self.veth(&format!("{}i", node.name), &fabric, "inet0", &namespace)?;
+                world::veth(&format!("{}i", node.name), &fabric, "inet0", &namespace)?;
                 in_ns(&fabric, &format!("ip link set {}i master brn up", node.name))?;
                 script.push_str(&format!(
                     "ip addr add {internet} dev inet0; ip link set inet0 up; ip route add 203.0.113.0/24 dev inet0; "
@@ -304,7 +282,7 @@ impl Mesh {
         // refuses everything else at once (`prohibit`, with no ICMP rate limit): the agent
         // resolves its host name at start (Kilo's IP discovery), and a DNS query dropped in
         // silence would cost it the resolver's 5 s timeout.
-        self.veth("nati", &fabric, "inet0", &router)?;
+        world::veth("nati", &fabric, "inet0", &router)?;
         in_ns(&fabric, "ip link set nati master brn up")?;
         in_ns(
             &router,
@@ -317,7 +295,7 @@ impl Mesh {
         )?;
 
         // The external peer: a plain WireGuard client on the internet.
-        self.veth("peeri", &fabric, "inet0", &peer)?;
+        world::veth("peeri", &fabric, "inet0", &peer)?;
         in_ns(&fabric, "ip link set peeri master brn up")?;
         in_ns(
             &peer,
@@ -353,19 +331,7 @@ impl Mesh {
 
         // The cluster: one Node file per node, the Peer, and a directory for the agents' keys.
         for node in &NODES {
-            let mut annotations = format!("    kilo.squat.ai/location: {}\n", node.location.name);
-            if node.leader {
-                annotations.push_str("    kilo.squat.ai/leader: \"true\"\n");
-            }
-            if let Some(keepalive) = node.keepalive {
-                annotations.push_str(&format!("    kilo.squat.ai/persistent-keepalive: \"{keepalive}\"\n"));
-            }
-            let yaml = format!(
-                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n  \
-                 annotations:\n{annotations}spec:\n  podCIDR: {pod_cidr}\n",
-                name = node.name,
-                pod_cidr = node.pod_cidr,
-            );
+            let yaml = world::node_yaml(node.name, node.location.name, node.leader, node.keepalive, node.pod_cidr);
             world::write_file(&self.cluster.join("nodes").join(format!("{}.yaml", node.name)), &yaml)?;
         }
         std::fs::create_dir_all(self.world.dir.join("keys")).map_err(|error| format!("create keys dir: {error}"))?;

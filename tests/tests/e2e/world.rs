@@ -342,6 +342,39 @@ pub const LOC_B: Location = Location { name: "loc-b", bridge: Some("brb"), netwo
 /// Location C: one node behind a masquerading router.
 pub const LOC_C: Location = Location { name: "loc-c", bridge: None, network: "10.0.30.0/24" };
 
+/// A veth pair with one end in each namespace, created there directly (never in the host's).
+pub fn veth(name: &str, namespace: &str, peer: &str, peer_namespace: &str) -> Outcome {
+    run(Command::new("ip").args(["link", "add", name, "netns", namespace, "type", "veth"]).args([
+        "peer",
+        "name",
+        peer,
+        "netns",
+        peer_namespace,
+    ]))
+    .map(drop)
+}
+
+/// A Node file of the file backend, as `kubectl get node -o yaml` prints one: the hostname
+/// label, the location, leader and persistent-keepalive annotations, and the pod CIDR.
+pub fn node_yaml(name: &str, location: &str, leader: bool, keepalive: Option<u16>, pod_cidr: &str) -> String {
+    let mut annotations = format!("    kilo.squat.ai/location: {location}\n");
+    if leader {
+        annotations.push_str("    kilo.squat.ai/leader: \"true\"\n");
+    }
+    if let Some(keepalive) = keepalive {
+        annotations.push_str(&format!("    kilo.squat.ai/persistent-keepalive: \"{keepalive}\"\n"));
+    }
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n  \
+         annotations:\n{annotations}spec:\n  podCIDR: {pod_cidr}\n"
+    )
+}
+
+/// The system clock in Unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(0))
+}
+
 /// Run directories are `<temp dir>/kte-<id>`.
 const RUN_DIR_PREFIX: &str = "kte-";
 

@@ -43,7 +43,7 @@ use std::path::Path;
 use std::process::Command;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mesh_core::backend::Dataplane;
 use mesh_core::state::WireGuardPeer;
@@ -55,7 +55,7 @@ use mesh_netlink::{DataplaneConfig, LinuxDataplane, Namespace, WireGuardBackend}
 use nix::sys::signal::Signal;
 
 use crate::Scenario;
-use crate::world::{Outcome, World, in_ns, poll, run, run_id, series, write_file};
+use crate::world::{Outcome, World, in_ns, poll, run, run_id, series, unix_now, write_file};
 
 /// The scenarios of this module, in the order they run.
 pub const SCENARIOS: &[Scenario] = &[
@@ -658,10 +658,6 @@ fn keypair(index: usize) -> Outcome<(Key, Key)> {
     let (private, public) = KEYS[index];
     let key = |text: &str| Key::from_base64(text).map_err(|error| format!("key {text}: {error}"));
     Ok((key(private)?, key(public)?))
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(0))
 }
 
 /// A ready node whose endpoint and private IP are `ip` (port 51820, /24).

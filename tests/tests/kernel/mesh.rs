@@ -200,10 +200,10 @@ impl Mesh {
             let mut script = format!("{forwarding}; ");
             match node.location.bridge {
                 Some(bridge) => {
-                    mesh.veth(&format!("{}l", node.name), &fabric, "loc0", &namespace)?;
+                    world::veth(&format!("{}l", node.name), &fabric, "loc0", &namespace)?;
                     script.push_str(&format!("ip -n {fabric} link set {}l master {bridge} up; ", node.name));
                 }
-                None => mesh.veth("lan0", &router, "loc0", &namespace)?,
+                None => world::veth("lan0", &router, "loc0", &namespace)?,
             }
             script.push_str(&format!(
                 "ip addr add {}/24 dev loc0; ip link set loc0 up; ip link add kube-bridge type bridge; \
@@ -213,7 +213,7 @@ impl Mesh {
             ));
             match node.internet {
                 Some(internet) => {
-                    mesh.veth(&format!("{}i", node.name), &fabric, "inet0", &namespace)?;
+                    world::veth(&format!("{}i", node.name), &fabric, "inet0", &namespace)?;
                     script.push_str(&format!(
                         "ip -n {fabric} link set {}i master brn up; ip addr add {internet}/24 dev inet0; \
                          ip link set inet0 up; ip route add 203.0.113.0/24 dev inet0; ",
@@ -227,7 +227,7 @@ impl Mesh {
         }
         // The NAT router in front of c1: masquerades what leaves for the internet and refuses
         // everything else at once (`prohibit`), so nothing waits for a silent drop.
-        mesh.veth("nati", &fabric, "inet0", &router)?;
+        world::veth("nati", &fabric, "inet0", &router)?;
         in_ns(
             &router,
             &format!(
@@ -238,35 +238,12 @@ impl Mesh {
             ),
         )?;
         for node in &NODES {
-            let mut annotations = format!("    kilo.squat.ai/location: {}\n", node.location.name);
-            if node.leader {
-                annotations.push_str("    kilo.squat.ai/leader: \"true\"\n");
-            }
-            if let Some(keepalive) = node.keepalive {
-                annotations.push_str(&format!("    kilo.squat.ai/persistent-keepalive: \"{keepalive}\"\n"));
-            }
-            let yaml = format!(
-                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n  \
-                 annotations:\n{annotations}spec:\n  podCIDR: 10.42.{index}.0/24\n",
-                name = node.name,
-                index = node.index,
-            );
+            let pod_cidr = format!("10.42.{}.0/24", node.index);
+            let yaml = world::node_yaml(node.name, node.location.name, node.leader, node.keepalive, &pod_cidr);
             world::write_file(&mesh.cluster.join("nodes").join(format!("{}.yaml", node.name)), &yaml)?;
         }
         std::fs::create_dir_all(mesh.world.dir.join("keys")).map_err(|error| format!("create keys dir: {error}"))?;
         Ok(mesh)
-    }
-
-    /// A veth pair with one end in each namespace, created there directly.
-    fn veth(&self, name: &str, namespace: &str, peer: &str, peer_namespace: &str) -> Outcome {
-        world::run(
-            Command::new("ip").args(["link", "add", name, "netns", namespace, "type", "veth", "peer", "name"]).args([
-                peer,
-                "netns",
-                peer_namespace,
-            ]),
-        )
-        .map(drop)
     }
 
     fn agent_label(name: &str) -> String {

@@ -5,10 +5,16 @@
 use std::process::Command;
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    run_with_env(args, &[])
+}
+
+/// Runs mesh-agent with only `PATH` and `env` in its environment.
+fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_mesh-agent"))
         .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
         .output()
         .expect("mesh-agent runs");
     (
@@ -134,4 +140,64 @@ fn version_prints_the_version() {
     assert!(stdout.contains(env!("CARGO_PKG_VERSION")));
     let (code, stdout, _) = run(&["version"]);
     assert_eq!((code, stdout.as_str()), (Some(0), concat!(env!("CARGO_PKG_VERSION"), "\n")));
+}
+
+/// What Kubernetes puts into every pod of a namespace that has a Service named `kilo` with a
+/// port 1107 named `metrics` (unless the pod sets `enableServiceLinks: false`).
+const KILO_SERVICE_LINKS: &[(&str, &str)] = &[
+    ("KILO_SERVICE_HOST", "10.96.0.10"),
+    ("KILO_SERVICE_PORT", "1107"),
+    ("KILO_SERVICE_PORT_METRICS", "1107"),
+    ("KILO_PORT", "tcp://10.96.0.10:1107"),
+    ("KILO_PORT_1107_TCP", "tcp://10.96.0.10:1107"),
+    ("KILO_PORT_1107_TCP_PROTO", "tcp"),
+    ("KILO_PORT_1107_TCP_PORT", "1107"),
+    ("KILO_PORT_1107_TCP_ADDR", "10.96.0.10"),
+];
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cozystack-cluster.yaml");
+
+/// `plan` for the example's `onprem-1`: its JSON, or its standard error on failure.
+fn plan(args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+    let mut full = vec!["plan", "--nodes", EXAMPLE, "--hostname", "onprem-1", "--now", "1767225600", "-o", "json"];
+    full.extend_from_slice(args);
+    let (code, stdout, stderr) = run_with_env(&full, env);
+    if code == Some(0) { Ok(stdout) } else { Err(stderr) }
+}
+
+#[test]
+fn a_service_named_kilo_neither_stops_nor_reconfigures_the_agent() {
+    // The agent: flags parse (the error that stops it is the bogus granularity, which is checked
+    // before the agent touches the host), and the warning says what was ignored.
+    let (code, _, stderr) = run_with_env(&["--mesh-granularity=bogus", "--hostname=a"], KILO_SERVICE_LINKS);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--mesh-granularity"), "parsing stopped before the granularity: {stderr}");
+    assert!(
+        stderr.contains("ignoring KILO_PORT=tcp://10.96.0.10:1107") && stderr.contains("using port 51820"),
+        "no warning about KILO_PORT: {stderr}"
+    );
+    // The offline tools read the same flags: the plan is the one without the variables.
+    assert_eq!(plan(&[], KILO_SERVICE_LINKS), plan(&[], &[]));
+}
+
+#[test]
+fn kilo_port_is_still_read_and_checked() {
+    assert!(plan(&[], &[("KILO_PORT", "51821")]).is_ok());
+    let error = plan(&[], &[("KILO_PORT", "0")]).unwrap_err();
+    assert!(error.contains("invalid port \"0\""), "{error}");
+    // A malformed KILO_PORT that is no service link is refused.
+    let error = plan(&[], &[("KILO_PORT", "http://x")]).unwrap_err();
+    assert!(error.contains("invalid port \"http://x\""), "{error}");
+    // The command line wins over a service link, as over any variable (no warning: the variable
+    // is never parsed).
+    let (code, _, stderr) =
+        run_with_env(&["--port=51822", "--mesh-granularity=bogus", "--hostname=a"], KILO_SERVICE_LINKS);
+    assert_eq!(code, Some(1));
+    assert!(!stderr.contains("KILO_PORT"), "{stderr}");
+}
+
+#[test]
+fn a_service_link_on_the_command_line_is_refused() {
+    let error = plan(&["--port=tcp://10.96.0.10:1107"], &[]).unwrap_err();
+    assert!(error.contains("invalid port \"tcp://10.96.0.10:1107\""), "{error}");
 }

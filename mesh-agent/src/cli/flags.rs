@@ -14,8 +14,10 @@ pub struct MeshFlags {
     /// the subnet of the nodes' `kilo.squat.ai/wireguard-ip` annotations].
     #[arg(long, env = "KILO_SUBNET", value_parser = parse_cidr)]
     pub subnet: Option<IpNet>,
-    /// The WireGuard port.
-    #[arg(long, env = "KILO_PORT", default_value_t = 51820, value_parser = clap::value_parser!(u16).range(1..))]
+    /// The WireGuard port. A `KILO_PORT` in the format of a Kubernetes service link
+    /// (`tcp://10.96.0.10:1107`, set in every pod of a namespace with a Service named `kilo`) is
+    /// ignored with a warning.
+    #[arg(long, env = PORT_ENV, default_value_t = DEFAULT_PORT, value_parser = parse_port)]
     pub port: u16,
     /// When to encapsulate traffic inside a location: never, crosssubnet or always.
     #[arg(long, env = "KILO_ENCAPSULATE", default_value = "always", value_parser = parse_encapsulation)]
@@ -91,6 +93,45 @@ impl MeshFlags {
             mtu: None,
         }
     }
+}
+
+/// The environment variable of `--port`; Kubernetes sets a variable of this name too.
+const PORT_ENV: &str = "KILO_PORT";
+
+/// Kilo's WireGuard port.
+const DEFAULT_PORT: u16 = 51820;
+
+/// Parses `--port`: a number from 1 to 65535.
+///
+/// Kubernetes gives every pod, for each Service of its namespace, variables named after the
+/// Service (unless the pod sets `enableServiceLinks: false`); for a Service named `kilo` one of
+/// them is `KILO_PORT=tcp://10.96.0.10:1107`, which is also this flag's variable. Refusing it
+/// would stop every agent of the cluster, and reading its port would move the mesh to the
+/// Service's port, so a value of `KILO_PORT` in that format counts as unset. The same text on the
+/// command line is a mistake of the user's and is refused.
+fn parse_port(text: &str) -> Result<u16, String> {
+    if let Ok(port) = text.parse::<u16>()
+        && port != 0
+    {
+        return Ok(port);
+    }
+    if is_service_link(text) && std::env::var(PORT_ENV).is_ok_and(|value| value == text) {
+        // Logging is not set up while flags are parsed; standard error reaches the pod's log.
+        eprintln!(
+            "mesh-agent: warning: ignoring {PORT_ENV}={text}: it is a Kubernetes service link (a Service \
+             named kilo in this namespace), not a WireGuard port; using port {DEFAULT_PORT}"
+        );
+        return Ok(DEFAULT_PORT);
+    }
+    Err(format!("invalid port {text:?}: expected a number from 1 to 65535"))
+}
+
+/// Whether `text` is a Docker-link style service address, `PROTOCOL://HOST:PORT`, as Kubernetes
+/// writes `<SERVICE>_PORT`.
+fn is_service_link(text: &str) -> bool {
+    let Some((protocol, address)) = text.split_once("://") else { return false };
+    let Some((host, port)) = address.rsplit_once(':') else { return false };
+    matches!(protocol, "tcp" | "udp" | "sctp") && !host.is_empty() && port.parse::<u16>().is_ok()
 }
 
 /// Parses a CIDR, naming the value on error.

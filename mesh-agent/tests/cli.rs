@@ -262,8 +262,8 @@ fn graph_is_valid_dot_with_granularity_from_the_annotations() {
 fn crd_prints_the_deployed_crd() {
     let crd = run_ok(&["crd"]);
     let deployed =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds.yaml")).unwrap();
-    assert_eq!(crd, deployed, "regenerate with: cargo run -p mesh-agent -- crd > deploy/crds.yaml");
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/crds.yaml")).unwrap();
+    assert_eq!(crd, deployed, "regenerate with: cargo run -p mesh-agent -- crd > deploy/base/crds.yaml");
 }
 
 /// A one-thread HTTP/1.1 server on loopback that answers the two list requests of `--kubeconfig`

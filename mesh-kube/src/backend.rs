@@ -204,25 +204,21 @@ impl KubeBackend {
         self.patch_annotations(&self.hostname, &patch).await
     }
 
-    /// Removes the annotations of [`OWNED_ANNOTATIONS`] that `node` has; see
+    /// Removes the annotations of [`OWNED_ANNOTATIONS`] from `node`; see
     /// [`ClusterBackend::clean_up`]. A Node that does not exist has nothing to clean.
+    ///
+    /// One JSON merge patch with every owned key set to `null`: `null` deletes a key that is
+    /// there and is a no-op for one that is not, so there is no read first. That keeps the
+    /// agent's RBAC to Kilo's verbs (nodes: list, watch, patch), which Cozystack's chart grants,
+    /// and unlike a JSON patch `remove` it cannot fail because another writer removed a key first.
     pub async fn clean_up_node(&self, node: &str) -> Result<()> {
-        let current = with_retries(&self.retry, || self.nodes_api.get_opt(node))
-            .await
-            .map_err(|source| Error::GetNode { node: node.to_owned(), source })?;
-        let Some(current) = current else { return Ok(()) };
-        let present: BTreeMap<&str, serde_json::Value> = OWNED_ANNOTATIONS
-            .iter()
-            .filter(|key| current.annotations().contains_key(**key))
-            .map(|key| (*key, serde_json::Value::Null))
-            .collect();
-        if present.is_empty() {
-            return Ok(());
+        let owned: BTreeMap<&str, serde_json::Value> =
+            OWNED_ANNOTATIONS.iter().map(|key| (*key, serde_json::Value::Null)).collect();
+        let patch = serde_json::json!({ "metadata": { "annotations": owned } });
+        match self.patch_annotations(node, &patch).await {
+            Err(Error::PatchNode { source: kube::Error::Api(status), .. }) if status.code == 404 => Ok(()),
+            result => result,
         }
-        // A JSON merge patch: `null` deletes a key, and unlike a JSON patch `remove` it cannot
-        // fail because another writer removed the key first.
-        let patch = serde_json::json!({ "metadata": { "annotations": present } });
-        self.patch_annotations(node, &patch).await
     }
 
     async fn patch_annotations(&self, node: &str, patch: &serde_json::Value) -> Result<()> {

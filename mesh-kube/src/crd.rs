@@ -218,7 +218,7 @@ pub fn crd() -> CustomResourceDefinition {
     crd
 }
 
-/// The Peer CRD as one YAML document (no `---`), byte for byte what `deploy/crds.yaml` holds.
+/// The Peer CRD as one YAML document (no `---`), byte for byte what `deploy/base/crds.yaml` holds.
 ///
 /// Keys are sorted, as `controller-gen` writes them, so the output is deterministic.
 pub fn crd_yaml() -> String {

@@ -5,7 +5,7 @@
 //! - [`translate`]: pure functions from a `Node` or a `Peer` to the core's model, with Kilo's
 //!   formats and fallbacks; every ignored value comes back as a [`mesh_core::Warning`].
 //! - [`crd`]: the `Peer` custom resource (`kilo.squat.ai/v1alpha1`) and its CRD with Kilo's
-//!   validation built in ([`crd::crd_yaml`] is `deploy/crds.yaml`).
+//!   validation built in ([`crd::crd_yaml`] is `deploy/base/crds.yaml`).
 //! - [`KubeBackend`]: watches Nodes and Peers, hands out coalesced [`mesh_core::ClusterSnapshot`]s,
 //!   publishes the local node's annotations and removes them on clean-up.
 //!
@@ -50,17 +50,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Reading a Node failed (after retries, if retryable).
-    #[error("failed to get node {node:?}: {source}")]
-    GetNode {
-        /// The Node name.
-        node: String,
-        /// The API error.
-        #[source]
-        source: kube::Error,
-    },
     /// The Peer CRD is not installed or cannot be read.
-    #[error("failed to get CustomResourceDefinition {name:?} (is deploy/crds.yaml applied?): {source}")]
+    #[error("failed to get CustomResourceDefinition {name:?} (is deploy/base/crds.yaml applied?): {source}")]
     GetCrd {
         /// The CRD name, `peers.kilo.squat.ai`.
         name: String,

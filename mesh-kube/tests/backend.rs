@@ -379,57 +379,69 @@ async fn announce_retries_server_errors_but_not_client_errors() {
 }
 
 #[tokio::test]
-async fn clean_up_removes_only_the_owned_annotations_present() {
+async fn clean_up_removes_every_owned_annotation_in_one_patch() {
     let (client, mut server) = ApiServer::start();
     let mut backend = backend(client);
     within_timeout(async {
-        let current = node(
-            "node-a",
-            "9",
-            &[
-                (annotations::ENDPOINT, "192.0.2.1:51820"),
-                (annotations::KEY, &key(1).to_base64()),
-                (annotations::LAST_SEEN, "1700000000"),
-                (annotations::CNI_COMPATIBILITY_IP, "10.0.1.1/32"),
-                (annotations::LEADER, ""),
-                (annotations::FORCE_ENDPOINT, "192.0.2.9:51820"),
-                ("example.com/owner", "someone"),
-            ],
-        );
         let (result, ()) = tokio::join!(backend.clean_up("node-a"), async {
-            // A read first (retried after a 500), to remove only what is there.
-            server.answer("GET", "/api/v1/nodes/node-a", "", 500, status(500, "InternalError", "etcd")).await;
-            server.answer("GET", "/api/v1/nodes/node-a", "", 200, current).await;
+            // No read first (RBAC without `get`); the patch is retried after a 500.
+            server
+                .answer(
+                    "PATCH",
+                    "/api/v1/nodes/node-a",
+                    "fieldManager=mesh-agent",
+                    500,
+                    status(500, "InternalError", "etcd"),
+                )
+                .await;
             let patch = server.answer("PATCH", "/api/v1/nodes/node-a", "fieldManager=mesh-agent", 200, json!({})).await;
             assert_eq!(patch.content_type.as_deref(), Some("application/merge-patch+json"));
-            // cni-compatibility-ip too, which Kilo forgets; user annotations stay.
+            // cni-compatibility-ip too, which Kilo forgets; `null` of a key that is not there is a
+            // no-op, and user annotations (and Kilo's force-endpoint, leader...) are not named.
             assert_eq!(
                 patch.json(),
                 json!({"metadata": {"annotations": {
                     "kilo.squat.ai/cni-compatibility-ip": null,
+                    "kilo.squat.ai/discovered-endpoints": null,
                     "kilo.squat.ai/endpoint": null,
+                    "kilo.squat.ai/granularity": null,
+                    "kilo.squat.ai/internal-ip": null,
                     "kilo.squat.ai/key": null,
                     "kilo.squat.ai/last-seen": null,
+                    "kilo.squat.ai/wireguard-ip": null,
                 }}})
             );
         });
-        result.unwrap();
-
-        // Nothing of ours on the node: no patch.
-        let (result, _) = tokio::join!(
-            backend.clean_up("node-b"),
-            server.answer("GET", "/api/v1/nodes/node-b", "", 200, node("node-b", "1", &[("example.com/x", "y")]))
-        );
         result.unwrap();
         server.assert_quiet(Duration::from_millis(50)).await;
 
         // No node: nothing to clean.
         let (result, _) = tokio::join!(
             backend.clean_up("gone"),
-            server.answer("GET", "/api/v1/nodes/gone", "", 404, status(404, "NotFound", "nodes \"gone\" not found"))
+            server.answer(
+                "PATCH",
+                "/api/v1/nodes/gone",
+                "fieldManager=mesh-agent",
+                404,
+                status(404, "NotFound", "nodes \"gone\" not found")
+            )
         );
         result.unwrap();
         server.assert_quiet(Duration::from_millis(50)).await;
+
+        // Any other refusal is an error that names the node.
+        let (result, _) = tokio::join!(
+            backend.clean_up("node-a"),
+            server.answer(
+                "PATCH",
+                "/api/v1/nodes/node-a",
+                "fieldManager=mesh-agent",
+                403,
+                status(403, "Forbidden", "nodes \"node-a\" is forbidden")
+            )
+        );
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("node-a"), "{error}");
     })
     .await;
 }

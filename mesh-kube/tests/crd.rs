@@ -5,15 +5,15 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use mesh_kube::crd::{crd, crd_yaml};
 use serde_json::{Value, json};
 
-const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml");
+const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/crds.yaml");
 
 #[test]
 fn deploy_crds_yaml_is_what_the_code_generates() {
     let on_disk = std::fs::read_to_string(MANIFEST).unwrap_or_else(|error| panic!("cannot read {MANIFEST}: {error}"));
     assert!(
         on_disk == crd_yaml(),
-        "deploy/crds.yaml differs from mesh_kube::crd::crd_yaml(); regenerate it from the repository root with\n    \
-         cargo run -p mesh-agent -- crd > deploy/crds.yaml"
+        "deploy/base/crds.yaml differs from mesh_kube::crd::crd_yaml(); regenerate it from the repository root with\n    \
+         cargo run -p mesh-agent -- crd > deploy/base/crds.yaml"
     );
 }
 

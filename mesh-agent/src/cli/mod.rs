@@ -227,7 +227,7 @@ enum Command {
     Showconf(showconf::ShowconfArgs),
     /// Print the mesh as a Graphviz DOT graph, as `kgctl graph`.
     Graph(graph::GraphArgs),
-    /// Print the Peer CustomResourceDefinition (deploy/crds.yaml).
+    /// Print the Peer CustomResourceDefinition (deploy/base/crds.yaml).
     Crd,
     /// Print the version.
     Version,

@@ -1,6 +1,7 @@
 # The mesh-agent image: the agent as ENTRYPOINT (a DaemonSet passes only `args:`, as with Kilo's
 # image), plus what it runs on a node: iptables with both back ends and a wrapper that picks the
-# one the node uses (iptables-save/-restore), Graphviz for /graph, wireguard-tools for debugging.
+# one the node uses (iptables-save/-restore), Graphviz for /graph, wireguard-tools for debugging,
+# wireguard-go for nodes without the kernel module, and the CNI plugins of Kilo's CNI mode.
 #
 #   docker build -t mesh-agent .          (or: podman build -t mesh-agent .)
 #
@@ -23,10 +24,18 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM ${BINARY_IMAGE} AS binary
 
 FROM ${DEBIAN_IMAGE} AS runtime
-# iptables brings both xtables-nft-multi and xtables-legacy-multi; nothing is recommended in.
+# iptables brings both xtables-nft-multi and xtables-legacy-multi; wireguard-go is the sidecar of
+# the userspace setups. The CNI plugins the agent's conflist names (Kilo's CNI mode) are copied to
+# /opt/cni/bin, where the install-cni init container takes them from; the rest of the package is
+# not kept. Nothing is recommended in.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates graphviz iproute2 iptables wireguard-tools \
-    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*
+    && apt-get install -y --no-install-recommends ca-certificates graphviz iproute2 iptables wireguard-go \
+        wireguard-tools \
+    && cd /tmp && apt-get download containernetworking-plugins \
+    && dpkg-deb --extract containernetworking-plugins_*.deb plugins \
+    && install -D -m 0755 -t /opt/cni/bin plugins/usr/lib/cni/bridge plugins/usr/lib/cni/host-local \
+        plugins/usr/lib/cni/loopback plugins/usr/lib/cni/portmap \
+    && rm -rf /tmp/* /var/lib/apt/lists/* /var/cache/apt/*
 # Every iptables command goes through the wrapper until its first run has chosen the back end
 # the node's kubelet and kube-proxy use; the wrapper then points the alternatives at it.
 COPY deploy/image/iptables-wrapper /usr/sbin/iptables-wrapper

@@ -221,6 +221,17 @@ impl World {
         args: &[String],
         env: &[(&str, &str)],
     ) -> Outcome<u32> {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", namespace]).arg(program).args(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        self.spawn_command(label, command)
+    }
+
+    /// Starts `command` as process `label`, with stdout and stderr appended to its log; it is
+    /// killed (by PID) when the world is dropped.
+    pub fn spawn_command(&mut self, label: &str, mut command: Command) -> Outcome<u32> {
         if self.is_running(label) {
             return Err(format!("process {label} is running already"));
         }
@@ -230,19 +241,14 @@ impl World {
             .append(true)
             .open(&path)
             .map_err(|error| format!("open {}: {error}", path.display()))?;
-        let _ = writeln!(log, "===== {label}: {} {}", program.display(), args.join(" "));
+        let _ = writeln!(log, "===== {label}: {command:?}");
         let stderr = log.try_clone().map_err(|error| format!("clone log handle: {error}"))?;
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", namespace]).arg(program).args(args);
-        for (key, value) in env {
-            command.env(key, value);
-        }
         let child = command
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
             .spawn()
-            .map_err(|error| format!("cannot start {label} ({}): {error}", program.display()))?;
+            .map_err(|error| format!("cannot start {label} ({command:?}): {error}"))?;
         let pid = child.id();
         self.processes.insert(label.to_owned(), child);
         self.logs.insert(label.to_owned(), path);

@@ -15,11 +15,12 @@ ARG BINARY_IMAGE=builder
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 COPY . .
-# The cache mounts keep crates and build output between builds; the binary leaves them by `install`.
+# The cache mounts keep crates and build output between builds; the binary leaves them by
+# `install`, stripped.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p mesh-agent \
-    && install -D -m 0755 target/release/mesh-agent /mesh-agent
+    && install -D -s -m 0755 target/release/mesh-agent /mesh-agent
 
 FROM ${BINARY_IMAGE} AS binary
 

@@ -48,9 +48,11 @@ if $base_only; then
 fi
 
 cargo build --release --locked -q -p mesh-agent
-tar -C target/release -cf "$work/binary.tar" mesh-agent
+# As the Dockerfile's builder stage leaves it: stripped, at /mesh-agent.
+install -D -s -m 0755 target/release/mesh-agent "$work/binary/mesh-agent"
+tar -C "$work/binary" -cf "$work/binary.tar" mesh-agent
 "${podman[@]}" import --quiet "$work/binary.tar" "$binary_image" >/dev/null
-rm -f "$work/binary.tar"
+rm -rf "$work/binary.tar" "$work/binary"
 
 # --network=host: the runtime stage installs its packages from Debian's archive.
 "${podman[@]}" build --quiet --pull=never --network=host "${limits[@]}" \

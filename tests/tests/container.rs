@@ -16,6 +16,9 @@
 //! image's iptables wrapper chose the nft back end, and SIGTERM to `podman run` leaves no route,
 //! rule, chain or annotation of the mesh behind.
 //!
+//! A second test shows the image's iptables wrapper choosing the back end that holds the
+//! kubelet's hint chain (legacy or nft), and working on a read-only root file system.
+//!
 //! Needs root, podman with runc, the image `localhost/mesh-agent:dev` (or `MESH_AGENT_IMAGE`), and
 //! the e2e suite's tools; fails (never skips) without them. Build the image with
 //! `scripts/image.sh`. Containers carry the label `kilo-rs.test=container`: they are removed when
@@ -27,6 +30,7 @@ mod world;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use mesh_kube::annotations::OWNED_ANNOTATIONS;
@@ -118,6 +122,14 @@ fn remove_containers() {
     for id in ids.split_whitespace() {
         let _ = run(podman().args(["rm", "--force", "--time", "0", id]));
     }
+}
+
+/// The tests of this suite run one at a time: each removes the suite's containers (by label)
+/// when it starts and ends.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Removes the suite's containers when dropped: declared after the [`World`], it is dropped
@@ -324,6 +336,7 @@ fn scenario(mesh: &mut Mesh) -> Outcome<String> {
 
 #[test]
 fn netns_container_image_runs_the_agent_plan_and_a_mesh_root() {
+    let _serial = one_at_a_time();
     assert!(world::is_root(), "this test needs root (network namespaces, podman)");
     for tool in ["podman", "runc", "ip", "wireguard-go", "iptables-save", "ping", "bash", "timeout"] {
         assert!(world::has_tool(tool), "this test needs `{tool}`: run scripts/test-deps.sh");
@@ -374,5 +387,63 @@ fn netns_container_image_runs_the_agent_plan_and_a_mesh_root() {
     match outcome {
         Ok(summary) => world::progress(&format!("container: {summary}")),
         Err(error) => panic!("container scenario failed: {error}\n{}", mesh.world.log_tails(30)),
+    }
+}
+
+/// Runs `script` with `sh` in a container from the image, privileged, in `namespace`.
+fn sh_in_image(namespace: &str, extra: &[&str], script: &str) -> Outcome<String> {
+    let mut command = podman();
+    command
+        .args(["run", "--rm", "--label", LABEL, "--privileged"])
+        .args(LIMITS)
+        .arg(format!("--network=ns:/run/netns/{namespace}"))
+        .args(extra)
+        .args(["--entrypoint", "sh"])
+        .arg(image())
+        .args(["-ec", script]);
+    run(&mut command)
+}
+
+#[test]
+fn netns_container_iptables_wrapper_picks_the_nodes_back_end_root() {
+    let _serial = one_at_a_time();
+    assert!(world::is_root(), "this test needs root (network namespaces, podman)");
+    for tool in ["podman", "runc", "ip", "iptables-legacy", "iptables-nft", "iptables-legacy-save", "iptables-nft-save"]
+    {
+        assert!(world::has_tool(tool), "this test needs `{tool}`: run scripts/test-deps.sh");
+    }
+    let image = image();
+    assert!(
+        podman().args(["image", "exists", &image]).status().is_ok_and(|status| status.success()),
+        "the image {image} is missing: build it with scripts/image.sh"
+    );
+    World::remove_abandoned();
+    remove_containers();
+    let mut world = World::new(&world::run_id()).expect("a world");
+    let _containers = Containers;
+    // (namespace, the back end whose tables hold the kubelet's hint chain, extra podman flags,
+    // what /usr/sbin/iptables points at afterwards)
+    let cases = [
+        ("legacy", Some("legacy"), &[][..], "xtables-legacy-multi"),
+        ("nft", Some("nft"), &[][..], "xtables-nft-multi"),
+        // No hints and no rules: nft. A read-only root: the wrapper cannot relink and runs the
+        // chosen back end itself, every time.
+        ("readonly", None, &["--read-only"][..], "iptables-wrapper"),
+    ];
+    for (name, hint, extra, link) in cases {
+        let namespace = format!("kte{}-{name}", world.id);
+        world.add_namespace(&namespace).expect("a namespace");
+        if let Some(backend) = hint {
+            in_ns(&namespace, &format!("iptables-{backend} -t mangle -N KUBE-IPTABLES-HINT")).expect("a hint chain");
+        }
+        let linked = sh_in_image(&namespace, extra, "iptables -t nat -N KILO-WRAPPER; readlink /usr/sbin/iptables")
+            .unwrap_or_else(|error| panic!("{name}: iptables in the image: {error}"));
+        assert_eq!(linked.trim(), link, "{name}");
+        let chosen = hint.unwrap_or("nft");
+        let other = if chosen == "nft" { "legacy" } else { "nft" };
+        let written = in_ns(&namespace, &format!("iptables-{chosen}-save -t nat")).unwrap();
+        assert!(written.contains(":KILO-WRAPPER"), "{name}: the chain is not in the {chosen} tables:\n{written}");
+        let elsewhere = in_ns(&namespace, &format!("iptables-{other}-save -t nat 2>/dev/null || true")).unwrap();
+        assert!(!elsewhere.contains(":KILO-WRAPPER"), "{name}: the chain went to the {other} tables too");
     }
 }

@@ -58,7 +58,7 @@ pub mod topology;
 pub mod wireguard;
 
 pub use diagnostics::{ObjectKind, Skipped, Warning};
-pub use endpoint::{Endpoint, EndpointError, Host};
+pub use endpoint::{Endpoint, EndpointError, Host, dns1123_subdomain_errors};
 pub use firewall::{Chain, ChainName, Comment, Family, Firewall, FirewallRule, ForeignRule, Match, Target};
 pub use key::{Key, KeyError, PresharedKey};
 pub use model::{ClusterSnapshot, Granularity, NodeSpec, NotReady, PeerSpec, READINESS_WINDOW_SECONDS};

@@ -59,7 +59,10 @@ pub mod wireguard;
 
 pub use diagnostics::{ObjectKind, Skipped, Warning};
 pub use endpoint::{Endpoint, EndpointError, Host, dns1123_subdomain_errors};
-pub use firewall::{Chain, ChainName, Comment, Family, Firewall, FirewallRule, ForeignRule, Match, Target};
+pub use firewall::{
+    Chain, ChainName, Comment, Family, Firewall, FirewallChange, FirewallEdit, FirewallLayout, FirewallRule,
+    ForeignChain, ForeignRule, Match, Target,
+};
 pub use key::{Key, KeyError, PresharedKey};
 pub use model::{ClusterSnapshot, Granularity, NodeSpec, NotReady, PeerSpec, READINESS_WINDOW_SECONDS};
 pub use options::{Compatibility, Encapsulation, KILO_TABLE, MAIN_TABLE, Options, RULE_PRIORITY};

@@ -10,7 +10,7 @@ use rustc_hash::FxHashSet;
 use serde::Serialize;
 
 use crate::diagnostics::{ObjectKind, Warning};
-use crate::firewall::Firewall;
+use crate::firewall::{Firewall, FirewallLayout};
 use crate::ip::{Allocator, one_address_cidr, order_key, radix_sort, trunc};
 use crate::routes::{Dev, Route, Rule};
 use crate::wireguard::PeerSource;
@@ -388,6 +388,8 @@ pub struct ObservedState {
     pub peer_stats: BTreeMap<Key, PeerStats>,
     /// When the observation was made, in Unix seconds.
     pub observed_at: i64,
+    /// Where our firewall rules sit among everyone else's, for the positions of insertions.
+    pub firewall_layout: FirewallLayout,
 }
 
 impl ObservedState {

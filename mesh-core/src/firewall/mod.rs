@@ -16,6 +16,12 @@ use serde::ser::SerializeStruct as _;
 use crate::ip::{one_address_cidr, trunc};
 use crate::{Encapsulation, Granularity, Options, Topology};
 
+mod edit;
+
+pub use edit::{
+    CHAIN_PREFIX, COMMENT_PREFIX, FirewallChange, FirewallEdit, FirewallLayout, SharedChainLayout, is_owned_chain,
+};
+
 /// The NAT chain: masquerades traffic leaving the mesh, returns early for mesh destinations.
 pub const NAT_CHAIN: &str = "KILO-NAT";
 /// The IPIP chain: accepts IPIP only from the nodes of the location.
@@ -87,6 +93,13 @@ impl ChainName {
     /// The chain with this table and name, if the mesh uses it.
     pub fn parse(table: &str, name: &str) -> Option<ChainName> {
         ChainName::ALL.into_iter().find(|chain| chain.table() == table && chain.as_str() == name)
+    }
+}
+
+/// A chain by its name (each name belongs to one table).
+impl Serialize for ChainName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -360,8 +373,8 @@ impl Serialize for FirewallRule {
 }
 
 /// A rule found in the data plane that the mesh owns (it is in a `KILO-*` chain, carries a
-/// `Kilo:` comment or jumps to a `KILO-*` chain) but does not generate, e.g. one left by another Kilo version. Its presence
-/// makes the firewall differ, so the next plan rewrites it away.
+/// `Kilo:` comment or jumps to a `KILO-*` chain) but does not generate, e.g. one left by another
+/// Kilo version. Its presence makes the firewall differ, so the next plan removes it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ForeignRule {
     /// IP version.
@@ -374,10 +387,22 @@ pub struct ForeignRule {
     pub spec: String,
 }
 
+/// A `KILO-*` chain found in the data plane that the mesh does not generate (another Kilo
+/// version's, or one of ours in the wrong table). The next plan removes it with its rules.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ForeignChain {
+    /// IP version.
+    pub family: Family,
+    /// The table.
+    pub table: String,
+    /// The chain's name.
+    pub name: String,
+}
+
 /// The firewall this node wants (or has): chains we own, our rules grouped by family and chain
 /// ([`Firewall::canonicalize`]) in the order they take inside each chain, and — in observed
-/// states only — rules of ours the mesh does not generate. Identical rules (same family, chain,
-/// match and target) appear once.
+/// states only — rules and chains of ours the mesh does not generate. Identical rules (same
+/// family, chain, match and target) appear once.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Firewall {
     /// Chains to create.
@@ -386,7 +411,12 @@ pub struct Firewall {
     pub rules: Vec<FirewallRule>,
     /// Rules that must go (observed states only).
     pub foreign: Vec<ForeignRule>,
+    /// Chains that must go (observed states only).
+    pub foreign_chains: Vec<ForeignChain>,
 }
+
+/// The parts of a canonical firewall of one IP version, as slices.
+type FamilyParts<'a> = (&'a [Chain], &'a [FirewallRule], &'a [ForeignRule], &'a [ForeignChain]);
 
 impl Firewall {
     /// Puts chains and rules in one canonical order: by family, table and chain, keeping the
@@ -397,12 +427,34 @@ impl Firewall {
         self.chains.dedup();
         self.rules.sort_by_key(|rule| (rule.family, rule.chain));
         self.foreign.sort();
+        self.foreign_chains.sort();
+        self.foreign_chains.dedup();
+    }
+
+    /// This firewall in canonical order, copied only when it is not.
+    pub(crate) fn canonical(&self) -> std::borrow::Cow<'_, Firewall> {
+        let sorted = self.chains.is_sorted()
+            && self.rules.is_sorted_by_key(|rule| (rule.family, rule.chain))
+            && self.foreign.is_sorted()
+            && self.foreign_chains.is_sorted();
+        if sorted {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            let mut canonical = self.clone();
+            canonical.canonicalize();
+            std::borrow::Cow::Owned(canonical)
+        }
     }
 
     /// The part of the firewall of one IP version.
     pub fn family(&self, family: Family) -> Firewall {
-        let (chains, rules, foreign) = self.family_parts(family);
-        Firewall { chains: chains.to_vec(), rules: rules.to_vec(), foreign: foreign.to_vec() }
+        let (chains, rules, foreign, foreign_chains) = self.family_parts(family);
+        Firewall {
+            chains: chains.to_vec(),
+            rules: rules.to_vec(),
+            foreign: foreign.to_vec(),
+            foreign_chains: foreign_chains.to_vec(),
+        }
     }
 
     /// Whether the parts of one IP version are equal, without copying them.
@@ -410,8 +462,14 @@ impl Firewall {
         self.family_parts(family) == other.family_parts(family)
     }
 
-    /// Chains, rules and foreign rules of one family, as slices of a canonical firewall.
-    fn family_parts(&self, family: Family) -> (&[Chain], &[FirewallRule], &[ForeignRule]) {
+    /// The rules of one IP version, a slice of a canonical firewall.
+    fn family_rules(&self, family: Family) -> &[FirewallRule] {
+        self.family_parts(family).1
+    }
+
+    /// Chains, rules, foreign rules and foreign chains of one family, as slices of a canonical
+    /// firewall.
+    fn family_parts(&self, family: Family) -> FamilyParts<'_> {
         fn part<T>(items: &[T], family: Family, of: impl Fn(&T) -> Family) -> &[T] {
             let start = items.partition_point(|item| of(item) < family);
             let end = items.partition_point(|item| of(item) <= family);
@@ -421,6 +479,7 @@ impl Firewall {
             part(&self.chains, family, |chain| chain.family),
             part(&self.rules, family, |rule| rule.family),
             part(&self.foreign, family, |rule| rule.family),
+            part(&self.foreign_chains, family, |chain| chain.family),
         )
     }
 }
@@ -560,7 +619,7 @@ impl Topology {
         for ip in self.peers.iter().flat_map(|peer| &peer.allowed_ips) {
             rules.rule(Postrouting, Source(*ip), NatChain, JumpToNat);
         }
-        Firewall { chains, rules: rules.into_rules(), foreign: Vec::new() }
+        Firewall { chains, rules: rules.into_rules(), ..Firewall::default() }
     }
 
     /// Kilo adds the IPIP rules when it routes inside the location with an IPIP tunnel and the

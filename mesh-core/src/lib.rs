@@ -55,6 +55,7 @@ pub mod plan;
 pub mod routes;
 pub mod state;
 pub mod topology;
+mod tuned;
 pub mod wireguard;
 
 pub use diagnostics::{ObjectKind, Skipped, Warning};

@@ -82,10 +82,6 @@ pub(crate) fn permute<T: Copy>(items: &mut [T], sources: &mut [usize]) {
 mod tests {
     use super::*;
 
-    fn net(text: &str) -> IpNet {
-        text.parse().unwrap()
-    }
-
     #[test]
     fn order_key_orders_as_ipnet() {
         let mut nets: Vec<IpNet> = [
@@ -104,7 +100,7 @@ mod tests {
             "1.2.3.4/31",
         ]
         .iter()
-        .map(|s| net(s))
+        .map(|text| text.parse().unwrap())
         .collect();
         for a in &nets {
             for b in &nets {

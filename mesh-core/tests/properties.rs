@@ -950,7 +950,7 @@ fn kernel_of(firewall: &Firewall, seed: u64) -> Kernel {
         slots.insert(random(slots.len() + 1), Slot::Foreign(rule.clone()));
     }
     for family in [Family::Ipv4, Family::Ipv6] {
-        for chain in [ChainName::Forward, ChainName::Input, ChainName::Postrouting] {
+        for chain in ChainName::SHARED {
             let slots = kernel.entry(chain_key(family, chain)).or_default();
             for number in 0..random(4) {
                 slots.insert(random(slots.len() + 1), Slot::Others(number));

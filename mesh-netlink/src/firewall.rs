@@ -150,7 +150,7 @@ impl<'a> Saved<'a> {
                 }),
             }
         }
-        for chain in [ChainName::Forward, ChainName::Input, ChainName::Postrouting] {
+        for chain in ChainName::SHARED {
             let length = self.length(chain.table(), chain.as_str());
             if length == 0 {
                 continue;

@@ -17,7 +17,6 @@
 //!   appends them: the IPIP jump, then the drop). An insertion names the kernel's position,
 //!   counting everyone's rules, from the observed [`FirewallLayout`].
 
-use std::collections::BTreeSet;
 use std::ops::Range;
 
 use rustc_hash::FxHashMap;
@@ -108,8 +107,9 @@ pub struct FirewallEdit {
 
 impl FirewallEdit {
     /// The edit that turns the `family` part of `current` (laid out as `layout` says) into that of
-    /// `desired`; `None` when they already agree. Foreign rules and chains of `desired` are
-    /// ignored: they can only be observed.
+    /// `desired`; `None` when they already agree. Both must be canonical
+    /// ([`Firewall::canonicalize`]), as `DesiredState::from_topology` and observations make them.
+    /// Foreign rules and chains of `desired` are ignored: they can only be observed.
     ///
     /// ```
     /// use mesh_core::firewall::{Chain, ChainName, Family, Firewall, FirewallEdit, FirewallLayout};
@@ -129,57 +129,71 @@ impl FirewallEdit {
         if current.family_eq(desired, family) {
             return None;
         }
-        let (current, desired) = (current.canonical(), desired.canonical());
+        debug_assert!(current.is_canonical() && desired.is_canonical(), "firewalls must be canonical");
+        let (have, want) = (ChainSlices::of(current, family), ChainSlices::of(desired, family));
         let mut changes = Vec::new();
 
         // Our chains: rewrite the ones whose content differs, remove the unwanted ones.
-        let mut owned: BTreeSet<ChainName> =
-            desired.chains.iter().filter(|chain| chain.family == family).map(|chain| chain.name).collect();
-        owned.extend(desired.family_rules(family).iter().map(|rule| rule.chain).filter(|chain| chain.is_owned()));
-        for &name in &owned {
-            let want = desired.chain_rules(family, name);
+        let wanted = |name: ChainName| desired.chains.contains(&Chain { family, name }) || !want[name].is_empty();
+        for name in ChainName::OWNED.into_iter().filter(|name| wanted(*name)) {
             let unchanged = current.chains.contains(&Chain { family, name })
-                && current.chain_rules(family, name) == want
-                && !current.foreign.iter().any(|rule| rule.family == family && rule.is_in(name.table(), name.as_str()));
+                && have[name] == want[name]
+                && !current.foreign.iter().any(|rule| rule.family == family && rule.is_in_chain(name));
             if !unchanged {
-                changes.push(FirewallChange::WriteChain { chain: Chain { family, name }, rules: want.to_vec() });
+                changes.push(FirewallChange::WriteChain { chain: Chain { family, name }, rules: want[name].to_vec() });
             }
         }
-        for chain in current.chains.iter().filter(|chain| chain.family == family && !owned.contains(&chain.name)) {
+        for chain in current.chains.iter().filter(|chain| chain.family == family && !wanted(chain.name)) {
             changes.push(FirewallChange::RemoveChain(*chain));
         }
         for chain in current.foreign_chains.iter().filter(|chain| chain.family == family) {
             changes.push(FirewallChange::RemoveForeignChain(chain.clone()));
         }
 
-        // Our rules in chains we share, chain by chain.
-        let mut shared: BTreeSet<(&str, &str)> = current
-            .foreign
-            .iter()
-            .filter(|rule| rule.family == family && !is_owned_chain(&rule.chain))
-            .map(|rule| (rule.table.as_str(), rule.chain.as_str()))
-            .collect();
-        for rule in current.family_rules(family).iter().chain(desired.family_rules(family)) {
-            if !rule.chain.is_owned() {
-                shared.insert((rule.table(), rule.chain.as_str()));
-            }
-        }
-        for (table, name) in shared {
-            let chain = ChainName::parse(table, name);
-            let (have, want) = match chain {
-                Some(chain) => (current.chain_rules(family, chain), desired.chain_rules(family, chain)),
-                None => (&[][..], &[][..]),
-            };
+        // Our rules in the chains we share, chain by chain.
+        for chain in ChainName::SHARED {
             let foreign: Vec<&ForeignRule> =
-                current.foreign.iter().filter(|rule| rule.family == family && rule.is_in(table, name)).collect();
-            if foreign.is_empty() && have == want {
+                current.foreign.iter().filter(|rule| rule.family == family && rule.is_in_chain(chain)).collect();
+            if foreign.is_empty() && have[chain] == want[chain] {
                 continue;
             }
-            let layout = chain.and_then(|chain| layout.chain(family, chain));
-            let at_top = chain != Some(ChainName::Input);
-            edit_shared_chain(&entries(have, &foreign, layout), want, at_top, &mut changes);
+            let at_top = chain != ChainName::Input;
+            let layout = layout.chain(family, chain);
+            edit_shared_chain(&entries(&have[chain], &foreign, layout), &want[chain], at_top, &mut changes);
+        }
+        // Rules of ours in chains the mesh does not use (another version's): they go.
+        for rule in current.foreign.iter().filter(|rule| rule.family == family) {
+            if !is_owned_chain(&rule.chain) && ChainName::parse(&rule.table, &rule.chain).is_none() {
+                changes.push(FirewallChange::DeleteForeignRule(rule.clone()));
+            }
         }
         (!changes.is_empty()).then_some(FirewallEdit { family, changes })
+    }
+}
+
+/// The rules of each chain of one family of a canonical firewall, found once.
+struct ChainSlices<'a> {
+    rules: &'a [FirewallRule],
+    /// Where each chain's rules start in `rules`, in `ChainName` order, and where the last ends.
+    bounds: [usize; ChainName::ALL.len() + 1],
+}
+
+impl<'a> ChainSlices<'a> {
+    fn of(firewall: &'a Firewall, family: Family) -> Self {
+        let rules = &firewall.rules[..];
+        let mut bounds = [rules.partition_point(|rule| rule.family <= family); ChainName::ALL.len() + 1];
+        for (bound, chain) in bounds.iter_mut().zip(ChainName::ALL) {
+            *bound = rules.partition_point(|rule| (rule.family, rule.chain) < (family, chain));
+        }
+        ChainSlices { rules, bounds }
+    }
+}
+
+impl<'a> std::ops::Index<ChainName> for ChainSlices<'a> {
+    type Output = [FirewallRule];
+
+    fn index(&self, chain: ChainName) -> &[FirewallRule] {
+        &self.rules[self.bounds[chain as usize]..self.bounds[chain as usize + 1]]
     }
 }
 
@@ -350,11 +364,6 @@ impl Firewall {
                 }
             }
         }
-    }
-
-    /// The rules of one family and chain, a slice of a canonical firewall.
-    fn chain_rules(&self, family: Family, chain: ChainName) -> &[FirewallRule] {
-        &self.rules[self.chain_range(family, chain)]
     }
 
     fn chain_range(&self, family: Family, chain: ChainName) -> Range<usize> {

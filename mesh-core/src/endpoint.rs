@@ -144,9 +144,19 @@ fn parse_port(port: &str) -> Option<u16> {
     }
 }
 
-/// Kubernetes' `IsDNS1123Subdomain`: at most 253 characters of dot-separated labels, each made of
-/// lower-case alphanumerics and `-`, starting and ending with an alphanumeric.
-pub(crate) fn is_dns1123_subdomain(name: &str) -> bool {
+/// Kubernetes' `validation.IsDNS1123Subdomain`, with its messages: at most 253 characters of
+/// dot-separated labels, each made of lower-case alphanumerics and `-`, starting and ending with
+/// an alphanumeric. Empty when `name` is valid.
+///
+/// ```
+/// assert!(mesh_core::dns1123_subdomain_errors("wg.example.com").is_empty());
+/// assert_eq!(mesh_core::dns1123_subdomain_errors("Example.com").len(), 1);
+/// ```
+pub fn dns1123_subdomain_errors(name: &str) -> Vec<&'static str> {
+    let mut errors = Vec::new();
+    if name.len() > 253 {
+        errors.push("must be no more than 253 characters");
+    }
     let label_ok = |label: &str| {
         let bytes = label.as_bytes();
         !bytes.is_empty()
@@ -154,7 +164,19 @@ pub(crate) fn is_dns1123_subdomain(name: &str) -> bool {
             && bytes[0] != b'-'
             && bytes[bytes.len() - 1] != b'-'
     };
-    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
+    if !name.split('.').all(label_ok) {
+        errors.push(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must \
+             start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is \
+             '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+        );
+    }
+    errors
+}
+
+/// Whether `name` is a DNS-1123 subdomain ([`dns1123_subdomain_errors`] finds nothing).
+fn is_dns1123_subdomain(name: &str) -> bool {
+    dns1123_subdomain_errors(name).is_empty()
 }
 
 #[cfg(test)]
@@ -197,5 +219,7 @@ mod tests {
         assert!(!is_dns1123_subdomain("a..b"));
         assert!(!is_dns1123_subdomain("A.com"));
         assert!(!is_dns1123_subdomain(&"a".repeat(254)));
+        assert!(!is_dns1123_subdomain(""));
+        assert_eq!(dns1123_subdomain_errors(&format!("-{}", "a".repeat(253))).len(), 2);
     }
 }

@@ -55,11 +55,15 @@ pub mod plan;
 pub mod routes;
 pub mod state;
 pub mod topology;
+mod tuned;
 pub mod wireguard;
 
 pub use diagnostics::{ObjectKind, Skipped, Warning};
-pub use endpoint::{Endpoint, EndpointError, Host};
-pub use firewall::{Chain, ChainName, Comment, Family, Firewall, FirewallRule, ForeignRule, Match, Target};
+pub use endpoint::{Endpoint, EndpointError, Host, dns1123_subdomain_errors};
+pub use firewall::{
+    Chain, ChainName, Comment, Family, Firewall, FirewallChange, FirewallEdit, FirewallLayout, FirewallRule,
+    ForeignChain, ForeignRule, Match, Target,
+};
 pub use key::{Key, KeyError, PresharedKey};
 pub use model::{ClusterSnapshot, Granularity, NodeSpec, NotReady, PeerSpec, READINESS_WINDOW_SECONDS};
 pub use options::{Compatibility, Encapsulation, KILO_TABLE, MAIN_TABLE, Options, RULE_PRIORITY};

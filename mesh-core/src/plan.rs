@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::firewall::{Family, Firewall};
+use crate::firewall::{Family, FirewallEdit};
 use crate::routes::{Route, Rule};
 use crate::state::{DataplaneState, DesiredState, ObservedState, Routes, WireGuardPeer};
 use crate::{Key, PresharedKey};
@@ -79,13 +79,8 @@ pub enum Operation {
     ReplaceRoute(Route),
     /// Add a policy rule.
     AddRule(Rule),
-    /// Make our chains and rules of one IP version exactly these, atomically.
-    SetFirewall {
-        /// The IP version.
-        family: Family,
-        /// Its chains and rules.
-        firewall: Firewall,
-    },
+    /// Edit our chains and rules of one IP version, atomically.
+    EditFirewall(FirewallEdit),
 }
 
 impl Operation {
@@ -106,7 +101,7 @@ impl Operation {
             Operation::AddRoute(_) => "add_route",
             Operation::ReplaceRoute(_) => "replace_route",
             Operation::AddRule(_) => "add_rule",
-            Operation::SetFirewall { .. } => "set_firewall",
+            Operation::EditFirewall(_) => "edit_firewall",
         }
     }
 }
@@ -138,7 +133,7 @@ pub struct KeptEndpoint {
 }
 
 /// An ordered list of operations: deletions first, then the interface, WireGuard, the tunnel,
-/// additions, and the firewall. Empty when the data plane already is as desired.
+/// additions, and the firewall's minimal edit (see [`FirewallEdit`]). Empty when the data plane already is as desired.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
     /// The operations, in the order to apply them.
@@ -217,9 +212,8 @@ impl Plan {
             ops.push(Operation::AddRule(*rule));
         }
         for family in [Family::Ipv4, Family::Ipv6] {
-            if !current.firewall.family_eq(&desired.firewall, family) {
-                ops.push(Operation::SetFirewall { family, firewall: desired.firewall.family(family) });
-            }
+            let edit = FirewallEdit::between(&current.firewall, &observed.firewall_layout, &desired.firewall, family);
+            ops.extend(edit.map(Operation::EditFirewall));
         }
         plan
     }
@@ -279,15 +273,7 @@ impl Plan {
                 Operation::AddRule(rule) => {
                     next.rules.insert(*rule);
                 }
-                Operation::SetFirewall { family, firewall } => {
-                    next.firewall.chains.retain(|chain| chain.family != *family);
-                    next.firewall.rules.retain(|rule| rule.family != *family);
-                    next.firewall.foreign.retain(|rule| rule.family != *family);
-                    next.firewall.chains.extend(firewall.chains.iter().copied());
-                    next.firewall.rules.extend(firewall.rules.iter().copied());
-                    next.firewall.foreign.extend(firewall.foreign.iter().cloned());
-                    next.firewall.canonicalize();
-                }
+                Operation::EditFirewall(edit) => next.firewall.apply(edit),
             }
         }
         next.routes.apply(route_changes);

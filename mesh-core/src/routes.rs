@@ -1,4 +1,5 @@
-//! Routes and policy rules: Kilo's `Topology.Routes`, with devices as symbols.
+//! Routes and policy rules: Kilo's `Topology.Routes`, with devices as symbols (§5 of the reference:
+//! non-leaders §5.2, leaders §5.3, encapsulation §5.5).
 
 use std::net::IpAddr;
 

@@ -1,15 +1,16 @@
-//! Segments, leaders, WireGuard IPs and allowed IPs: Kilo's `NewTopology`, plus `cross` granularity.
+//! Segments, leaders, WireGuard IPs and allowed IPs: Kilo's `NewTopology`, plus `cross` granularity
+//! (§4 of the reference: readiness §4.1, grouping §4.4, leaders §4.5, per-segment data §4.6,
+//! WireGuard IPs §4.7, peers §4.10). The containers that make it fast at scale are in
+//! `crate::tuned`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
-
-use rustc_hash::FxHashMap;
 
 use ipnet::IpNet;
 
 use crate::diagnostics::{ObjectKind, Skipped, Warning};
 use crate::ip::{Allocator, intersect, is_public, one_address_cidr, trunc};
+use crate::tuned::groups::{Groups, KnownAddresses, SegmentKey};
 use crate::{ClusterSnapshot, Endpoint, Granularity, Key, NodeSpec, Options, PeerSpec, PresharedKey};
 
 /// Why a topology cannot be computed for this node at all.
@@ -182,7 +183,13 @@ impl Topology {
         let (nodes, local_index) = ready_nodes(snapshot, options, &mut skipped)?;
         let local = &nodes[local_index];
 
-        let groups = Groups::of(&nodes, options.granularity);
+        // Segments (kilo-reference §4.4): a node joins its location's segment, or is a segment of
+        // its own in `full` and `cross` granularity and when it has no internal IP.
+        let by_location = options.granularity == Granularity::Location;
+        let groups = Groups::of(nodes.iter().map(|node| {
+            let location = (by_location && node.spec.internal_ip.is_some()).then_some(node.spec.location.as_str());
+            (node.spec.name.as_str(), location)
+        }));
         let mut leader = options.granularity != Granularity::Location;
         let mut segments = Vec::with_capacity(groups.segments.len());
         let mut local_segment = 0;
@@ -399,75 +406,7 @@ pub fn deduplicate_peer_ips(peers: &mut [Peer]) {
     }
 }
 
-/// Kilo's segment key of a group of nodes, as (is a `node:` key, the text after the prefix):
-/// `location:<location>`, or `node:<name>` in `full` and `cross` and for a node without
-/// internal IP. Keys compare as Kilo's key strings do.
-type SegmentKey<'a> = (bool, &'a str);
-
-/// The ready nodes grouped into segments, in Kilo's segment order, found without a map of
-/// segments: `location:` keys first, by location, then `node:` keys, by name.
-struct Groups<'a> {
-    /// Each segment's key and its range in `members`.
-    segments: Vec<(SegmentKey<'a>, Range<usize>)>,
-    /// Indices of ready nodes, segment after segment, each segment's in name order.
-    members: Vec<usize>,
-}
-
-impl<'a> Groups<'a> {
-    fn of(nodes: &[ReadyNode<'a>], granularity: Granularity) -> Self {
-        let mut groups = Groups { segments: Vec::new(), members: Vec::with_capacity(nodes.len()) };
-        if granularity != Granularity::Location {
-            nodes.iter().enumerate().for_each(|(index, node)| groups.push_own_segment(index, node));
-            return groups;
-        }
-        // Number the locations as they come, then lay out their members with a counting sort,
-        // which keeps name order inside each location.
-        let mut numbers: FxHashMap<&str, usize> = FxHashMap::default();
-        let mut sizes: Vec<usize> = Vec::new();
-        let number_of: Vec<Option<usize>> = nodes
-            .iter()
-            .map(|node| {
-                node.spec.internal_ip?;
-                let number = *numbers.entry(node.spec.location.as_str()).or_insert(sizes.len());
-                if number == sizes.len() {
-                    sizes.push(0);
-                }
-                sizes[number] += 1;
-                Some(number)
-            })
-            .collect();
-        let mut locations: Vec<(&str, usize)> = numbers.into_iter().collect();
-        locations.sort_unstable();
-        let mut next = vec![0; sizes.len()];
-        let mut start = 0;
-        for (location, number) in locations {
-            groups.segments.push(((false, location), start..start + sizes[number]));
-            next[number] = start;
-            start += sizes[number];
-        }
-        groups.members.resize(start, 0);
-        for (index, number) in number_of.iter().enumerate() {
-            if let Some(number) = *number {
-                groups.members[next[number]] = index;
-                next[number] += 1;
-            }
-        }
-        for (index, node) in nodes.iter().enumerate() {
-            if number_of[index].is_none() {
-                groups.push_own_segment(index, node);
-            }
-        }
-        groups
-    }
-
-    /// A `node:` segment of one node.
-    fn push_own_segment(&mut self, index: usize, node: &ReadyNode<'a>) {
-        self.segments.push(((true, node.spec.name.as_str()), self.members.len()..self.members.len() + 1));
-        self.members.push(index);
-    }
-}
-
-/// Kilo's `findLeader` over a name-sorted segment (indices into `nodes`): the first annotated
+/// Kilo's `findLeader` (§4.5) over a name-sorted segment (indices into `nodes`): the first annotated
 /// node with a public endpoint, else the first annotated node, else the first node with a
 /// public endpoint, else the first.
 fn find_leader(nodes: &[ReadyNode<'_>], members: &[usize]) -> usize {
@@ -529,78 +468,7 @@ fn build_segment(
     }
 }
 
-/// Which allowed-location IPs lie inside an allowed IP of the mesh. Those IPs are few and the
-/// mesh's allowed IPs many (a pod subnet and a private IP per node), so the candidates are
-/// sorted and each allowed IP of the nodes looks for candidates in its range, instead of the
-/// allowed IPs being indexed for the candidates to look up (Kilo's filter is quadratic).
-struct KnownAddresses {
-    /// The candidates' addresses, sorted and unique, as (is IPv6, bits).
-    candidates: Vec<(bool, u128)>,
-    /// Per candidate: whether a node's pod subnet or private IP contains it.
-    inside_nodes: Vec<bool>,
-}
-
-/// The first and last address of a network, as [`address_bits`].
-fn address_range(network: &IpNet) -> ((bool, u128), (bool, u128)) {
-    match network {
-        IpNet::V4(net) => {
-            let (bits, mask) = (u32::from(net.addr()), u32::from(net.netmask()));
-            ((false, u128::from(bits & mask)), (false, u128::from(bits | !mask)))
-        }
-        IpNet::V6(net) => {
-            let (bits, mask) = (u128::from(net.addr()), u128::from(net.netmask()));
-            ((true, bits & mask), (true, bits | !mask))
-        }
-    }
-}
-
-fn address_bits(addr: IpAddr) -> (bool, u128) {
-    match addr {
-        IpAddr::V4(v4) => (false, u128::from(u32::from(v4))),
-        IpAddr::V6(v6) => (true, u128::from(v6)),
-    }
-}
-
-impl KnownAddresses {
-    /// Built from segments whose allowed IPs are still their nodes' only.
-    fn new(segments: &[Segment]) -> Self {
-        let mut candidates: Vec<(bool, u128)> = segments
-            .iter()
-            .flat_map(|segment| segment.allowed_location_ips.iter().map(|ip| address_bits(ip.addr())))
-            .collect();
-        candidates.sort_unstable();
-        candidates.dedup();
-        let mut inside_nodes = vec![false; candidates.len()];
-        let (Some(lowest), Some(highest)) = (candidates.first().copied(), candidates.last().copied()) else {
-            return KnownAddresses { candidates, inside_nodes };
-        };
-        for network in segments.iter().flat_map(|segment| &segment.allowed_ips) {
-            let (first, last) = address_range(network);
-            // Most networks are nowhere near the candidates.
-            if last < lowest || first > highest {
-                continue;
-            }
-            let start = candidates.partition_point(|candidate| *candidate < first);
-            for (candidate, inside) in candidates[start..].iter().zip(&mut inside_nodes[start..]) {
-                if *candidate > last {
-                    break;
-                }
-                *inside = true;
-            }
-        }
-        KnownAddresses { candidates, inside_nodes }
-    }
-
-    /// Whether `addr` (a candidate's) lies inside a node's allowed IP or is the WireGuard IP of
-    /// one of `allocated`, segments whose WireGuard IPs ascend as the allocator handed them out.
-    fn contains(&self, addr: IpAddr, allocated: &[Segment]) -> bool {
-        let bits = address_bits(addr);
-        self.candidates.binary_search(&bits).is_ok_and(|index| self.inside_nodes[index])
-            || allocated.binary_search_by_key(&bits, |segment| address_bits(segment.wireguard_ip)).is_ok()
-    }
-}
-
-/// Kilo's `filterAllowedLocationIPs` for segment `index`, against the current state: earlier
+/// Kilo's `filterAllowedLocationIPs` (§4.6) for segment `index`, against the current state: earlier
 /// segments are already filtered, later ones are not, and only segments up to `index` have their
 /// WireGuard IP among their allowed IPs.
 fn filter_allowed_location_ips<'a>(

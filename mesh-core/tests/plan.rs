@@ -141,7 +141,7 @@ fn a_firewall_change_rewrites_one_family_only() {
     let (after, _) = DesiredState::from_topology(&topology, &opts);
     let plan = Plan::between(&ObservedState::of(before.clone()), &after);
     assert_eq!(plan.operations.len(), 1);
-    assert!(matches!(&plan.operations[0], Operation::SetFirewall { family: Family::Ipv4, .. }));
+    assert!(matches!(&plan.operations[0], Operation::EditFirewall(edit) if edit.family == Family::Ipv4));
     assert_eq!(plan.apply_to(&before), after);
 }
 

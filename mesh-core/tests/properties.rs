@@ -13,14 +13,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
+use mesh_core::firewall::{FirewallChange, FirewallEdit, FirewallLayout, SharedChainLayout, is_owned_chain};
 use mesh_core::ip::{intersect, is_public};
 use mesh_core::plan::KeepReason;
 use mesh_core::routes::Dev;
 use mesh_core::state::{PeerStats, RouteKey, WireGuardPeer};
 use mesh_core::{
-    ClusterSnapshot, Compatibility, ComputeError, DataplaneState, DesiredState, Encapsulation, Endpoint, Granularity,
-    Host, Key, MAIN_TABLE, NodeSpec, ObjectKind, ObservedState, Operation, Options, PeerSpec, Plan, PresharedKey,
-    Route, Rule, Topology,
+    Chain, ChainName, ClusterSnapshot, Compatibility, ComputeError, DataplaneState, DesiredState, Encapsulation,
+    Endpoint, Family, Firewall, FirewallRule, ForeignChain, ForeignRule, Granularity, Host, Key, MAIN_TABLE, NodeSpec,
+    ObjectKind, ObservedState, Operation, Options, PeerSpec, Plan, PresharedKey, Route, Rule, Topology,
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -658,7 +659,23 @@ struct Drift {
     dropped_rules: Vec<u8>,
     extra_rules: Vec<Rule>,
     dropped_firewall_rules: Vec<u8>,
+    /// Pairs of rules of one chain that swap places.
+    swapped_firewall_rules: Vec<(u8, u8)>,
+    /// Rules present twice.
+    doubled_firewall_rules: Vec<u8>,
+    /// Rules and chains of ours the mesh does not generate (indices into `FOREIGN`).
+    foreign_firewall: Vec<u8>,
 }
+
+/// Rules of ours the mesh does not generate: (table, chain, spec). `KILO-OLD` is a chain the mesh
+/// does not know; `KILO-NAT` holds one only when the chain exists.
+const FOREIGN: [(&str, &str, &str); 5] = [
+    ("filter", "FORWARD", "-s 10.2.9.0/24 -m conntrack --ctstate NEW -m comment --comment \"Kilo: old\" -j ACCEPT"),
+    ("nat", "POSTROUTING", "-j KILO-OLD"),
+    ("filter", "INPUT", "-p 4 -m comment --comment \"Kilo: old\" -j ACCEPT"),
+    ("nat", "KILO-NAT", "-d 10.99.0.0/16 -m comment --comment \"Kilo: old\" -j RETURN"),
+    ("nat", "KILO-OLD", "-j RETURN"),
+];
 
 fn drift() -> impl Strategy<Value = Drift> {
     let address =
@@ -687,11 +704,17 @@ fn drift() -> impl Strategy<Value = Drift> {
             prop::collection::vec(rule(), 0..3),
             prop::collection::vec(any::<u8>(), 0..3),
         ),
+        (
+            prop::collection::vec(any::<(u8, u8)>(), 0..3),
+            prop::collection::vec(any::<u8>(), 0..2),
+            prop::collection::vec(any::<u8>(), 0..3),
+        ),
     )
         .prop_map(
             |(
                 (peer_edits, extra_peers, mtu, listen_port, up, addresses),
                 (tunnel_address, dropped_routes, extra_routes, dropped_rules, extra_rules, dropped_firewall_rules),
+                (swapped_firewall_rules, doubled_firewall_rules, foreign_firewall),
             )| Drift {
                 peer_edits,
                 extra_peers,
@@ -705,6 +728,9 @@ fn drift() -> impl Strategy<Value = Drift> {
                 dropped_rules,
                 extra_rules,
                 dropped_firewall_rules,
+                swapped_firewall_rules,
+                doubled_firewall_rules,
+                foreign_firewall,
             },
         )
 }
@@ -783,7 +809,43 @@ fn apply_drift(mut state: DataplaneState, drift: &Drift) -> DataplaneState {
             state.firewall.rules.remove(index);
         }
     }
+    drift_firewall(&mut state.firewall, drift);
     state
+}
+
+/// Reorders and doubles rules inside their chains, and adds rules and chains of ours the mesh
+/// does not generate, as another Kilo version or a hand edit would leave them.
+fn drift_firewall(firewall: &mut Firewall, drift: &Drift) {
+    let rules = &mut firewall.rules;
+    for (a, b) in &drift.swapped_firewall_rules {
+        if rules.is_empty() {
+            break;
+        }
+        let a = usize::from(*a) % rules.len();
+        let same_chain: Vec<usize> = (0..rules.len())
+            .filter(|at| (rules[*at].family, rules[*at].chain) == (rules[a].family, rules[a].chain))
+            .collect();
+        rules.swap(a, same_chain[usize::from(*b) % same_chain.len()]);
+    }
+    for index in &drift.doubled_firewall_rules {
+        if !rules.is_empty() {
+            let index = usize::from(*index) % rules.len();
+            rules.insert(index, rules[index]);
+        }
+    }
+    for index in &drift.foreign_firewall {
+        let family = if index % 2 == 0 { Family::Ipv4 } else { Family::Ipv6 };
+        let (table, chain, spec) = FOREIGN[usize::from(*index / 2) % FOREIGN.len()];
+        if chain == "KILO-NAT" && !firewall.chains.contains(&Chain { family, name: ChainName::KiloNat }) {
+            continue;
+        }
+        if chain == "KILO-OLD" || spec.contains("KILO-OLD") {
+            firewall.foreign_chains.push(ForeignChain { family, table: "nat".into(), name: "KILO-OLD".into() });
+        }
+        let (table, chain, spec) = (table.to_owned(), chain.to_owned(), spec.to_owned());
+        firewall.foreign.push(ForeignRule { family, table, chain, spec });
+    }
+    firewall.canonicalize();
 }
 
 fn key_for_psk(x: u8) -> Key {
@@ -815,18 +877,22 @@ fn observed_and_desired() -> impl Strategy<Value = (ObservedState, DesiredState)
         (drift(), prop::option::weighted(0.3, drift())),
         prop::collection::vec((any::<u8>(), prop::option::weighted(0.8, -10..400i64)), 0..8),
         -100..400i64,
+        any::<u64>(),
     )
-        .prop_map(|((wanted, other, base), (drift, desired_drift), stats, observed_after)| {
+        .prop_map(|((wanted, other, base), (drift, desired_drift), stats, observed_after, seed)| {
             let computed = desired_of(&wanted);
             let state = match base {
                 Base::Other => desired_of(&other),
                 Base::Same => computed.clone(),
                 Base::Empty => DataplaneState::default(),
             };
-            let desired = match &desired_drift {
+            let mut desired = match &desired_drift {
                 Some(desired_drift) => apply_drift(computed, desired_drift),
                 None => computed,
             };
+            // Foreign rules and chains are only ever observed.
+            desired.firewall.foreign.clear();
+            desired.firewall.foreign_chains.clear();
             let observed_at = NOW + observed_after;
             let peer_stats = stats
                 .into_iter()
@@ -835,8 +901,151 @@ fn observed_and_desired() -> impl Strategy<Value = (ObservedState, DesiredState)
                     (pool_key(x), PeerStats { last_handshake, rx_bytes: 1, tx_bytes: 1 })
                 })
                 .collect();
-            (ObservedState { state: apply_drift(state, &drift), peer_stats, observed_at }, desired)
+            let state = apply_drift(state, &drift);
+            let (_, firewall_layout) = observe_kernel(&kernel_of(&state.firewall, seed));
+            (ObservedState { state, peer_stats, observed_at, firewall_layout }, desired)
         })
+}
+
+/// A rule in a chain of the kernel's firewall model.
+#[derive(Clone, Debug, PartialEq)]
+enum Slot {
+    /// A rule the mesh generates.
+    Ours(FirewallRule),
+    /// A rule of ours the mesh does not generate.
+    Foreign(ForeignRule),
+    /// Someone else's rule, by number.
+    Others(usize),
+}
+
+/// A model of the kernel's firewall, both families: chains by (family, table, name).
+type Kernel = BTreeMap<(Family, String, String), Vec<Slot>>;
+
+fn chain_key(family: Family, chain: ChainName) -> (Family, String, String) {
+    (family, chain.table().to_owned(), chain.as_str().to_owned())
+}
+
+/// A kernel that holds `firewall`, its foreign rules anywhere in their chains, and someone
+/// else's rules spread through the chains we share with others.
+fn kernel_of(firewall: &Firewall, seed: u64) -> Kernel {
+    let mut state = seed | 1;
+    let mut random = |below: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % below as u64) as usize
+    };
+    let mut kernel = Kernel::new();
+    for chain in &firewall.chains {
+        kernel.entry(chain_key(chain.family, chain.name)).or_default();
+    }
+    for chain in &firewall.foreign_chains {
+        kernel.entry((chain.family, chain.table.clone(), chain.name.clone())).or_default();
+    }
+    for rule in &firewall.rules {
+        kernel.entry(chain_key(rule.family, rule.chain)).or_default().push(Slot::Ours(*rule));
+    }
+    for rule in &firewall.foreign {
+        let slots = kernel.entry((rule.family, rule.table.clone(), rule.chain.clone())).or_default();
+        slots.insert(random(slots.len() + 1), Slot::Foreign(rule.clone()));
+    }
+    for family in [Family::Ipv4, Family::Ipv6] {
+        for chain in ChainName::SHARED {
+            let slots = kernel.entry(chain_key(family, chain)).or_default();
+            for number in 0..random(4) {
+                slots.insert(random(slots.len() + 1), Slot::Others(number));
+            }
+        }
+    }
+    kernel
+}
+
+/// What the data plane reads from the kernel: the firewall of ours and where it sits.
+fn observe_kernel(kernel: &Kernel) -> (Firewall, FirewallLayout) {
+    let (mut firewall, mut layout) = (Firewall::default(), FirewallLayout::default());
+    for ((family, table, name), slots) in kernel {
+        let family = *family;
+        let known = ChainName::parse(table, name);
+        if is_owned_chain(name) {
+            match known.filter(|chain| chain.is_owned()) {
+                Some(name) => firewall.chains.push(Chain { family, name }),
+                None => firewall.foreign_chains.push(ForeignChain { family, table: table.clone(), name: name.clone() }),
+            }
+        }
+        let (mut rules, mut foreign) = (Vec::new(), Vec::new());
+        for (at, slot) in slots.iter().enumerate() {
+            match slot {
+                Slot::Ours(rule) => {
+                    firewall.rules.push(*rule);
+                    rules.push(at + 1);
+                }
+                Slot::Foreign(rule) => {
+                    firewall.foreign.push(rule.clone());
+                    foreign.push(at + 1);
+                }
+                Slot::Others(_) => {}
+            }
+        }
+        if let Some(chain) = known.filter(|chain| !chain.is_owned()) {
+            layout.chains.push(SharedChainLayout { family, chain, length: slots.len(), rules, foreign });
+        }
+    }
+    firewall.canonicalize();
+    (firewall, layout)
+}
+
+/// Runs an edit on the kernel model as `iptables-restore` would, failing where it would fail.
+fn run_on_kernel(kernel: &mut Kernel, edit: &FirewallEdit) {
+    let family = edit.family;
+    for change in &edit.changes {
+        match change {
+            FirewallChange::WriteChain { chain, rules } => {
+                kernel.insert(chain_key(family, chain.name), rules.iter().copied().map(Slot::Ours).collect());
+            }
+            FirewallChange::RemoveChain(chain) => {
+                assert!(kernel.remove(&chain_key(family, chain.name)).is_some(), "-X of missing {chain:?}");
+            }
+            FirewallChange::RemoveForeignChain(chain) => {
+                let key = (family, chain.table.clone(), chain.name.clone());
+                assert!(kernel.remove(&key).is_some(), "-X of missing {chain:?}");
+            }
+            FirewallChange::DeleteRule(rule) => {
+                let slots = kernel.get_mut(&chain_key(family, rule.chain)).expect("-D in a missing chain");
+                let at = slots.iter().position(|slot| *slot == Slot::Ours(*rule)).expect("-D of a missing rule");
+                slots.remove(at);
+            }
+            FirewallChange::DeleteForeignRule(rule) => {
+                let slots =
+                    kernel.get_mut(&(family, rule.table.clone(), rule.chain.clone())).expect("-D in a missing chain");
+                let at =
+                    slots.iter().position(|slot| *slot == Slot::Foreign(rule.clone())).expect("-D of a missing rule");
+                slots.remove(at);
+            }
+            FirewallChange::InsertRule { rule, position, .. } => {
+                let slots = kernel.entry(chain_key(family, rule.chain)).or_default();
+                match position {
+                    Some(position) => {
+                        assert!((1..=slots.len()).contains(position), "-I {position} into {} rules", slots.len());
+                        slots.insert(position - 1, Slot::Ours(*rule));
+                    }
+                    None => slots.push(Slot::Ours(*rule)),
+                }
+            }
+        }
+    }
+}
+
+/// Everyone else's rules in the chains we share, in order.
+fn others(kernel: &Kernel) -> Vec<Vec<usize>> {
+    let number = |slot: &Slot| match slot {
+        Slot::Others(number) => Some(*number),
+        _ => None,
+    };
+    kernel
+        .iter()
+        .filter(|((_, _, name), _)| !is_owned_chain(name))
+        .map(|(_, slots)| slots.iter().filter_map(number).collect())
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1178,7 +1387,7 @@ proptest! {
             .into_iter()
             .map(|(x, age)| (pool_key(x), PeerStats { last_handshake: age.map(|age| NOW - age), ..PeerStats::default() }))
             .collect();
-        let observed = ObservedState { state: desired.clone(), peer_stats, observed_at: NOW };
+        let observed = ObservedState { state: desired.clone(), peer_stats, observed_at: NOW, ..ObservedState::default() };
         let plan = Plan::between(&observed, &desired);
         prop_assert!(plan.is_empty() && plan.kept_endpoints.is_empty(), "{:?}", plan);
     }
@@ -1218,6 +1427,37 @@ proptest! {
         let again = Plan::between(&ObservedState { state: next, ..observed.clone() }, &desired);
         prop_assert!(again.is_empty(), "second plan not empty: {:?}", again.operations);
         prop_assert_eq!(again.kept_endpoints, plan.kept_endpoints);
+    }
+
+    /// Property 11: the firewall's part of a plan, run on a kernel whose chains we share also
+    /// hold everyone else's rules, leaves exactly the desired rules of ours, in order, and
+    /// everyone else's in theirs (only the order among ours counts); the next plan is empty.
+    #[test]
+    fn firewall_edits_reach_the_desired_rules_and_keep_everyone_elses((observed, desired) in observed_and_desired()) {
+        // The layout was drawn with a seed of its own; any other seed spreads the rules anew.
+        let mut kernel = kernel_of(&observed.state.firewall, observed.observed_at.unsigned_abs());
+        let (firewall, firewall_layout) = observe_kernel(&kernel);
+        prop_assert_eq!(&firewall, &observed.state.firewall);
+        let everyone_elses = others(&kernel);
+        let desired = DesiredState { firewall: desired.firewall, ..DesiredState::default() };
+        let observed = ObservedState {
+            state: DesiredState { firewall, ..DesiredState::default() },
+            firewall_layout,
+            ..ObservedState::default()
+        };
+        let plan = Plan::between(&observed, &desired);
+        prop_assert!(plan.operations.len() <= 2, "one edit per family: {:?}", plan.operations);
+        for operation in &plan.operations {
+            match operation {
+                Operation::EditFirewall(edit) => run_on_kernel(&mut kernel, edit),
+                other => prop_assert!(false, "not a firewall operation: {:?}", other),
+            }
+        }
+        let (firewall, firewall_layout) = observe_kernel(&kernel);
+        prop_assert_eq!(&firewall, &desired.firewall);
+        prop_assert_eq!(others(&kernel), everyone_elses);
+        let again = ObservedState { state: DesiredState { firewall, ..DesiredState::default() }, firewall_layout, ..ObservedState::default() };
+        prop_assert!(Plan::between(&again, &desired).is_empty());
     }
 
     /// Property 10: a WireGuard change never removes (or re-adds) a peer whose key stays, so its

@@ -242,7 +242,7 @@ pub fn validate_peer(spec: &crd::PeerSpec) -> Result<(), String> {
             return Err("either an endpoint DNS name IP address must be given".to_owned());
         }
         if !dns.is_empty() {
-            let errors = dns1123_subdomain_errors(dns);
+            let errors = mesh_core::dns1123_subdomain_errors(dns);
             if !errors.is_empty() {
                 return Err(errors.join("; "));
             }
@@ -453,30 +453,6 @@ fn parse_key(text: &str) -> Result<Key, String> {
     let bytes = decode_go_base64(text)?;
     let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| format!("{} bytes, a key has 32", bytes.len()))?;
     Ok(Key::from_bytes(bytes))
-}
-
-/// Kubernetes' `validation.IsDNS1123Subdomain`, with its messages.
-fn dns1123_subdomain_errors(name: &str) -> Vec<String> {
-    let mut errors = Vec::new();
-    if name.len() > 253 {
-        errors.push("must be no more than 253 characters".to_owned());
-    }
-    let label_ok = |label: &str| {
-        let bytes = label.as_bytes();
-        !bytes.is_empty()
-            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-            && bytes[0] != b'-'
-            && bytes[bytes.len() - 1] != b'-'
-    };
-    if !name.split('.').all(label_ok) {
-        errors.push(
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must \
-             start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is \
-             '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-                .to_owned(),
-        );
-    }
-    errors
 }
 
 /// The usable endpoints, and the `(entry key, reason)` of each entry left out.

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use mesh_core::backend::{BackendError, Dataplane};
-use mesh_core::firewall::{Family, Firewall};
+use mesh_core::firewall::{Family, Firewall, FirewallEdit, FirewallLayout};
 use mesh_core::state::{DataplaneState, InterfaceState};
 use mesh_core::{Compatibility, Dev, DeviceNames, Key, ObservedState, Operation, Plan, Route, Routes, Rule};
 use nix::libc;
@@ -241,9 +241,10 @@ impl LinuxDataplane {
         let rules = rule::ours(&self.handle).await.map_err(|source| Error::netlink("list rules", source))?;
         state.rules = rules.iter().filter_map(|message| rule::to_rule(message, dev_named)).collect();
 
+        let mut firewall_layout = FirewallLayout::default();
         for family in [Family::Ipv4, Family::Ipv6] {
             let dump = firewall::save(&self.config.namespace, family).await?;
-            firewall::Saved::parse(family, &dump).add_to(&mut state.firewall);
+            firewall::Saved::parse(family, &dump).add_to(&mut state.firewall, &mut firewall_layout);
         }
         state.firewall.canonicalize();
 
@@ -251,7 +252,7 @@ impl LinuxDataplane {
             .duration_since(UNIX_EPOCH)
             .map(|since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        Ok(ObservedState { state, peer_stats, observed_at })
+        Ok(ObservedState { state, peer_stats, observed_at, firewall_layout })
     }
 
     /// Applies the plan's operations in order (see [`Dataplane::apply`]).
@@ -366,7 +367,7 @@ impl LinuxDataplane {
                     .await
                     .map_err(|source| Error::netlink(format!("add rule {}", self.rule_text(rule)), source))
             }
-            Operation::SetFirewall { family, firewall } => self.set_firewall(*family, firewall).await,
+            Operation::EditFirewall(edit) => self.edit_firewall(edit).await,
         }
     }
 
@@ -438,13 +439,11 @@ impl LinuxDataplane {
         Ok(addresses)
     }
 
-    /// Makes our part of the family's firewall exactly `desired` (read from the kernel first,
-    /// so a firewall that already holds it costs no write).
-    async fn set_firewall(&mut self, family: Family, desired: &Firewall) -> Result<()> {
-        let dump = firewall::save(&self.config.namespace, family).await?;
-        if let Some(script) = firewall::set_script(&firewall::Saved::parse(family, &dump), desired) {
+    /// Runs one family's firewall edit as one `iptables-restore`.
+    async fn edit_firewall(&mut self, edit: &FirewallEdit) -> Result<()> {
+        if let Some(script) = firewall::script(edit) {
             self.writes += 1;
-            firewall::restore(&self.config.namespace, family, script, "apply").await?;
+            firewall::restore(&self.config.namespace, edit.family, script, "apply").await?;
         }
         Ok(())
     }
@@ -551,7 +550,9 @@ impl LinuxDataplane {
     async fn clean_up_firewall(&mut self) -> Result<()> {
         for family in [Family::Ipv4, Family::Ipv6] {
             let dump = firewall::save(&self.config.namespace, family).await?;
-            if let Some(script) = firewall::clean_up_script(&firewall::Saved::parse(family, &dump)) {
+            let (current, layout) = firewall::Saved::parse(family, &dump).observed();
+            let edit = FirewallEdit::between(&current, &layout, &Firewall::default(), family);
+            if let Some(script) = edit.as_ref().and_then(firewall::script) {
                 self.writes += 1;
                 firewall::restore(&self.config.namespace, family, script, "remove").await?;
             }

@@ -36,7 +36,7 @@ mod wireguard;
 
 pub use dataplane::{DataplaneConfig, LinuxDataplane};
 pub use error::{Error, Result};
-pub use firewall::{CHAIN_PREFIX, COMMENT_PREFIX};
+pub use mesh_core::firewall::{CHAIN_PREFIX, COMMENT_PREFIX};
 pub use netns::Namespace;
 pub use route::ROUTE_PROTOCOL;
 pub use tunnel::{CILIUM_TUNNEL, IPIP_OVERHEAD, ipip_link_message};

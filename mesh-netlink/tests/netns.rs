@@ -60,7 +60,9 @@ async fn netns_apply_then_observe_equals_the_plan_semantics() {
     let mut dataplane = dataplane(&netns, "ktsem0", Some("ktsem-p"), private_a).await;
     let (plan, before) = reconcile(&mut dataplane, &desired).await;
     assert!(plan.operations.iter().any(|op| matches!(op, Operation::SetMtu(1400))));
-    assert!(plan.operations.iter().any(|op| matches!(op, Operation::SetFirewall { family: Family::Ipv6, .. })));
+    assert!(
+        plan.operations.iter().any(|op| matches!(op, Operation::EditFirewall(edit) if edit.family == Family::Ipv6))
+    );
     let after = dataplane.observe().await.unwrap();
     assert_eq!(after.state, plan.apply_to(&before.state));
     assert_eq!(after.state, desired);

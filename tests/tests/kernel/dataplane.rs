@@ -185,7 +185,7 @@ async fn wireguard_scenario(world: &World, a: &str, b: &str) -> Outcome<String> 
             Operation::AddPeer(peer) => peer.public_key != laptop,
             Operation::AddRoute(route) => route.dst.to_string() != "10.5.0.1/32",
             // The peer's allowed IPs become a KILO-NAT exception.
-            Operation::SetFirewall { .. } => false,
+            Operation::EditFirewall(_) => false,
             _ => true,
         })
         .collect();

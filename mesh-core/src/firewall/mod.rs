@@ -1,4 +1,7 @@
-//! iptables rules: Kilo's `Topology.Rules` and the encapsulators' IPIP rules.
+//! iptables rules: Kilo's `Topology.Rules` and the encapsulators' IPIP rules (§6.2 and §6.3 of
+//! the reference), and [`FirewallEdit`], the minimal change from one firewall to another (what
+//! §6.4's controller converges to, without its rewrites). The rules are collected by
+//! `crate::tuned::rule_list::RuleList`.
 //!
 //! Rules are small `Copy` values (a chain, a match, a target, a comment) rather than argument
 //! strings: a leader of a 5,000-node mesh has about 10,000 of them, and building, comparing and
@@ -8,13 +11,19 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
-use rustc_hash::FxHashSet;
+use ipnet::IpNet;
 use serde::Serialize;
 use serde::ser::SerializeStruct as _;
 
 use crate::ip::{one_address_cidr, trunc};
+use crate::tuned::rule_list::RuleList;
 use crate::{Encapsulation, Granularity, Options, Topology};
+
+mod edit;
+
+pub use edit::{
+    CHAIN_PREFIX, COMMENT_PREFIX, FirewallChange, FirewallEdit, FirewallLayout, SharedChainLayout, is_owned_chain,
+};
 
 /// The NAT chain: masquerades traffic leaving the mesh, returns early for mesh destinations.
 pub const NAT_CHAIN: &str = "KILO-NAT";
@@ -57,8 +66,12 @@ pub enum ChainName {
 }
 
 impl ChainName {
-    const ALL: [ChainName; 5] =
+    pub(crate) const ALL: [ChainName; 5] =
         [ChainName::Forward, ChainName::Input, ChainName::KiloIpip, ChainName::KiloNat, ChainName::Postrouting];
+    /// The built-in chains the mesh shares with others.
+    pub const SHARED: [ChainName; 3] = [ChainName::Forward, ChainName::Input, ChainName::Postrouting];
+    /// The chains the mesh owns.
+    pub const OWNED: [ChainName; 2] = [ChainName::KiloIpip, ChainName::KiloNat];
 
     /// The table: `filter` or `nat`.
     pub const fn table(self) -> &'static str {
@@ -87,6 +100,13 @@ impl ChainName {
     /// The chain with this table and name, if the mesh uses it.
     pub fn parse(table: &str, name: &str) -> Option<ChainName> {
         ChainName::ALL.into_iter().find(|chain| chain.table() == table && chain.as_str() == name)
+    }
+}
+
+/// A chain by its name (each name belongs to one table).
+impl Serialize for ChainName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -243,7 +263,8 @@ impl Serialize for Chain {
 
 /// One iptables rule of the mesh. CIDRs are stored with host bits cleared, as iptables stores
 /// them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Eq, PartialOrd, Ord, Hash)]
+#[expect(clippy::derived_hash_with_manual_eq, reason = "`eq` is the derived comparison, always inlined")]
 pub struct FirewallRule {
     /// IP version.
     pub family: Family,
@@ -258,11 +279,11 @@ pub struct FirewallRule {
 }
 
 impl FirewallRule {
-    // Inlined, with `RuleList::rule` and `push`, into the loops over thousands of addresses:
+    // Inlined, with `RuleList::rule` and `push` (crate::tuned::rule_list), into the loops over thousands of addresses:
     // out of line, `Match` and its byte-aligned `IpNet` went through memory byte by byte and
     // were read back whole, stalling on every rule (a tenth of the pipeline's time).
     #[inline(always)]
-    fn new(chain: ChainName, matches: Match, target: Target, comment: Comment) -> Self {
+    pub(crate) fn new(chain: ChainName, matches: Match, target: Target, comment: Comment) -> Self {
         let (matches, family) = match matches {
             Match::Source(net) => (Match::Source(trunc(&net)), Family::of(net.addr())),
             Match::Destination(net) => (Match::Destination(trunc(&net)), Family::of(net.addr())),
@@ -347,6 +368,18 @@ impl FirewallRule {
     }
 }
 
+impl PartialEq for FirewallRule {
+    /// Field by field, as derived, but always inlined: a steady plan compares 10,000 of them.
+    #[inline(always)]
+    fn eq(&self, other: &Self) -> bool {
+        self.family == other.family
+            && self.chain == other.chain
+            && self.matches == other.matches
+            && self.target == other.target
+            && self.comment == other.comment
+    }
+}
+
 impl Serialize for FirewallRule {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut state = serializer.serialize_struct("FirewallRule", 5)?;
@@ -360,8 +393,8 @@ impl Serialize for FirewallRule {
 }
 
 /// A rule found in the data plane that the mesh owns (it is in a `KILO-*` chain, carries a
-/// `Kilo:` comment or jumps to a `KILO-*` chain) but does not generate, e.g. one left by another Kilo version. Its presence
-/// makes the firewall differ, so the next plan rewrites it away.
+/// `Kilo:` comment or jumps to a `KILO-*` chain) but does not generate, e.g. one left by another
+/// Kilo version. Its presence makes the firewall differ, so the next plan removes it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ForeignRule {
     /// IP version.
@@ -374,10 +407,22 @@ pub struct ForeignRule {
     pub spec: String,
 }
 
+/// A `KILO-*` chain found in the data plane that the mesh does not generate (another Kilo
+/// version's, or one of ours in the wrong table). The next plan removes it with its rules.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ForeignChain {
+    /// IP version.
+    pub family: Family,
+    /// The table.
+    pub table: String,
+    /// The chain's name.
+    pub name: String,
+}
+
 /// The firewall this node wants (or has): chains we own, our rules grouped by family and chain
 /// ([`Firewall::canonicalize`]) in the order they take inside each chain, and — in observed
-/// states only — rules of ours the mesh does not generate. Identical rules (same family, chain,
-/// match and target) appear once.
+/// states only — rules and chains of ours the mesh does not generate. Identical rules (same
+/// family, chain, match and target) appear once.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Firewall {
     /// Chains to create.
@@ -386,7 +431,12 @@ pub struct Firewall {
     pub rules: Vec<FirewallRule>,
     /// Rules that must go (observed states only).
     pub foreign: Vec<ForeignRule>,
+    /// Chains that must go (observed states only).
+    pub foreign_chains: Vec<ForeignChain>,
 }
+
+/// The parts of a canonical firewall of one IP version, as slices.
+type FamilyParts<'a> = (&'a [Chain], &'a [FirewallRule], &'a [ForeignRule], &'a [ForeignChain]);
 
 impl Firewall {
     /// Puts chains and rules in one canonical order: by family, table and chain, keeping the
@@ -397,12 +447,27 @@ impl Firewall {
         self.chains.dedup();
         self.rules.sort_by_key(|rule| (rule.family, rule.chain));
         self.foreign.sort();
+        self.foreign_chains.sort();
+        self.foreign_chains.dedup();
+    }
+
+    /// Whether the firewall is in canonical order ([`Firewall::canonicalize`]).
+    pub fn is_canonical(&self) -> bool {
+        self.chains.is_sorted()
+            && self.rules.is_sorted_by_key(|rule| (rule.family, rule.chain))
+            && self.foreign.is_sorted()
+            && self.foreign_chains.is_sorted()
     }
 
     /// The part of the firewall of one IP version.
     pub fn family(&self, family: Family) -> Firewall {
-        let (chains, rules, foreign) = self.family_parts(family);
-        Firewall { chains: chains.to_vec(), rules: rules.to_vec(), foreign: foreign.to_vec() }
+        let (chains, rules, foreign, foreign_chains) = self.family_parts(family);
+        Firewall {
+            chains: chains.to_vec(),
+            rules: rules.to_vec(),
+            foreign: foreign.to_vec(),
+            foreign_chains: foreign_chains.to_vec(),
+        }
     }
 
     /// Whether the parts of one IP version are equal, without copying them.
@@ -410,8 +475,9 @@ impl Firewall {
         self.family_parts(family) == other.family_parts(family)
     }
 
-    /// Chains, rules and foreign rules of one family, as slices of a canonical firewall.
-    fn family_parts(&self, family: Family) -> (&[Chain], &[FirewallRule], &[ForeignRule]) {
+    /// Chains, rules, foreign rules and foreign chains of one family, as slices of a canonical
+    /// firewall.
+    fn family_parts(&self, family: Family) -> FamilyParts<'_> {
         fn part<T>(items: &[T], family: Family, of: impl Fn(&T) -> Family) -> &[T] {
             let start = items.partition_point(|item| of(item) < family);
             let end = items.partition_point(|item| of(item) <= family);
@@ -421,95 +487,8 @@ impl Firewall {
             part(&self.chains, family, |chain| chain.family),
             part(&self.rules, family, |rule| rule.family),
             part(&self.foreign, family, |rule| rule.family),
+            part(&self.foreign_chains, family, |chain| chain.family),
         )
-    }
-}
-
-/// Collects rules, dropping exact repeats, in the firewall's canonical order: the caller
-/// hands them over chain after chain in `ChainName` order, and IPv6 rules are kept aside to
-/// follow all IPv4 ones. So the result needs neither sorting nor per-chain buckets.
-struct RuleList {
-    ipv4: Vec<FirewallRule>,
-    ipv6: Vec<FirewallRule>,
-    /// The rules seen, by [`RuleList::identity`]: rules without an IPv6 network as one integer,
-    /// which hashes in one step, the others as two.
-    seen: FxHashSet<u64>,
-    seen_ipv6: FxHashSet<(u128, u64)>,
-}
-
-impl RuleList {
-    fn with_capacity(capacity: usize) -> Self {
-        let mut seen = FxHashSet::default();
-        seen.reserve(capacity);
-        RuleList { ipv4: Vec::with_capacity(capacity), ipv6: Vec::new(), seen, seen_ipv6: FxHashSet::default() }
-    }
-
-    /// What makes a rule a repeat (family, chain, match and target, not the comment), packed
-    /// into integers: the bits of an IPv6 network, and the rest.
-    #[inline(always)]
-    fn identity(rule: &FirewallRule) -> (Option<u128>, u64) {
-        let (kind, net) = match rule.matches {
-            Match::Any => (0, None),
-            Match::Source(net) => (1, Some(net)),
-            Match::Destination(net) => (2, Some(net)),
-            Match::DestinationFromOutside(net) => (3, Some(net)),
-            Match::Ipip => (4, None),
-        };
-        let (ipv6, ipv4, prefix) = match net {
-            None => (None, 0, 0),
-            Some(IpNet::V4(v4)) => (None, u64::from(u32::from(v4.addr())), u64::from(v4.prefix_len())),
-            Some(IpNet::V6(v6)) => (Some(u128::from(v6.addr())), 0, u64::from(v6.prefix_len())),
-        };
-        let tags = (rule.family as u64) << 12 | (rule.chain as u64) << 8 | kind << 4 | rule.target as u64;
-        (ipv6, ipv4 << 32 | prefix << 16 | tags)
-    }
-
-    #[inline(always)]
-    fn push(&mut self, rule: FirewallRule) {
-        let new = match RuleList::identity(&rule) {
-            (None, rest) => self.seen.insert(rest),
-            (Some(ipv6), rest) => self.seen_ipv6.insert((ipv6, rest)),
-        };
-        if new {
-            match rule.family {
-                Family::Ipv4 => self.ipv4.push(rule),
-                Family::Ipv6 => self.ipv6.push(rule),
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn rule(&mut self, chain: ChainName, matches: Match, target: Target, comment: Comment) {
-        // Nearly every rule matches an IPv4 network: its identity and host-bit clearing are
-        // done on the address as an integer, and the rule is built once, where it is stored.
-        let (kind, network) = match &matches {
-            Match::Source(IpNet::V4(net)) => (1, net),
-            Match::Destination(IpNet::V4(net)) => (2, net),
-            Match::DestinationFromOutside(IpNet::V4(net)) => (3, net),
-            _ => return self.push(FirewallRule::new(chain, matches, target, comment)),
-        };
-        let (bits, prefix) = (u32::from(network.addr()) & u32::from(network.netmask()), network.prefix_len());
-        let tags = (Family::Ipv4 as u64) << 12 | (chain as u64) << 8 | kind << 4 | target as u64;
-        if self.seen.insert(u64::from(bits) << 32 | u64::from(prefix) << 16 | tags) {
-            let network = IpNet::V4(Ipv4Net::new(bits.into(), prefix).unwrap_or_else(|_| network.trunc()));
-            let matches = match kind {
-                1 => Match::Source(network),
-                2 => Match::Destination(network),
-                _ => Match::DestinationFromOutside(network),
-            };
-            self.ipv4.push(FirewallRule { family: Family::Ipv4, chain, matches, target, comment });
-        }
-    }
-
-    fn both_families(&mut self, chain: ChainName, matches: Match, target: Target, comment: Comment) {
-        for family in [Family::Ipv4, Family::Ipv6] {
-            self.push(FirewallRule { family, ..FirewallRule::new(chain, matches, target, comment) });
-        }
-    }
-
-    fn into_rules(mut self) -> Vec<FirewallRule> {
-        self.ipv4.append(&mut self.ipv6);
-        self.ipv4
     }
 }
 
@@ -560,7 +539,7 @@ impl Topology {
         for ip in self.peers.iter().flat_map(|peer| &peer.allowed_ips) {
             rules.rule(Postrouting, Source(*ip), NatChain, JumpToNat);
         }
-        Firewall { chains, rules: rules.into_rules(), foreign: Vec::new() }
+        Firewall { chains, rules: rules.into_rules(), ..Firewall::default() }
     }
 
     /// Kilo adds the IPIP rules when it routes inside the location with an IPIP tunnel and the

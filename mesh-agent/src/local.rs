@@ -1,7 +1,7 @@
 //! The local node as the agent runs it (Kilo's `handleLocal`, §4.3 of the reference), and the
 //! resolution of DNS endpoints before each reconcile (§4.8).
 //!
-//! At each reconcile the agent ([`crate::agent`], through its `Host`):
+//! At each reconcile the agent ([`crate::driver`], through its `Host`):
 //!
 //! 1. calls [`resolve_endpoints`] on the snapshot;
 //! 2. builds [`LocalInputs`] from the local Node as translated from the cluster, what IP discovery

@@ -4,15 +4,14 @@
 //! [`reconciler::Reconciler`] makes the agent's decisions as a state machine without I/O;
 //! [`driver::Driver`] runs it with tokio against any cluster backend, data plane and host, so
 //! other controllers can embed it; [`run`] composes it with the Kubernetes or file backend
-//! ([`file_backend`]) and the Linux data plane, with Kilo's flags. The offline tools are in
-//! [`cli`]: `plan` (what the agent on a node would configure, as JSON or text), `showconf` and
+//! (`mesh_kube::api`, `mesh_kube::file`) and the Linux data plane, with Kilo's flags. The
+//! offline tools are in [`cli`]: `plan` (what the agent on a node would configure, as JSON or text), `showconf` and
 //! `graph` (as `kgctl` prints them) and `crd` (the Peer CRD).
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod cni;
 pub mod driver;
-pub mod file_backend;
 pub mod host;
 pub mod http;
 pub mod key;

@@ -276,35 +276,20 @@ impl AgentFlags {
             "file" => {
                 let dir = self.cluster_dir.clone().ok_or_else(|| startup("--backend=file needs --cluster-dir DIR"))?;
                 let cluster =
-                    crate::file_backend::FileBackend::new(dir, hostname.clone(), self.mesh.topology_label.clone())
+                    mesh_kube::file::FileBackend::new(dir, hostname.clone(), self.mesh.topology_label.clone())
                         .map_err(startup)?;
                 serve(cluster, dataplane, host, config, listen).await
             }
             _ => {
-                let client = self.kube_client().await?;
-                let cluster = mesh_kube::KubeBackend::new(client, hostname.clone(), self.mesh.topology_label.clone());
+                let client = mesh_kube::api::client(self.kubeconfig.as_deref(), self.master.as_deref())
+                    .await
+                    .map_err(startup)?;
+                let cluster =
+                    mesh_kube::api::KubeBackend::new(client, hostname.clone(), self.mesh.topology_label.clone());
                 cluster.check_crd().await.map_err(startup)?;
                 serve(cluster, dataplane, host, config, listen).await
             }
         }
-    }
-
-    async fn kube_client(&self) -> Result<kube::Client, StartupError> {
-        let mut config = match &self.kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| startup(format!("failed to read kubeconfig {}: {e}", path.display())))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-                    .await
-                    .map_err(|e| startup(format!("invalid kubeconfig {}: {e}", path.display())))?
-            }
-            None => kube::Config::infer().await.map_err(|e| startup(format!("no Kubernetes configuration: {e}")))?,
-        };
-        if let Some(master) = &self.master {
-            config.cluster_url =
-                master.parse().map_err(|e| startup(format!("invalid value {master:?} for --master: {e}")))?;
-        }
-        kube::Client::try_from(config).map_err(|e| startup(format!("failed to create a Kubernetes client: {e}")))
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod cni;
 pub mod driver;
+pub mod flags;
 pub mod host;
 pub mod http;
 pub mod key;
@@ -19,4 +20,5 @@ pub mod local;
 pub mod logging;
 pub mod metrics;
 pub mod reconciler;
+pub mod resolve;
 pub mod run;

@@ -10,13 +10,13 @@ use mesh_core::{ClusterSnapshot, Compatibility, Key, NodeSpec, Options};
 use mesh_netlink::{DataplaneConfig, LinuxDataplane, Namespace, WireGuardBackend};
 use tracing::{info, warn};
 
-use crate::cli::MeshFlags;
-use crate::cli::flags::parse_cidr;
 use crate::driver::{Driver, Host};
+use crate::flags::{MeshFlags, parse_cidr};
 use crate::host::{HostNetwork, SelectedIps, auto_mtu, ignored_interfaces};
-use crate::local::{LocalInputs, ResolverCache, local_node, resolve_endpoints};
+use crate::local::{LocalInputs, local_node};
 use crate::metrics::Telemetry;
 use crate::reconciler::{Config, Resolution};
+use crate::resolve::{ResolverCache, resolve_endpoints};
 
 /// How `--mtu auto` is computed; quoted in `--help`.
 const MTU_HELP: &str = "The MTU of the WireGuard interface: a number, or auto = the MTU of the default-route \
@@ -188,7 +188,6 @@ impl Host for LinuxHost {
     fn localize(&self, node: &mut NodeSpec) {
         let local = local_node(&LocalInputs {
             node,
-            force_no_internal_ip: node.no_internal_ip,
             private_ip: self.ips.private,
             public_ip: Some(self.ips.public),
             port: self.port,

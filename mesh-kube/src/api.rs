@@ -159,7 +159,7 @@ impl KubeBackend {
     }
 
     /// The latest translation of a Node (it may be newer than the last snapshot), e.g. to read
-    /// [`TranslatedNode::force_no_internal_ip`] of the local node.
+    /// the local node's `spec.no_internal_ip`.
     pub fn node(&self, name: &str) -> Option<&TranslatedNode> {
         self.nodes.store.get(name)
     }

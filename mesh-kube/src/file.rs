@@ -220,7 +220,7 @@ impl FileBackend {
     }
 
     /// The latest translation of a Node (it may be newer than the last snapshot; the last valid
-    /// version of a malformed file), e.g. to read [`TranslatedNode::force_no_internal_ip`].
+    /// version of a malformed file), e.g. to read its `spec.no_internal_ip`.
     pub fn node(&self, name: &str) -> Option<&TranslatedNode> {
         self.nodes.current(name)
     }

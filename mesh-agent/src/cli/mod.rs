@@ -3,7 +3,6 @@
 //! Exit codes: 0 success, 1 usage error, 2 input error (unreadable or malformed files, unknown
 //! node or peer, a cluster the topology cannot be computed for).
 
-pub mod flags;
 mod graph;
 mod input;
 mod plan;
@@ -15,8 +14,7 @@ use ipnet::IpNet;
 use mesh_core::{ClusterSnapshot, Granularity};
 use mesh_kube::{Diagnostics, Translated, translate};
 
-use flags::GranularityChoice;
-pub use flags::MeshFlags;
+use crate::flags::{GranularityChoice, MeshFlags};
 use input::Objects;
 
 /// Exit code of a usage error.

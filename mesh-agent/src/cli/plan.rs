@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use mesh_core::{DesiredState, DeviceNames, Skipped, Topology, Warning};
 use serde::Serialize;
 
-use super::flags::MeshFlags;
 use super::{CliError, Cluster, Source, unix_now, write};
+use crate::flags::MeshFlags;
 
 /// Arguments of `plan`.
 #[derive(clap::Args, Debug)]

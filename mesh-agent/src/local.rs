@@ -5,7 +5,7 @@
 //!
 //! 1. calls [`resolve_endpoints`](crate::resolve::resolve_endpoints) on the snapshot;
 //! 2. builds [`LocalInputs`] from the local Node as translated from the cluster, what IP discovery
-//!    found ([`crate::host`]), its flags, its key and the current time, and replaces the local node
+//!    found (`mesh_netlink::host`), its flags, its key and the current time, and replaces the local node
 //!    of the snapshot with the effective [`NodeSpec`] that [`local_node`] returns;
 //! 3. computes the topology.
 //!

@@ -12,11 +12,11 @@ use tracing::{info, warn};
 
 use crate::driver::{Driver, Host};
 use crate::flags::{MeshFlags, parse_cidr};
-use crate::host::{HostNetwork, SelectedIps, auto_mtu, ignored_interfaces};
 use crate::local::{LocalInputs, local_node};
 use crate::metrics::Telemetry;
 use crate::reconciler::{Config, Resolution};
 use crate::resolve::{ResolverCache, resolve_endpoints};
+use mesh_netlink::host::{HostNetwork, SelectedIps, auto_mtu, ignored_interfaces};
 
 /// How `--mtu auto` is computed; quoted in `--help`.
 const MTU_HELP: &str = "The MTU of the WireGuard interface: a number, or auto = the MTU of the default-route \

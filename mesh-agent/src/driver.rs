@@ -221,7 +221,10 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
             }
             Action::Observe => Event::Observed(self.dataplane.observe().await),
             Action::UpdateCni { pod_cidr } => Event::CniUpdated(self.host.update_cni(pod_cidr).await),
-            Action::Apply(plan) => Event::Applied(self.dataplane.apply(&plan).await),
+            Action::Apply(plan) => {
+                debug!(?plan, "plan");
+                Event::Applied(self.dataplane.apply(&plan).await)
+            }
             Action::Announce(announcement) => Event::Announced(self.cluster.announce(&announcement).await),
             Action::CleanUpDataplane => {
                 let timeout = self.reconciler.config().clean_up_timeout;
@@ -285,10 +288,7 @@ fn log(report: &Report) {
             configured.map_or_else(|| "none".to_owned(), |endpoint| endpoint.to_string())
         ),
         Report::Mesh { leader, nodes, peers, .. } => debug!(leader, nodes, peers, "computed the mesh"),
-        Report::Applying(plan) => {
-            info!(operations = plan.operations.len(), "applying changes to the data plane");
-            debug!(?plan, "plan");
-        }
+        Report::Applying { operations } => info!(operations, "applying changes to the data plane"),
         Report::Applied { .. } | Report::Topology(_) | Report::Stopped => {}
         Report::ComputeFailed { error } => warn!(%error, "cannot compute the mesh; the data plane stays as it is"),
         Report::PassFailed { error, retry_in } => error!(%error, ?retry_in, "reconcile failed"),

@@ -283,8 +283,11 @@ pub enum Report {
         /// Peers left out.
         skipped_peers: usize,
     },
-    /// A non-empty plan goes to the data plane.
-    Applying(Plan),
+    /// A non-empty plan goes to the data plane (the plan itself is in the [`Action::Apply`]).
+    Applying {
+        /// How many operations it has.
+        operations: usize,
+    },
     /// The plan was applied; the kinds of its operations, in order.
     Applied {
         /// [`mesh_core::Operation::kind`] of each operation.
@@ -748,7 +751,7 @@ impl Reconciler {
             return self.announce(local, topology, now);
         }
         let operations = plan.operations.iter().map(mesh_core::Operation::kind).collect();
-        self.reports.push_back(Report::Applying(plan.clone()));
+        self.reports.push_back(Report::Applying { operations: plan.operations.len() });
         self.actions.push_back(Action::Apply(plan));
         let pass = self.pass.as_mut().expect("a pass is in flight");
         pass.stage = Stage::Applying { local, topology, operations };

@@ -8,7 +8,7 @@ use mesh_agent::metrics::{ErrorEvent, Metrics, Telemetry};
 use mesh_agent::reconciler::Config;
 use mesh_core::backend::{BackendError, MockClusterBackend, MockDataplane};
 use mesh_core::time::{Backoff, unix_seconds};
-use mesh_core::{ClusterSnapshot, DesiredState, Endpoint, Key, NodeSpec, ObservedState, Options, Topology};
+use mesh_core::{ClusterSnapshot, DesiredState, ObservedState, Options, Topology};
 use mockall::Sequence;
 use mockall::predicate::always;
 
@@ -33,21 +33,7 @@ fn driver(
 }
 
 fn snapshot() -> ClusterSnapshot {
-    let node = |name: &str, ip: &str, pods: &str, key: u8| NodeSpec {
-        name: name.into(),
-        endpoint: Some(Endpoint::parse(&format!("{ip}:51820")).unwrap()),
-        key: Some(Key::from_bytes([key; 32])),
-        internal_ip: Some(format!("{ip}/24").parse().unwrap()),
-        location: name.into(),
-        pod_subnet: Some(pods.parse().unwrap()),
-        last_seen: Some(unix_now()),
-        ..NodeSpec::default()
-    };
-    ClusterSnapshot {
-        nodes: vec![node("a", "192.0.2.1", "10.2.1.0/24", 1), node("b", "198.51.100.1", "10.2.2.0/24", 2)],
-        peers: vec![],
-        now: unix_now(),
-    }
+    mesh_tests::two_locations(unix_now())
 }
 
 fn config() -> Config {

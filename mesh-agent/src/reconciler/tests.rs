@@ -5,31 +5,14 @@ use std::time::{Duration, Instant};
 
 use mesh_core::backend::{BackendError, LocalAnnouncement};
 use mesh_core::time::Backoff;
-use mesh_core::{ClusterSnapshot, Endpoint, Key, NodeSpec, ObservedState, Options, Plan};
+use mesh_core::{ClusterSnapshot, Endpoint, ObservedState, Options, Plan};
 
 use super::*;
 
 const START_UNIX: i64 = 1_767_225_600;
 
-fn node(name: &str, ip: &str, pods: &str, key: u8) -> NodeSpec {
-    NodeSpec {
-        name: name.into(),
-        endpoint: Some(Endpoint::parse(&format!("{ip}:51820")).unwrap()),
-        key: Some(Key::from_bytes([key; 32])),
-        internal_ip: Some(format!("{ip}/24").parse().unwrap()),
-        location: name.into(),
-        pod_subnet: Some(pods.parse().unwrap()),
-        last_seen: Some(START_UNIX),
-        ..NodeSpec::default()
-    }
-}
-
 fn snapshot() -> ClusterSnapshot {
-    ClusterSnapshot {
-        nodes: vec![node("a", "192.0.2.1", "10.2.1.0/24", 1), node("b", "198.51.100.1", "10.2.2.0/24", 2)],
-        peers: vec![],
-        now: START_UNIX,
-    }
+    mesh_tests::two_locations(START_UNIX)
 }
 
 fn config() -> Config {

@@ -26,12 +26,13 @@ use futures::TryStreamExt as _;
 use ipnet::IpNet;
 use mesh_core::Compatibility;
 use mesh_core::ip::{is_public, one_address_cidr, sort_ips};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteType};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use crate::error::{Error, Result, netlink_io};
+use crate::link::address_of;
 use crate::netns::Namespace;
 
 /// The CNI bridge Kilo's own CNI configuration creates; its addresses are never the node's IP.
@@ -351,7 +352,7 @@ async fn read_links(handle: &Handle, namespace: &Namespace) -> Result<(Vec<Inter
     let mut interfaces: Vec<Interface> = links.iter().map(interface).collect();
     for message in &addresses {
         if let (Some(interface), Some(net)) =
-            (interfaces.iter_mut().find(|interface| interface.index == message.header.index), address(message))
+            (interfaces.iter_mut().find(|interface| interface.index == message.header.index), address_of(message))
         {
             interface.addresses.push(net);
         }
@@ -380,20 +381,6 @@ fn interface(message: &LinkMessage) -> Interface {
         }
     }
     interface
-}
-
-fn address(message: &AddressMessage) -> Option<IpNet> {
-    let mut local = None;
-    let mut address = None;
-    for attribute in &message.attributes {
-        match attribute {
-            AddressAttribute::Local(ip) => local = Some(*ip),
-            AddressAttribute::Address(ip) => address = Some(*ip),
-            _ => {}
-        }
-    }
-    // On point-to-point links IFA_ADDRESS is the peer's; IFA_LOCAL is ours.
-    IpNet::new(local.or(address)?, message.header.prefix_len).ok()
 }
 
 /// The output interface of a main-table default route, if `message` is one.

@@ -64,14 +64,11 @@ pub fn update(path: &Path, pod_cidr: IpNet) -> Result<bool, CniError> {
     let updated =
         with_pod_cidr(&text, pod_cidr).map_err(|reason| CniError::Invalid { path: display.clone(), reason })?;
     let Some(updated) = updated else { return Ok(false) };
-    let temporary = path.with_extension("conflist.tmp");
-    let write = || -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::write(&temporary, updated.as_bytes())?;
-        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o644))?;
-        std::fs::rename(&temporary, path)
-    };
-    write().map_err(|source| CniError::Io { operation: "write", path: display, source })?;
+    mesh_kube::file::write_atomically(path, updated.as_bytes(), Some(0o644)).map_err(|source| CniError::Io {
+        operation: "write",
+        path: display,
+        source,
+    })?;
     Ok(true)
 }
 

@@ -12,8 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::agent::Status;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Status};
 
 /// What the handlers read.
 #[derive(Clone, Debug)]

@@ -12,9 +12,9 @@
 //! module: [`PrivateKey`] wraps the bytes and redacts them.
 
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::fs::{self, DirBuilder, Permissions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use mesh_core::Key;
@@ -165,7 +165,7 @@ pub fn load_or_generate(path: &Path) -> Result<LoadedKey, KeyFileError> {
     };
     tracing::warn!(path = %path.display(), reason, "no private key found on disk; generating one now");
     let private = PrivateKey::generate();
-    write_atomically(path, directory, private.expose().to_base64().as_bytes())
+    mesh_kube::file::write_atomically(path, private.expose().to_base64().as_bytes(), Some(KEY_FILE_MODE))
         .map_err(|source| KeyFileError::Write { path: path.to_owned(), source })?;
     let public = private.public_key();
     Ok(LoadedKey { private, public, origin })
@@ -179,32 +179,6 @@ fn ensure_directory(directory: &Path) -> Result<(), KeyFileError> {
     DirBuilder::new().recursive(true).mode(KEY_DIRECTORY_MODE).create(directory).map_err(error)?;
     // The umask may have taken bits away; the mode must be exactly 0700.
     fs::set_permissions(directory, Permissions::from_mode(KEY_DIRECTORY_MODE)).map_err(error)
-}
-
-fn write_atomically(path: &Path, directory: Option<&Path>, contents: &[u8]) -> io::Result<()> {
-    let name = path.file_name().ok_or_else(|| io::Error::other("the path has no file name"))?;
-    let mut temporary_name = std::ffi::OsString::from(".");
-    temporary_name.push(name);
-    temporary_name.push(".tmp");
-    let temporary = path.with_file_name(temporary_name);
-    // A crash may have left one behind; `create_new` below must not fail on it.
-    match fs::remove_file(&temporary) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
-        _ => {}
-    }
-    let written = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(KEY_FILE_MODE).open(&temporary)?;
-        file.set_permissions(Permissions::from_mode(KEY_FILE_MODE))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    written?;
-    // Make the rename itself durable.
-    File::open(directory.unwrap_or(Path::new(".")))?.sync_all()
 }
 
 #[cfg(test)]

@@ -1,4 +1,12 @@
-//! Prometheus metrics: Kilo's names, plus what a diff-based agent can tell.
+//! Prometheus metrics (Kilo's names, plus what a diff-based agent can tell) and the status the
+//! HTTP server reads, both derived from the reconciler's [`Report`]s by [`Telemetry`].
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use mesh_core::Topology;
+
+use crate::driver::ReportSink;
+use crate::reconciler::Report;
 
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::counter::Counter;
@@ -7,27 +15,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Where an error happened, as Kilo's `kilo_errors_total{event}` labels it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorEvent {
-    /// Computing or applying the mesh.
-    Apply,
-    /// Publishing the local node (heartbeat).
-    Checkin,
-    /// Reading the cluster.
-    Run,
-    /// Clean-up at shutdown.
-    CleanUp,
-}
+pub use crate::reconciler::ErrorEvent;
 
-impl ErrorEvent {
-    fn label(self) -> &'static str {
-        match self {
-            ErrorEvent::Apply => "apply",
-            ErrorEvent::Checkin => "checkin",
-            ErrorEvent::Run => "run",
-            ErrorEvent::CleanUp => "cleanUp",
-        }
+/// Kilo's label of an error counter.
+fn label(event: ErrorEvent) -> &'static str {
+    match event {
+        ErrorEvent::Apply => "apply",
+        ErrorEvent::Checkin => "checkin",
+        ErrorEvent::Run => "run",
+        ErrorEvent::CleanUp => "cleanUp",
     }
 }
 
@@ -99,7 +95,7 @@ impl Metrics {
 
     /// Counts an error.
     pub fn error(&self, event: ErrorEvent) {
-        self.errors.get_or_create(&EventLabel { event: event.label() }).inc();
+        self.errors.get_or_create(&EventLabel { event: label(event) }).inc();
     }
 
     /// Counts a reconciliation attempt and how long it took.
@@ -124,7 +120,7 @@ impl Metrics {
 
     /// The number of errors recorded for `event`.
     pub fn errors(&self, event: ErrorEvent) -> u64 {
-        self.errors.get_or_create(&EventLabel { event: event.label() }).get()
+        self.errors.get_or_create(&EventLabel { event: label(event) }).get()
     }
 
     /// The number of reconciliation attempts.
@@ -137,11 +133,71 @@ impl Metrics {
         self.operations.get_or_create(&KindLabel { kind }).get()
     }
 
+    /// Counts what `report` says.
+    pub fn record(&self, report: &Report) {
+        if let Some(event) = report.error_event() {
+            self.error(event);
+        }
+        match report {
+            Report::Reconciled { duration, .. } => self.reconciled(duration.as_secs_f64()),
+            Report::Mesh { leader, nodes, peers, skipped_nodes, skipped_peers } => {
+                self.mesh(*leader, *nodes, *peers, *skipped_nodes, *skipped_peers);
+            }
+            Report::Applied { operations } => operations.iter().for_each(|kind| self.operation(kind)),
+            _ => {}
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// What the HTTP server reads from the loop.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// The mesh from the last successful computation; `/graph` draws it on request.
+    pub topology: Option<Arc<Topology>>,
+    /// Whether the last reconcile succeeded.
+    pub healthy: bool,
+}
+
+/// The [`ReportSink`] of the agent binary: metrics, and the status `/graph` reads.
+#[derive(Clone, Debug, Default)]
+pub struct Telemetry {
+    metrics: Arc<Metrics>,
+    status: Arc<Mutex<Status>>,
+}
+
+impl Telemetry {
+    /// Fresh metrics and an empty status.
+    pub fn new() -> Self {
+        Telemetry::default()
+    }
+
+    /// The metrics, shared.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// The status, shared.
+    pub fn status(&self) -> Arc<Mutex<Status>> {
+        Arc::clone(&self.status)
+    }
+}
+
+impl ReportSink for Telemetry {
+    fn record(&mut self, report: &Report) {
+        self.metrics.record(report);
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        match report {
+            Report::Topology(topology) => status.topology = Some(Arc::clone(topology)),
+            Report::Reconciled { healthy, .. } => status.healthy = *healthy,
+            _ => {}
+        }
     }
 }
 

@@ -2,21 +2,21 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use mesh_core::backend::{ClusterBackend, Dataplane};
-use mesh_core::{ClusterSnapshot, Compatibility, Key, NodeSpec, Options, Warning};
+use mesh_core::{ClusterSnapshot, Compatibility, Key, NodeSpec, Options};
 use mesh_netlink::{DataplaneConfig, LinuxDataplane, Namespace, WireGuardBackend};
 use tracing::{info, warn};
 
-use crate::agent::{Agent, AgentConfig, Host};
-use crate::cli::MeshFlags;
-use crate::cli::flags::parse_cidr;
-use crate::host::{HostNetwork, SelectedIps, auto_mtu, ignored_interfaces};
-use crate::local::{LocalInputs, ResolverCache, local_node, resolve_endpoints};
-use crate::metrics::Metrics;
+use crate::driver::{Driver, Host};
+use crate::flags::{MeshFlags, parse_cidr};
+use crate::local::{LocalInputs, local_node};
+use crate::metrics::Telemetry;
+use crate::reconciler::{Config, Resolution};
+use crate::resolve::{ResolverCache, resolve_endpoints};
+use mesh_netlink::host::{HostNetwork, SelectedIps, auto_mtu, ignored_interfaces};
 
 /// How `--mtu auto` is computed; quoted in `--help`.
 const MTU_HELP: &str = "The MTU of the WireGuard interface: a number, or auto = the MTU of the default-route \
@@ -160,19 +160,34 @@ struct LinuxHost {
     compatibility: Compatibility,
     cni_compatibility_ip: Option<IpNet>,
     resolver: ResolverCache,
-    cni_path: Option<PathBuf>,
-    /// The last CNI error logged, so a persistent one is logged once.
-    cni_error: Option<String>,
+    cni_path: PathBuf,
     /// `--mtu auto`: the MTU detected at the last pass; `None` with a fixed `--mtu`.
     auto_mtu: Option<u32>,
 }
 
 #[async_trait::async_trait]
 impl Host for LinuxHost {
-    fn localize(&mut self, node: &mut NodeSpec) {
+    async fn resolve(&mut self, mut snapshot: ClusterSnapshot) -> Resolution {
+        // Cilium's cilium_host address can appear after the agent started, and the underlay's
+        // MTU can change: look again every pass, as Kilo does.
+        let cilium = self.compatibility == Compatibility::Cilium;
+        if (cilium || self.auto_mtu.is_some())
+            && let Ok(network) = HostNetwork::read_links_async(&Namespace::Current).await
+        {
+            if cilium {
+                self.cni_compatibility_ip = network.cilium_host_ip();
+            }
+            if self.auto_mtu.is_some() {
+                self.auto_mtu = Some(auto_mtu(network.underlay_mtu(), cilium));
+            }
+        }
+        let warnings = resolve_endpoints(&mut snapshot, &mut self.resolver).await;
+        Resolution { snapshot, warnings, mtu: self.auto_mtu }
+    }
+
+    fn localize(&self, node: &mut NodeSpec) {
         let local = local_node(&LocalInputs {
             node,
-            force_no_internal_ip: node.no_internal_ip,
             private_ip: self.ips.private,
             public_ip: Some(self.ips.public),
             port: self.port,
@@ -184,49 +199,11 @@ impl Host for LinuxHost {
             granularity: self.granularity,
             now: 0,
         });
-        if let (Some(path), Some(pod_cidr)) = (&self.cni_path, local.spec.pod_subnet) {
-            match crate::cni::update(path, pod_cidr) {
-                Ok(changed) => {
-                    if changed {
-                        info!(path = %path.display(), %pod_cidr, "set the pod CIDR in the CNI configuration");
-                    }
-                    self.cni_error = None;
-                }
-                Err(error) => {
-                    let error = error.to_string();
-                    if self.cni_error.as_ref() != Some(&error) {
-                        warn!(%error, "failed to update the CNI configuration (use --cni=false beside another CNI)");
-                        self.cni_error = Some(error);
-                    }
-                }
-            }
-        }
         *node = local.spec;
     }
 
-    async fn resolve(&mut self, snapshot: &mut ClusterSnapshot) -> Vec<Warning> {
-        // Cilium's cilium_host address can appear after the agent started, and the underlay's
-        // MTU can change: look again every pass, as Kilo does.
-        let cilium = self.compatibility == Compatibility::Cilium;
-        if (cilium || self.auto_mtu.is_some())
-            && let Ok(network) = HostNetwork::read_links_async(&Namespace::Current).await
-        {
-            if cilium {
-                self.cni_compatibility_ip = network.cilium_host_ip();
-            }
-            if let Some(previous) = self.auto_mtu {
-                let mtu = auto_mtu(network.underlay_mtu(), cilium);
-                if mtu != previous {
-                    info!(mtu, previous, "the underlay MTU changed; adjusting the WireGuard MTU");
-                }
-                self.auto_mtu = Some(mtu);
-            }
-        }
-        resolve_endpoints(snapshot, &mut self.resolver).await
-    }
-
-    fn mtu(&self) -> Option<u32> {
-        self.auto_mtu
+    async fn update_cni(&mut self, pod_cidr: IpNet) -> Result<bool, String> {
+        crate::cni::update(&self.cni_path, pod_cidr).map_err(|error| error.to_string())
     }
 }
 
@@ -284,50 +261,34 @@ impl AgentFlags {
             compatibility: self.mesh.compatibility,
             cni_compatibility_ip: if cilium { network.cilium_host_ip() } else { None },
             resolver: ResolverCache::new(),
-            cni_path: self.mesh.cni.then(|| self.cni_path.clone()),
-            cni_error: None,
+            cni_path: self.cni_path.clone(),
             auto_mtu: (self.mtu == Mtu::Auto).then_some(mtu),
         };
-        let mut config = AgentConfig::new(options);
+        let mut config = Config::new(options);
+        config.update_cni = self.mesh.cni;
         config.resync_period = self.resync_period;
         config.clean_up = self.clean_up;
         config.clean_up_timeout = Duration::from_secs(4);
-        let metrics = Arc::new(Metrics::new());
         let listen = crate::http::listen_address(&self.listen).map_err(startup)?;
 
         match self.backend.as_str() {
             "file" => {
                 let dir = self.cluster_dir.clone().ok_or_else(|| startup("--backend=file needs --cluster-dir DIR"))?;
                 let cluster =
-                    crate::file_backend::FileBackend::new(dir, hostname.clone(), self.mesh.topology_label.clone())
+                    mesh_kube::file::FileBackend::new(dir, hostname.clone(), self.mesh.topology_label.clone())
                         .map_err(startup)?;
-                serve(cluster, dataplane, host, config, metrics, listen).await
+                serve(cluster, dataplane, host, config, listen).await
             }
             _ => {
-                let client = self.kube_client().await?;
-                let cluster = mesh_kube::KubeBackend::new(client, hostname.clone(), self.mesh.topology_label.clone());
-                cluster.check_crd().await.map_err(startup)?;
-                serve(cluster, dataplane, host, config, metrics, listen).await
-            }
-        }
-    }
-
-    async fn kube_client(&self) -> Result<kube::Client, StartupError> {
-        let mut config = match &self.kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| startup(format!("failed to read kubeconfig {}: {e}", path.display())))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                let client = mesh_kube::api::client(self.kubeconfig.as_deref(), self.master.as_deref())
                     .await
-                    .map_err(|e| startup(format!("invalid kubeconfig {}: {e}", path.display())))?
+                    .map_err(startup)?;
+                let cluster =
+                    mesh_kube::api::KubeBackend::new(client, hostname.clone(), self.mesh.topology_label.clone());
+                cluster.check_crd().await.map_err(startup)?;
+                serve(cluster, dataplane, host, config, listen).await
             }
-            None => kube::Config::infer().await.map_err(|e| startup(format!("no Kubernetes configuration: {e}")))?,
-        };
-        if let Some(master) = &self.master {
-            config.cluster_url =
-                master.parse().map_err(|e| startup(format!("invalid value {master:?} for --master: {e}")))?;
         }
-        kube::Client::try_from(config).map_err(|e| startup(format!("failed to create a Kubernetes client: {e}")))
     }
 }
 
@@ -335,12 +296,12 @@ async fn serve<C: ClusterBackend, D: Dataplane>(
     cluster: C,
     dataplane: D,
     host: LinuxHost,
-    config: AgentConfig,
-    metrics: Arc<Metrics>,
+    config: Config,
     listen: std::net::SocketAddr,
 ) -> Result<(), StartupError> {
-    let mut agent = Agent::new(cluster, dataplane, host, config, Arc::clone(&metrics));
-    let state = crate::http::HttpState { metrics, status: agent.status() };
+    let telemetry = Telemetry::new();
+    let state = crate::http::HttpState { metrics: telemetry.metrics(), status: telemetry.status() };
+    let mut agent = Driver::new(cluster, dataplane, host, config).with_sink(telemetry);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| startup(format!("failed to listen on {listen}: {e}")))?;

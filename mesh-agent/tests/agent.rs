@@ -1,47 +1,44 @@
-//! The reconcile loop against mockall mocks of both backends.
+//! The tokio driver and the reconciler against mockall mocks of both backends.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_agent::agent::{Agent, AgentConfig, Host};
-use mesh_agent::metrics::{ErrorEvent, Metrics};
+use mesh_agent::driver::{Driver, Host};
+use mesh_agent::metrics::{ErrorEvent, Metrics, Telemetry};
+use mesh_agent::reconciler::Config;
 use mesh_core::backend::{BackendError, MockClusterBackend, MockDataplane};
-use mesh_core::{ClusterSnapshot, DesiredState, Endpoint, Key, NodeSpec, ObservedState, Options, Topology, Warning};
+use mesh_core::time::{Backoff, unix_seconds};
+use mesh_core::{ClusterSnapshot, DesiredState, ObservedState, Options, Topology};
 use mockall::Sequence;
 use mockall::predicate::always;
 
 /// A host whose node already has everything it needs, and no DNS names.
 struct StaticHost;
 
-#[async_trait::async_trait]
-impl Host for StaticHost {
-    fn localize(&mut self, _node: &mut NodeSpec) {}
-    async fn resolve(&mut self, _snapshot: &mut ClusterSnapshot) -> Vec<Warning> {
-        Vec::new()
-    }
+impl Host for StaticHost {}
+
+fn unix_now() -> i64 {
+    unix_seconds(std::time::SystemTime::now())
+}
+
+/// A driver over the mocks whose reports go to fresh metrics and status.
+fn driver(
+    cluster: MockClusterBackend,
+    dataplane: MockDataplane,
+    config: Config,
+) -> (Driver<MockClusterBackend, MockDataplane, StaticHost, Telemetry>, Arc<Metrics>) {
+    let telemetry = Telemetry::new();
+    let metrics = telemetry.metrics();
+    (Driver::new(cluster, dataplane, StaticHost, config).with_sink(telemetry), metrics)
 }
 
 fn snapshot() -> ClusterSnapshot {
-    let node = |name: &str, ip: &str, pods: &str, key: u8| NodeSpec {
-        name: name.into(),
-        endpoint: Some(Endpoint::parse(&format!("{ip}:51820")).unwrap()),
-        key: Some(Key::from_bytes([key; 32])),
-        internal_ip: Some(format!("{ip}/24").parse().unwrap()),
-        location: name.into(),
-        pod_subnet: Some(pods.parse().unwrap()),
-        last_seen: Some(mesh_agent::agent::unix_now()),
-        ..NodeSpec::default()
-    };
-    ClusterSnapshot {
-        nodes: vec![node("a", "192.0.2.1", "10.2.1.0/24", 1), node("b", "198.51.100.1", "10.2.2.0/24", 2)],
-        peers: vec![],
-        now: mesh_agent::agent::unix_now(),
-    }
+    mesh_tests::two_locations(unix_now())
 }
 
-fn config() -> AgentConfig {
-    let mut config = AgentConfig::new(Options::for_host("a"));
-    config.retry_initial = Duration::from_millis(10);
+fn config() -> Config {
+    let mut config = Config::new(Options::for_host("a"));
+    config.retry = Backoff::new(Duration::from_millis(10), Duration::from_secs(30));
     config
 }
 
@@ -67,12 +64,11 @@ async fn a_snapshot_leads_to_exactly_one_apply_and_one_announcement() {
     dataplane.expect_apply().times(1).withf(|plan| !plan.is_empty()).returning(|_| Ok(()));
     let mut config = config();
     config.clean_up = false;
-    let metrics = Arc::new(Metrics::new());
-    let mut agent = Agent::new(cluster, dataplane, StaticHost, config, Arc::clone(&metrics));
+    let (mut agent, metrics) = driver(cluster, dataplane, config);
     agent.run(std::future::pending()).await;
     assert_eq!(metrics.reconciles(), 1);
     assert!(metrics.operations("add_peer") == 1 && metrics.operations("add_route") > 0);
-    let topology = agent.status().lock().unwrap().topology.clone();
+    let topology = agent.sink().status().lock().unwrap().topology.clone();
     assert!(topology.is_some_and(|topology| topology.to_dot().starts_with("digraph kilo")));
 }
 
@@ -83,8 +79,7 @@ async fn an_empty_plan_is_not_applied() {
     let mut dataplane = MockDataplane::new();
     dataplane.expect_observe().times(2).returning(|| Ok(ObservedState::of(desired())));
     dataplane.expect_apply().never();
-    let metrics = Arc::new(Metrics::new());
-    let mut agent = Agent::new(cluster, dataplane, StaticHost, config(), Arc::clone(&metrics));
+    let (mut agent, metrics) = driver(cluster, dataplane, config());
     agent.update_snapshot(snapshot());
     agent.reconcile().await;
     // A resync with nothing new: no write, and the announcement is not repeated before check-in.
@@ -106,22 +101,22 @@ async fn an_apply_error_is_counted_retried_with_backoff_and_not_announced() {
         .in_sequence(&mut attempts)
         .returning(|_| Err(BackendError::new("failed to add route 10.2.2.0/24 via 10.4.0.2 dev kilo0", "EPERM")));
     dataplane.expect_apply().times(1).in_sequence(&mut attempts).returning(|_| Ok(()));
-    let metrics = Arc::new(Metrics::new());
-    let mut agent = Agent::new(cluster, dataplane, StaticHost, config(), Arc::clone(&metrics));
+    let (mut agent, metrics) = driver(cluster, dataplane, config());
     agent.update_snapshot(snapshot());
     agent.reconcile().await;
     assert_eq!(metrics.errors(ErrorEvent::Apply), 1);
-    assert_eq!(agent.retry_delay(), Some(Duration::from_millis(10)));
-    assert!(!agent.status().lock().unwrap().healthy);
+    assert_eq!(agent.reconciler().retry_delay(), Some(Duration::from_millis(10)));
+    assert!(!agent.sink().status().lock().unwrap().healthy);
     agent.reconcile().await;
-    assert_eq!(agent.retry_delay(), Some(Duration::from_millis(20)), "the delay doubles");
+    assert_eq!(agent.reconciler().retry_delay(), Some(Duration::from_millis(20)), "the delay doubles");
     agent.reconcile().await;
-    assert_eq!(agent.retry_delay(), None);
+    assert_eq!(agent.reconciler().retry_delay(), None);
     assert_eq!(metrics.errors(ErrorEvent::Apply), 2);
-    assert!(agent.status().lock().unwrap().healthy);
+    assert!(agent.sink().status().lock().unwrap().healthy);
 }
 
-#[tokio::test]
+/// With tokio's clock paused: the driver's timers are tokio's, so time jumps instead of passing.
+#[tokio::test(start_paused = true)]
 async fn the_loop_retries_a_failed_apply_by_itself() {
     let mut cluster = MockClusterBackend::new();
     let mut next = Sequence::new();
@@ -138,11 +133,10 @@ async fn the_loop_retries_a_failed_apply_by_itself() {
     dataplane.expect_apply().times(1).in_sequence(&mut attempts).returning(|_| Ok(()));
     let mut config = config();
     config.clean_up = false;
-    let metrics = Arc::new(Metrics::new());
     // The backend has nothing more to say after the first snapshot: the retry timer must act.
     cluster.expect_next_snapshot().returning(|| Err(BackendError::new("watch", "connection refused")));
-    let mut agent = Agent::new(cluster, dataplane, StaticHost, config, Arc::clone(&metrics));
-    let status = agent.status();
+    let (mut agent, metrics) = driver(cluster, dataplane, config);
+    let status = agent.sink().status();
     let healthy = async move {
         while !status.lock().unwrap().healthy {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -166,8 +160,7 @@ async fn shutdown_cleans_up_the_data_plane_then_the_annotations() {
         .in_sequence(&mut order)
         .withf(|node| node == "a")
         .returning(|_| Ok(()));
-    let metrics = Arc::new(Metrics::new());
-    let mut agent = Agent::new(cluster, dataplane, StaticHost, config(), Arc::clone(&metrics));
+    let (mut agent, metrics) = driver(cluster, dataplane, config());
     agent.run(std::future::pending()).await;
     assert_eq!(metrics.errors(ErrorEvent::CleanUp), 0);
 }
@@ -181,13 +174,12 @@ async fn clean_up_failures_are_counted_and_do_not_stop_the_rest() {
         .times(1)
         .returning(|| Err(BackendError::new("failed to delete chain KILO-NAT", "busy")));
     cluster.expect_clean_up().times(1).returning(|_| Ok(()));
-    let metrics = Arc::new(Metrics::new());
-    let mut agent = Agent::new(cluster, dataplane, StaticHost, config(), Arc::clone(&metrics));
+    let (mut agent, metrics) = driver(cluster, dataplane, config());
     agent.clean_up().await;
     assert_eq!(metrics.errors(ErrorEvent::CleanUp), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn heartbeats_continue_while_applies_fail() {
     let mut cluster = MockClusterBackend::new();
     let mut next = Sequence::new();
@@ -210,9 +202,8 @@ async fn heartbeats_continue_while_applies_fail() {
     let mut config = config();
     config.clean_up = false;
     config.check_in_period = Duration::from_millis(100);
-    config.retry_initial = Duration::from_secs(60);
-    let metrics = Arc::new(Metrics::new());
-    let mut agent = Agent::new(cluster, dataplane, StaticHost, config, Arc::clone(&metrics));
+    config.retry = Backoff::new(Duration::from_secs(60), Duration::from_secs(60));
+    let (mut agent, metrics) = driver(cluster, dataplane, config);
     agent.run(tokio::time::sleep(Duration::from_millis(450))).await;
     let announcements = announcements.lock().unwrap();
     assert!(announcements.len() >= 3, "the first announcement and heartbeats: {}", announcements.len());

@@ -93,7 +93,7 @@ fn netns_agent_with_file_backend_reconciles_serves_and_cleans_up() {
     };
     let ns = world.namespace.clone();
     std::fs::create_dir_all(world.dir.join("nodes")).unwrap();
-    let now = mesh_agent::agent::unix_now();
+    let now = mesh_core::time::unix_seconds(std::time::SystemTime::now());
     let remote_key = mesh_core::Key::from_bytes([7; 32]);
     write_node(
         &world.dir,

@@ -54,6 +54,7 @@ mod options;
 pub mod plan;
 pub mod routes;
 pub mod state;
+pub mod time;
 pub mod topology;
 mod tuned;
 pub mod wireguard;

@@ -34,9 +34,6 @@ use crate::crd;
 pub struct TranslatedNode {
     /// The node.
     pub spec: NodeSpec,
-    /// `kilo.squat.ai/force-internal-ip` is `""` or `-`: the node has no private IP, and its
-    /// agent must not publish an auto-detected one (Kilo's `NoInternalIP`).
-    pub force_no_internal_ip: bool,
     /// Values that were ignored or overridden, in annotation order.
     pub warnings: Vec<Warning>,
 }
@@ -213,7 +210,6 @@ pub fn node(node: &Node, topology_label: &str) -> TranslatedNode {
             allowed_location_ips,
             granularity,
         },
-        force_no_internal_ip,
         warnings: reader.warnings,
     }
 }

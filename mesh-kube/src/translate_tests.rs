@@ -61,7 +61,6 @@ struct NodeCase {
     labels: Vec<(&'static str, &'static str)>,
     subnet: &'static str,
     out: NodeSpec,
-    force_no_internal_ip: bool,
     /// (annotation, value, reason)
     warnings: Vec<(&'static str, &'static str, &'static str)>,
 }
@@ -72,7 +71,6 @@ fn run_node_cases(cases: Vec<NodeCase>) {
         let node = kube_node("", &annotations, &case.labels, case.subnet);
         let translated = super::node(&node, REGION);
         assert_eq!(translated.spec, case.out, "test case {:?}", case.name);
-        assert_eq!(translated.force_no_internal_ip, case.force_no_internal_ip, "test case {:?}", case.name);
         let expected: Vec<Warning> = case
             .warnings
             .iter()
@@ -147,7 +145,6 @@ fn kilo_translate_node() {
         labels,
         subnet,
         out,
-        force_no_internal_ip: false,
         warnings,
     };
     run_node_cases(vec![
@@ -299,7 +296,6 @@ fn kilo_translate_node() {
             labels: vec![(REGION, "a")],
             subnet: "10.2.1.0/24",
             out: NodeSpec { no_internal_ip: true, ..published_out.clone() },
-            force_no_internal_ip: true,
             warnings: vec![],
         },
     ]);
@@ -325,7 +321,7 @@ fn node_name_and_every_read_annotation() {
     );
     let translated = super::node(&node, REGION);
     assert_eq!(translated.warnings, vec![]);
-    assert!(translated.force_no_internal_ip);
+    assert!(translated.spec.no_internal_ip);
     let spec = translated.spec;
     assert_eq!(spec.name, "node-a");
     assert_eq!(

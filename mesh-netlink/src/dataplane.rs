@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use ipnet::IpNet;
 use mesh_core::backend::{BackendError, Dataplane};
@@ -248,10 +248,7 @@ impl LinuxDataplane {
         }
         state.firewall.canonicalize();
 
-        let observed_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let observed_at = mesh_core::time::unix_seconds(SystemTime::now());
         Ok(ObservedState { state, peer_stats, observed_at, firewall_layout })
     }
 

@@ -72,6 +72,9 @@ pub enum Error {
         /// The name the kernel's IPIP device has now (`cilium_tunl`).
         existing: String,
     },
+    /// IP discovery found no address the node could use.
+    #[error("no valid IP was found")]
+    NoValidIp,
     /// A `--wireguard-backend` value that is not `auto`, `kernel` or `userspace`.
     #[error("invalid WireGuard backend {0:?}: expected auto, kernel or userspace")]
     InvalidBackend(String),

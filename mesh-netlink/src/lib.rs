@@ -27,6 +27,7 @@
 mod dataplane;
 mod error;
 mod firewall;
+pub mod host;
 mod link;
 mod netns;
 mod route;

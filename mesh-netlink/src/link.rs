@@ -1,7 +1,6 @@
 //! Links and their addresses over rtnetlink: look up, create, set up/down, MTU, addresses.
 
 use std::io;
-use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
@@ -109,23 +108,29 @@ pub(crate) async fn addresses(handle: &Handle, index: u32) -> io::Result<Vec<Add
         .iter()
         .filter(|message| message.header.scope != AddressScope::Link)
         .filter_map(|message| {
-            let mut local = None;
-            let mut address = None;
-            let mut protocol = None;
-            for attribute in &message.attributes {
-                match attribute {
-                    AddressAttribute::Local(ip) => local = Some(*ip),
-                    AddressAttribute::Address(ip) => address = Some(*ip),
-                    AddressAttribute::Protocol(proto) => protocol = Some(u8::from(*proto)),
-                    _ => {}
-                }
-            }
-            // On point-to-point links IFA_ADDRESS is the peer; IFA_LOCAL is ours.
-            let ip: IpAddr = local.or(address)?;
-            let net = IpNet::new(ip, message.header.prefix_len).ok()?;
+            let net = address_of(message)?;
+            let protocol = message.attributes.iter().find_map(|attribute| match attribute {
+                AddressAttribute::Protocol(proto) => Some(u8::from(*proto)),
+                _ => None,
+            });
             Some(Address { net, protocol })
         })
         .collect())
+}
+
+/// The address an address message gives this host, with its prefix: `IFA_LOCAL`, else
+/// `IFA_ADDRESS` (on point-to-point links `IFA_ADDRESS` is the peer's; `IFA_LOCAL` is ours).
+pub(crate) fn address_of(message: &AddressMessage) -> Option<IpNet> {
+    let mut local = None;
+    let mut address = None;
+    for attribute in &message.attributes {
+        match attribute {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    IpNet::new(local.or(address)?, message.header.prefix_len).ok()
 }
 
 /// Adds `net` to the link, marked with `protocol` (`IFA_PROTO`). Adding an address that is

@@ -1,8 +1,28 @@
-//! Shared fixtures for the cross-crate tests in `tests/tests/`.
+//! Shared fixtures for the cross-crate tests in `tests/tests/` and the agent's tests.
 #![warn(missing_docs)]
 
 use mesh_core::backend::{BackendError, Dataplane};
-use mesh_core::{DataplaneState, ObservedState, Plan};
+use mesh_core::{ClusterSnapshot, DataplaneState, Endpoint, Key, NodeSpec, ObservedState, Plan};
+
+/// Two locations of one node each, `a` (192.0.2.1, pods 10.2.1.0/24) and `b` (198.51.100.1,
+/// pods 10.2.2.0/24), both last seen at `now`: the smallest mesh with a peer and a route.
+pub fn two_locations(now: i64) -> ClusterSnapshot {
+    let node = |name: &str, ip: &str, pods: &str, key: u8| NodeSpec {
+        name: name.into(),
+        endpoint: Some(Endpoint::parse(&format!("{ip}:51820")).expect("a valid endpoint")),
+        key: Some(Key::from_bytes([key; 32])),
+        internal_ip: Some(format!("{ip}/24").parse().expect("a valid CIDR")),
+        location: name.into(),
+        pod_subnet: Some(pods.parse().expect("a valid CIDR")),
+        last_seen: Some(now),
+        ..NodeSpec::default()
+    };
+    ClusterSnapshot {
+        nodes: vec![node("a", "192.0.2.1", "10.2.1.0/24", 1), node("b", "198.51.100.1", "10.2.2.0/24", 2)],
+        peers: vec![],
+        now,
+    }
+}
 
 /// An in-memory data plane whose semantics are exactly [`Plan::apply_to`]: the reference every
 /// real data plane is tested against. It counts the operations it applied.

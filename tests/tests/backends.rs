@@ -2,26 +2,8 @@
 //! data plane, with the in-memory reference and with mockall mocks.
 
 use mesh_core::backend::{BackendError, ClusterBackend, Dataplane, MockClusterBackend, MockDataplane};
-use mesh_core::{ClusterSnapshot, DesiredState, Endpoint, Key, NodeSpec, ObservedState, Options, Plan, Topology};
-use mesh_tests::MemoryDataplane;
-
-fn snapshot(now: i64) -> ClusterSnapshot {
-    let node = |name: &str, ip: &str, pods: &str, key: u8| NodeSpec {
-        name: name.into(),
-        endpoint: Some(Endpoint::parse(&format!("{ip}:51820")).unwrap()),
-        key: Some(Key::from_bytes([key; 32])),
-        internal_ip: Some(format!("{ip}/24").parse().unwrap()),
-        location: name.into(),
-        pod_subnet: Some(pods.parse().unwrap()),
-        last_seen: Some(now),
-        ..NodeSpec::default()
-    };
-    ClusterSnapshot {
-        nodes: vec![node("a", "192.0.2.1", "10.2.1.0/24", 1), node("b", "198.51.100.1", "10.2.2.0/24", 2)],
-        peers: vec![],
-        now,
-    }
-}
+use mesh_core::{DesiredState, ObservedState, Options, Plan, Topology};
+use mesh_tests::{MemoryDataplane, two_locations as snapshot};
 
 /// One pass: compute, observe, plan, apply. Returns the number of operations applied.
 async fn reconcile(cluster: &mut dyn ClusterBackend, dataplane: &mut dyn Dataplane) -> Result<usize, BackendError> {

@@ -32,30 +32,10 @@ impl Objects {
 
     /// Lists Nodes and Peers from the cluster of a kubeconfig (or the in-cluster configuration).
     pub async fn from_cluster(kubeconfig: Option<&Path>) -> Result<Objects, CliError> {
-        let config = match kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| CliError::input(format!("failed to read kubeconfig {}: {e}", path.display())))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-                    .await
-                    .map_err(|e| CliError::input(format!("invalid kubeconfig {}: {e}", path.display())))?
-            }
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| CliError::input(format!("failed to find a Kubernetes configuration: {e}")))?,
-        };
-        let client = kube::Client::try_from(config)
-            .map_err(|e| CliError::input(format!("failed to create a Kubernetes client: {e}")))?;
-        let params = kube::api::ListParams::default();
-        let nodes = kube::Api::<Node>::all(client.clone())
-            .list(&params)
-            .await
-            .map_err(|e| CliError::input(format!("failed to list nodes: {e}")))?;
-        let peers = kube::Api::<Peer>::all(client)
-            .list(&params)
-            .await
-            .map_err(|e| CliError::input(format!("failed to list peers.kilo.squat.ai: {e}")))?;
-        Ok(Objects { nodes: nodes.items, peers: peers.items })
+        let input = |error: mesh_kube::Error| CliError::input(error.to_string());
+        let client = mesh_kube::api::client(kubeconfig, None).await.map_err(input)?;
+        let (nodes, peers) = mesh_kube::api::list(client).await.map_err(input)?;
+        Ok(Objects { nodes, peers })
     }
 
     /// Adds the objects of a YAML or JSON text: single objects, `List`s (`NodeList`, `PeerList`, …)

@@ -3,7 +3,6 @@
 //! Exit codes: 0 success, 1 usage error, 2 input error (unreadable or malformed files, unknown
 //! node or peer, a cluster the topology cannot be computed for).
 
-pub mod flags;
 mod graph;
 mod input;
 mod plan;
@@ -12,10 +11,10 @@ mod showconf;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use mesh_core::{ClusterSnapshot, Granularity, Skipped, Warning};
+use mesh_core::{ClusterSnapshot, Granularity};
+use mesh_kube::{Diagnostics, Translated, translate};
 
-use flags::GranularityChoice;
-pub use flags::MeshFlags;
+use crate::flags::{GranularityChoice, MeshFlags};
 use input::Objects;
 
 /// Exit code of a usage error.
@@ -78,34 +77,16 @@ impl Source {
 pub struct Cluster {
     /// Nodes and peers as values.
     pub snapshot: ClusterSnapshot,
-    /// Objects left out at translation (invalid Peers).
-    pub skipped: Vec<Skipped>,
-    /// Values ignored at translation.
-    pub warnings: Vec<Warning>,
+    /// Objects left out at translation (invalid Peers) and values ignored.
+    pub diagnostics: Diagnostics,
 }
 
 impl Cluster {
     fn translate(objects: &Objects, topology_label: &str, now: i64) -> Cluster {
-        let mut cluster = Cluster {
-            snapshot: ClusterSnapshot { nodes: Vec::new(), peers: Vec::new(), now },
-            skipped: Vec::new(),
-            warnings: Vec::new(),
-        };
-        for node in &objects.nodes {
-            let translated = mesh_kube::translate::node(node, topology_label);
-            cluster.snapshot.nodes.push(translated.spec);
-            cluster.warnings.extend(translated.warnings);
-        }
-        for peer in &objects.peers {
-            match mesh_kube::translate::peer(peer) {
-                Ok(translated) => {
-                    cluster.snapshot.peers.push(translated.spec);
-                    cluster.warnings.extend(translated.warnings);
-                }
-                Err(skipped) => cluster.skipped.push(skipped),
-            }
-        }
-        cluster
+        let nodes: Vec<_> = objects.nodes.iter().map(|node| translate::node(node, topology_label)).collect();
+        let peers: Vec<_> = objects.peers.iter().map(translate::peer).collect();
+        let translated = Translated::collect(&nodes, &peers, Diagnostics::default());
+        Cluster { snapshot: translated.snapshot(now), diagnostics: translated.diagnostics }
     }
 
     /// Names of the nodes, for "unknown node" messages.
@@ -254,7 +235,5 @@ fn write(out: &mut dyn std::io::Write, text: &str) -> Result<(), CliError> {
 
 /// The current Unix time, for commands that judge readiness against now.
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    mesh_core::time::unix_seconds(std::time::SystemTime::now())
 }

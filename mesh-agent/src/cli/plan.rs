@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use mesh_core::{DesiredState, DeviceNames, Skipped, Topology, Warning};
 use serde::Serialize;
 
-use super::flags::MeshFlags;
 use super::{CliError, Cluster, Source, unix_now, write};
+use crate::flags::MeshFlags;
 
 /// Arguments of `plan`.
 #[derive(clap::Args, Debug)]
@@ -109,9 +109,9 @@ pub(super) async fn run(args: PlanArgs, out: &mut dyn std::io::Write) -> Result<
     let (desired, state_warnings) = DesiredState::from_topology(&topology, &options);
     let names = DeviceNames::new(&options, &args.private_iface);
 
-    let mut skipped = cluster.skipped;
+    let mut skipped = cluster.diagnostics.skipped;
     skipped.extend(topology.skipped.iter().cloned());
-    let mut warnings = cluster.warnings;
+    let mut warnings = cluster.diagnostics.warnings;
     warnings.extend(topology.warnings.iter().cloned());
     warnings.extend(state_warnings);
     let output = PlanOutput {

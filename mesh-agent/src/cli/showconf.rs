@@ -5,8 +5,8 @@ use mesh_core::wireguard::{Conf, PeerConfig};
 use mesh_core::{Endpoint, Host};
 use serde_json::{Map, Value, json};
 
-use super::flags::parse_cidr;
 use super::{CliError, KgctlArgs, KgctlView, write};
+use crate::flags::parse_cidr;
 
 /// Arguments of `showconf`.
 #[derive(clap::Args, Debug)]

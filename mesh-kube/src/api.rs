@@ -1,11 +1,12 @@
 //! The live Kubernetes backend: Node and Peer watchers feeding coalesced snapshots, and the
-//! local node's annotations.
+//! local node's annotations; the one place a Kubernetes client is built.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
+use std::path::Path;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -15,13 +16,14 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use mesh_core::backend::{BackendError, ClusterBackend, LocalAnnouncement};
-use mesh_core::{ClusterSnapshot, NodeSpec, PeerSpec, Skipped, Warning};
+use mesh_core::time::{Backoff, unix_seconds};
+use mesh_core::{ClusterSnapshot, Skipped};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::annotations::{OWNED_ANNOTATIONS, announcement_annotations};
 use crate::crd::Peer;
 use crate::translate::{self, TranslatedNode, TranslatedPeer};
-use crate::{Error, Result};
+use crate::{Diagnostics, Error, Result, Translated};
 
 /// The field manager of every write, so `kubectl get node -o yaml --show-managed-fields` names us.
 pub const FIELD_MANAGER: &str = "mesh-agent";
@@ -53,21 +55,9 @@ impl RetryPolicy {
     /// `max`, then scaled by a random factor in [0.5, 1] so that agents restarted together do
     /// not hammer the API server in step.
     pub fn delay(&self, failure: u32) -> Duration {
-        let base = self.initial.saturating_mul(2u32.saturating_pow(failure.min(30))).min(self.max);
         let random = RandomState::new().hash_one(std::time::Instant::now());
-        let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
-        base.mul_f64(0.5 + fraction / 2.0)
+        Backoff::new(self.initial, self.max).jittered(failure, random)
     }
-}
-
-/// What the last snapshot left out or ignored: skipped (invalid) Peers, and the warnings of
-/// every Node and Peer (Nodes first, then Peers, each by name).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Diagnostics {
-    /// Objects left out of the snapshot, with the reason (Peers Kilo's validation rejects).
-    pub skipped: Vec<Skipped>,
-    /// Values that were ignored while their object stayed in the snapshot.
-    pub warnings: Vec<Warning>,
 }
 
 /// The Kubernetes [`ClusterBackend`]: watches Nodes and Peers, publishes the local node.
@@ -92,7 +82,7 @@ pub struct KubeBackend {
     dirty: bool,
     debounce: Duration,
     retry: RetryPolicy,
-    last: Option<(Vec<NodeSpec>, Vec<PeerSpec>, Diagnostics)>,
+    last: Option<Translated>,
     diagnostics: Diagnostics,
 }
 
@@ -162,13 +152,14 @@ impl KubeBackend {
         &self.hostname
     }
 
-    /// Skipped objects and warnings of the last snapshot returned.
+    /// Skipped objects and warnings of the last snapshot returned (Nodes first, then Peers, each
+    /// by name; `files` is always empty).
     pub fn diagnostics(&self) -> &Diagnostics {
         &self.diagnostics
     }
 
     /// The latest translation of a Node (it may be newer than the last snapshot), e.g. to read
-    /// [`TranslatedNode::force_no_internal_ip`] of the local node.
+    /// the local node's `spec.no_internal_ip`.
     pub fn node(&self, name: &str) -> Option<&TranslatedNode> {
         self.nodes.store.get(name)
     }
@@ -242,28 +233,8 @@ impl KubeBackend {
         self.dirty |= changed;
     }
 
-    fn build(&self) -> (Vec<NodeSpec>, Vec<PeerSpec>, Diagnostics) {
-        let mut diagnostics = Diagnostics::default();
-        let nodes = self
-            .nodes
-            .store
-            .values()
-            .map(|node| {
-                diagnostics.warnings.extend(node.warnings.iter().cloned());
-                node.spec.clone()
-            })
-            .collect();
-        let mut peers = Vec::new();
-        for peer in self.peers.store.values() {
-            match peer {
-                Ok(peer) => {
-                    diagnostics.warnings.extend(peer.warnings.iter().cloned());
-                    peers.push(peer.spec.clone());
-                }
-                Err(skipped) => diagnostics.skipped.push(skipped.clone()),
-            }
-        }
-        (nodes, peers, diagnostics)
+    fn build(&self) -> Translated {
+        Translated::collect(self.nodes.store.values(), self.peers.store.values(), Diagnostics::default())
     }
 }
 
@@ -287,11 +258,10 @@ impl ClusterBackend for KubeBackend {
             if self.last.as_ref() == Some(&current) {
                 continue;
             }
-            let (nodes, peers, diagnostics) = current.clone();
+            let snapshot = current.snapshot(unix_seconds(SystemTime::now()));
+            self.diagnostics = current.diagnostics.clone();
             self.last = Some(current);
-            self.diagnostics = diagnostics;
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs() as i64);
-            return Ok(Some(ClusterSnapshot { nodes, peers, now }));
+            return Ok(Some(snapshot));
         }
     }
 
@@ -474,4 +444,37 @@ where
         self.last_error = Some(format!("failed to watch {}: {error}", self.resource));
         self.resume_at = Some(Instant::now() + delay);
     }
+}
+
+/// A client for the cluster of `kubeconfig` (else the in-cluster configuration, else
+/// `$KUBECONFIG` or `~/.kube/config`), talking to `master` when given (Kilo's `--master`).
+pub async fn client(kubeconfig: Option<&Path>, master: Option<&str>) -> Result<Client> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let invalid = |message: String| Error::Kubeconfig { path: path.to_owned(), message };
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| invalid(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| invalid(e.to_string()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| Error::NoConfiguration(e.to_string()))?,
+    };
+    if let Some(master) = master {
+        config.cluster_url = master
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| Error::Master { master: master.to_owned(), message: e.to_string() })?;
+    }
+    Client::try_from(config).map_err(|source| Error::Client { source })
+}
+
+/// Every Node and Peer of the cluster, listed once (for the offline tools).
+pub async fn list(client: Client) -> Result<(Vec<Node>, Vec<Peer>)> {
+    let params = kube::api::ListParams::default();
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&params)
+        .await
+        .map_err(|source| Error::List { resource: "nodes", source })?;
+    let peers =
+        Api::<Peer>::all(client).list(&params).await.map_err(|source| Error::List { resource: "peers", source })?;
+    Ok((nodes.items, peers.items))
 }

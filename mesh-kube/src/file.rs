@@ -10,7 +10,7 @@
 //!
 //! `.yml` and `.json` files are read too (JSON files are parsed as JSON). Dotfiles and every
 //! name without one of these extensions (editor backups `a.yaml~`, swap files, `a.yaml.tmp`, the
-//! backend's own `.a.yaml.*.tmp`) are ignored. A file holds exactly one object; `kind` and
+//! backend's own `.a.yaml.tmp`) are ignored. A file holds exactly one object; `kind` and
 //! `apiVersion` may be left out, `metadata.name` too (the file name is the object's name), but
 //! a `metadata.name` that differs from the file name is an error, so that one file is the one
 //! place a node's annotations are read from and written to. When `a.yaml` and `a.json` both
@@ -58,20 +58,22 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mesh_core::backend::{BackendError, ClusterBackend, LocalAnnouncement};
-use mesh_core::{ClusterSnapshot, NodeSpec, ObjectKind, PeerSpec, Skipped, Warning};
-use mesh_kube::annotations::{OWNED_ANNOTATIONS, announcement_annotations};
-use mesh_kube::crd::Peer;
-use mesh_kube::translate::{self, TranslatedNode, TranslatedPeer};
+use mesh_core::time::unix_seconds;
+use mesh_core::{ClusterSnapshot, ObjectKind, Skipped, Warning};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::time::{Instant, sleep};
+
+use crate::annotations::{OWNED_ANNOTATIONS, announcement_annotations};
+use crate::crd::Peer;
+use crate::translate::{self, TranslatedNode, TranslatedPeer};
+use crate::{Diagnostics, Error, Result, Translated};
 
 /// The subdirectory of node files.
 pub const NODES_DIR: &str = "nodes";
@@ -87,67 +89,6 @@ const MAX_SETTLE: Duration = Duration::from_secs(1);
 /// A file modified less than this before it was read is read again at the next poll, whatever
 /// its metadata says: coarse timestamps cannot tell two writes within one tick apart.
 const RACY_WINDOW: Duration = Duration::from_secs(2);
-
-/// Everything that can go wrong in the file backend. Each variant names the operation and the path.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The cluster directory or its `nodes/` subdirectory is missing or not a directory.
-    #[error("failed to open the file backend directory {}: {source}", path.display())]
-    OpenDirectory {
-        /// The directory.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-    /// A node name that cannot be a file name in `nodes/`.
-    #[error("invalid node name {name:?}: {reason}")]
-    InvalidName {
-        /// The name.
-        name: String,
-        /// Why it is invalid.
-        reason: &'static str,
-    },
-    /// The node this backend announces has no file: the file backend does not invent Nodes.
-    #[error(
-        "node file {} does not exist: the file backend publishes only nodes that have a file \
-         (e.g. `kubectl get node NAME -o yaml`)",
-        path.display()
-    )]
-    MissingNodeFile {
-        /// The path looked for (the `.yaml` one when none of the extensions exists).
-        path: PathBuf,
-    },
-    /// Reading a node file failed.
-    #[error("failed to read node file {}: {source}", path.display())]
-    ReadNodeFile {
-        /// The node file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-    /// A node file to rewrite is not a valid Node; it is left as it is.
-    #[error("failed to parse node file {}: {message}", path.display())]
-    ParseNodeFile {
-        /// The node file.
-        path: PathBuf,
-        /// What is wrong, with the line where the parser knows it.
-        message: String,
-    },
-    /// Writing a node file failed; the file is unchanged.
-    #[error("failed to write node file {}: {source}", path.display())]
-    WriteNodeFile {
-        /// The node file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// `Result` with the file backend's [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A node or peer file that could not be used.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -171,24 +112,6 @@ impl fmt::Display for FileProblem {
     }
 }
 
-/// What the last snapshot left out or ignored: the Kubernetes backend's skipped objects and
-/// warnings, plus the files that could not be used.
-///
-/// Every [`FileProblem`] also appears in `skipped` (the object is left out) or in `warnings`
-/// (its last valid version is used), under the name of its file, so a consumer that handles
-/// both backends alike sees it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Diagnostics {
-    /// Objects left out of the snapshot, with the reason: Peers Kilo's validation rejects, and
-    /// files that never held a valid object. Nodes first, then Peers, each by name.
-    pub skipped: Vec<Skipped>,
-    /// Values that were ignored while their object stayed in the snapshot, and files whose last
-    /// valid version is used. Nodes first, then Peers, each by name.
-    pub warnings: Vec<Warning>,
-    /// Files that could not be used, by path.
-    pub files: Vec<FileProblem>,
-}
-
 /// The file [`ClusterBackend`]: reads `DIR/nodes` and `DIR/peers`, publishes the local node in
 /// `DIR/nodes/<hostname>.yaml`. See the [module documentation](self) for the format, change
 /// detection and the malformed-file policy.
@@ -205,7 +128,7 @@ pub struct FileBackend {
     peers: Folder<std::result::Result<TranslatedPeer, Skipped>>,
     /// A change was seen that no returned snapshot holds yet.
     dirty: bool,
-    last: Option<Built>,
+    last: Option<Translated>,
     diagnostics: Diagnostics,
     scan_error: Option<String>,
 }
@@ -297,7 +220,7 @@ impl FileBackend {
     }
 
     /// The latest translation of a Node (it may be newer than the last snapshot; the last valid
-    /// version of a malformed file), e.g. to read [`TranslatedNode::force_no_internal_ip`].
+    /// version of a malformed file), e.g. to read its `spec.no_internal_ip`.
     pub fn node(&self, name: &str) -> Option<&TranslatedNode> {
         self.nodes.current(name)
     }
@@ -396,32 +319,22 @@ impl FileBackend {
         None
     }
 
-    fn build(&self) -> Built {
+    fn build(&self) -> Translated {
         let mut diagnostics = Diagnostics::default();
-        let mut nodes = Vec::new();
-        for node in self.nodes.resolve(&mut diagnostics) {
-            diagnostics.warnings.extend(node.warnings.iter().cloned());
-            nodes.push(node.spec.clone());
-        }
-        let mut peers = Vec::new();
-        for peer in self.peers.resolve(&mut diagnostics) {
-            match peer {
-                Ok(peer) => {
-                    diagnostics.warnings.extend(peer.warnings.iter().cloned());
-                    peers.push(peer.spec.clone());
-                }
-                Err(skipped) => diagnostics.skipped.push(skipped.clone()),
-            }
-        }
-        // Each object's translation warnings stay in annotation order (a stable sort).
+        let nodes = self.nodes.resolve(&mut diagnostics);
+        let peers = self.peers.resolve(&mut diagnostics);
+        let mut built = Translated::collect(nodes, peers, diagnostics);
+        let diagnostics = &mut built.diagnostics;
+        // Nodes first, then Peers, each by name; each object's translation warnings stay in
+        // annotation order (a stable sort).
         diagnostics.skipped.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
         diagnostics.warnings.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
         diagnostics.files.sort();
-        Built { nodes, peers, diagnostics }
+        built
     }
 
-    fn publish(&mut self, built: Built) -> ClusterSnapshot {
-        let snapshot = ClusterSnapshot { nodes: built.nodes.clone(), peers: built.peers.clone(), now: unix_now() };
+    fn publish(&mut self, built: Translated) -> ClusterSnapshot {
+        let snapshot = built.snapshot(unix_seconds(SystemTime::now()));
         self.diagnostics = built.diagnostics.clone();
         self.last = Some(built);
         snapshot
@@ -479,14 +392,6 @@ impl ClusterBackend for FileBackend {
             .await
             .map_err(|error| BackendError::new(format!("failed to clean up node {node:?}"), error))
     }
-}
-
-/// What a snapshot is made of; equal values mean nothing to report.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Built {
-    nodes: Vec<NodeSpec>,
-    peers: Vec<PeerSpec>,
-    diagnostics: Diagnostics,
 }
 
 /// What identifies one version of a file without reading it.
@@ -898,7 +803,7 @@ fn edit_annotations(path: &Path, edit: impl FnOnce(&mut Map<String, Value>) -> b
     } else {
         serde_norway::to_string(&node).map_err(|error| invalid(error.to_string()))?
     };
-    write_atomically(&path, text.as_bytes()).map_err(|source| Error::WriteNodeFile { path, source })?;
+    write_atomically(&path, text.as_bytes(), None).map_err(|source| Error::WriteNodeFile { path, source })?;
     Ok(Some(true))
 }
 
@@ -921,25 +826,47 @@ fn mapping_at<'v>(value: &'v mut Value, keys: &[&str]) -> std::result::Result<&'
 }
 
 /// Replaces `path` by a file holding `bytes` so that readers see the old or the new content,
-/// never a part: a temporary dotfile in the same directory, written and synced, renamed over it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// never a part, and a crash leaves one or the other: a temporary dotfile `.NAME.tmp` in the same
+/// directory (a stale one from a crash is removed first) is written with `mode` (`None`: the
+/// mode of the file it replaces, if any), synced, and renamed over `path`; then the directory is
+/// synced so the rename is durable too.
+///
+/// The one atomic write of the workspace: node files here, the agent's key and CNI files.
+///
+/// ```
+/// let dir = std::env::temp_dir().join(format!("mesh-kube-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("key");
+/// mesh_kube::file::write_atomically(&path, b"secret", Some(0o600)).unwrap();
+/// assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let name = path.file_name().ok_or_else(|| io::Error::other("the path has no file name"))?;
     let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-    let permissions = fs::metadata(path).ok().map(|metadata| metadata.permissions());
-    let (temporary, mut file) = loop {
-        // Unique among the agents sharing the directory; the leading dot hides it from readers.
-        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temporary = dir.join(format!(".{file_name}.{}.{count}.tmp", std::process::id()));
-        match OpenOptions::new().write(true).create_new(true).open(&temporary) {
-            Ok(file) => break (temporary, file),
-            // A leftover of a crashed process that had our process id.
-            Err(error) if error.kind() == ErrorKind::AlreadyExists => {}
-            Err(error) => return Err(error),
-        }
+    let mut temporary_name = std::ffi::OsString::from(".");
+    temporary_name.push(name);
+    temporary_name.push(".tmp");
+    let temporary = dir.join(temporary_name);
+    let permissions = match mode {
+        Some(mode) => Some(fs::Permissions::from_mode(mode)),
+        None => fs::metadata(path).ok().map(|metadata| metadata.permissions()),
     };
+    // A crash may have left one behind; `create_new` below must not fail on it.
+    match fs::remove_file(&temporary) {
+        Err(error) if error.kind() != ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
     let written = (|| {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        if let Some(mode) = mode {
+            options.mode(mode);
+        }
+        let mut file = options.open(&temporary)?;
         if let Some(permissions) = permissions {
+            // The umask may have taken bits away.
             file.set_permissions(permissions)?;
         }
         file.write_all(bytes)?;
@@ -951,12 +878,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&temporary);
         return Err(error);
     }
-    // Make the rename durable too. Best effort: some file systems cannot sync a directory, and
-    // the new content is in place for every reader either way.
-    if let Ok(dir) = File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    File::open(dir)?.sync_all()
 }
 
 /// Runs file system work on tokio's blocking pool.
@@ -968,8 +890,4 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + '
             Err(error) => panic!("file backend I/O task did not complete: {error}"),
         },
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX))
 }

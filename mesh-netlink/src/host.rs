@@ -5,7 +5,7 @@
 //!
 //! * [`HostNetwork::read`] (Linux, rtnetlink) reads the links with their addresses and MTUs, the
 //!   interface of the default route and the addresses the hostname resolves to, optionally inside
-//!   another network namespace;
+//!   another network namespace (with the data plane's [`Namespace`] and rtnetlink helpers);
 //! * everything else is pure: [`HostNetwork::candidates`] builds Kilo's three candidate groups,
 //!   [`select_ips`] picks the private and public IP from them, [`HostNetwork::discover`] does
 //!   both and finds the private interface, [`auto_mtu`] derives the WireGuard MTU.
@@ -20,18 +20,20 @@
 //! next one, and a multipath default route counts with its first next hop.
 
 use std::collections::BTreeSet;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs as _};
 
 use futures::TryStreamExt as _;
 use ipnet::IpNet;
 use mesh_core::Compatibility;
 use mesh_core::ip::{is_public, one_address_cidr, sort_ips};
-use mesh_netlink::Namespace;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteType};
 use rtnetlink::{Handle, RouteMessageBuilder};
+
+use crate::error::{Error, Result, netlink_io};
+use crate::link::address_of;
+use crate::netns::Namespace;
 
 /// The CNI bridge Kilo's own CNI configuration creates; its addresses are never the node's IP.
 pub const KUBE_BRIDGE: &str = "kube-bridge";
@@ -62,7 +64,7 @@ const MAIN_TABLE: u32 = 254;
 /// already implies. 1420 (Kilo's default) when the underlay MTU is unknown.
 ///
 /// ```
-/// use mesh_agent::host::auto_mtu;
+/// use mesh_netlink::host::auto_mtu;
 /// assert_eq!(auto_mtu(Some(1500), false), 1420);
 /// assert_eq!(auto_mtu(Some(9001), true), 8921);
 /// assert_eq!(auto_mtu(None, false), 1420);
@@ -153,43 +155,6 @@ pub struct LocalHost {
     pub default_interface: Option<Interface>,
 }
 
-/// Why the host's network could not be read or no IP could be chosen.
-#[derive(Debug, thiserror::Error)]
-pub enum HostError {
-    /// No address qualifies as the node's IP (Kilo's message).
-    #[error("no valid IP was found")]
-    NoValidIp,
-    /// Entering the network namespace failed.
-    #[error("failed to enter {namespace}: {source}")]
-    Namespace {
-        /// The namespace, e.g. `network namespace /run/netns/a`.
-        namespace: String,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// A netlink request failed.
-    #[error("failed to {operation} in {namespace}: {source}")]
-    Netlink {
-        /// What was being read, e.g. `list links`.
-        operation: &'static str,
-        /// The namespace it was read in.
-        namespace: String,
-        /// The kernel's answer.
-        #[source]
-        source: io::Error,
-    },
-    /// The reader thread or its runtime could not be started.
-    #[error("failed to start the host network reader for {namespace}: {source}")]
-    Reader {
-        /// The namespace.
-        namespace: String,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-}
-
 impl HostNetwork {
     /// The interface with index `index`.
     pub fn interface(&self, index: u32) -> Option<&Interface> {
@@ -274,7 +239,7 @@ impl HostNetwork {
 
     /// IP discovery: the node's private and public IP ([`select_ips`] over
     /// [`HostNetwork::candidates`]), the interface of the private IP and the default interface.
-    pub fn discover(&self, ignored_interfaces: &[String], internal_cidrs: &[IpNet]) -> Result<LocalHost, HostError> {
+    pub fn discover(&self, ignored_interfaces: &[String], internal_cidrs: &[IpNet]) -> Result<LocalHost> {
         let ips = select_ips(&self.candidates(ignored_interfaces), internal_cidrs)?;
         let private_interface =
             ips.private.and_then(|private| self.interface_with(private.addr(), ignored_interfaces)).cloned();
@@ -288,12 +253,12 @@ impl HostNetwork {
     /// Blocks: the work runs on a dedicated thread that enters the namespace (so rtnetlink and
     /// any DNS query happen inside it) with its own single-threaded runtime. From async code use
     /// [`HostNetwork::read_async`].
-    pub fn read(namespace: &Namespace, hostname: &str) -> Result<HostNetwork, HostError> {
+    pub fn read(namespace: &Namespace, hostname: &str) -> Result<HostNetwork> {
         Self::read_blocking(namespace, Some(hostname))
     }
 
     /// [`HostNetwork::read`] without blocking the async runtime.
-    pub async fn read_async(namespace: &Namespace, hostname: &str) -> Result<HostNetwork, HostError> {
+    pub async fn read_async(namespace: &Namespace, hostname: &str) -> Result<HostNetwork> {
         Self::read_off_runtime(namespace, Some(hostname)).await
     }
 
@@ -301,33 +266,26 @@ impl HostNetwork {
     /// ([`HostNetwork::hostname_ips`] is empty). For the agent's passes, which look again at
     /// `cilium_host` and the underlay's MTU: a DNS query there would stall every pass for as
     /// long as the resolver takes to fail (seconds, behind a firewall that drops it).
-    pub async fn read_links_async(namespace: &Namespace) -> Result<HostNetwork, HostError> {
+    pub async fn read_links_async(namespace: &Namespace) -> Result<HostNetwork> {
         Self::read_off_runtime(namespace, None).await
     }
 
-    fn read_blocking(namespace: &Namespace, hostname: Option<&str>) -> Result<HostNetwork, HostError> {
-        let label = namespace.to_string();
-        let namespace = namespace.clone();
-        let hostname = hostname.map(str::to_owned);
-        let worker = std::thread::Builder::new()
-            .name("host-network".to_owned())
-            .spawn(move || read_on_this_thread(&namespace, hostname.as_deref()))
-            .map_err(|source| HostError::Reader { namespace: label, source })?;
-        match worker.join() {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+    fn read_blocking(namespace: &Namespace, hostname: Option<&str>) -> Result<HostNetwork> {
+        // A thread of its own even for the current namespace: the read runs its own runtime,
+        // which cannot start on a thread that already drives one.
+        std::thread::scope(|scope| {
+            let worker = scope.spawn(|| namespace.run(|| read_here(namespace, hostname)));
+            match worker.join() {
+                Ok(result) => result?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
     }
 
-    async fn read_off_runtime(namespace: &Namespace, hostname: Option<&str>) -> Result<HostNetwork, HostError> {
-        let label = namespace.to_string();
-        let namespace = namespace.clone();
+    async fn read_off_runtime(namespace: &Namespace, hostname: Option<&str>) -> Result<HostNetwork> {
+        let label = namespace.clone();
         let hostname = hostname.map(str::to_owned);
-        match tokio::task::spawn_blocking(move || HostNetwork::read_blocking(&namespace, hostname.as_deref())).await {
-            Ok(result) => result,
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            Err(error) => Err(HostError::Reader { namespace: label, source: io::Error::other(error.to_string()) }),
-        }
+        namespace.run_blocking(move || read_here(&label, hostname.as_deref())).await?
     }
 }
 
@@ -336,7 +294,7 @@ impl HostNetwork {
 /// ignored addresses dropped; with `internal_cidrs`, private candidates outside all of them
 /// dropped (public ones are not filtered). The private IP is the first private candidate, the
 /// public IP the first public candidate or else the first private one.
-pub fn select_ips(candidates: &Candidates, internal_cidrs: &[IpNet]) -> Result<SelectedIps, HostError> {
+pub fn select_ips(candidates: &Candidates, internal_cidrs: &[IpNet]) -> Result<SelectedIps> {
     let groups = [&candidates.hostname, &candidates.default_route, &candidates.all];
     let usable = |net: &&IpNet| !candidates.ignored.contains(*net);
     let mut private = groups
@@ -349,7 +307,7 @@ pub fn select_ips(candidates: &Candidates, internal_cidrs: &[IpNet]) -> Result<S
     match (private, public.next().copied()) {
         (_, Some(public)) => Ok(SelectedIps { private, public }),
         (Some(private), None) => Ok(SelectedIps { private: Some(private), public: private }),
-        (None, None) => Err(HostError::NoValidIp),
+        (None, None) => Err(Error::NoValidIp),
     }
 }
 
@@ -364,27 +322,16 @@ fn is_local(ip: IpAddr) -> bool {
     }
 }
 
-fn read_on_this_thread(namespace: &Namespace, hostname: Option<&str>) -> Result<HostNetwork, HostError> {
-    let label = namespace.to_string();
-    if let Namespace::Path(path) = namespace {
-        // This thread exists only for this read, so it never has to switch back.
-        let error = |source| HostError::Namespace { namespace: label.clone(), source };
-        let file = std::fs::File::open(path).map_err(error)?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|errno| error(io::Error::from_raw_os_error(errno as i32)))?;
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|source| HostError::Reader { namespace: label.clone(), source })?;
+/// Reads the host's network from the calling thread, which is already in `namespace`.
+fn read_here(namespace: &Namespace, hostname: Option<&str>) -> Result<HostNetwork> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(|source| {
+        Error::Namespace { operation: format!("start the host network reader for {namespace}"), source }
+    })?;
     let (interfaces, default_route_interface) = runtime.block_on(async {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(|source| HostError::Netlink {
-            operation: "open an rtnetlink socket",
-            namespace: label.clone(),
-            source,
-        })?;
+        let (connection, handle, _) = rtnetlink::new_connection()
+            .map_err(|source| Error::netlink(format!("open an rtnetlink socket in {namespace}"), source))?;
         let connection = tokio::spawn(connection);
-        let result = read_links(&handle, &label).await;
+        let result = read_links(&handle, namespace).await;
         connection.abort();
         result
     })?;
@@ -395,13 +342,9 @@ fn read_on_this_thread(namespace: &Namespace, hostname: Option<&str>) -> Result<
     })
 }
 
-async fn read_links(handle: &Handle, namespace: &str) -> Result<(Vec<Interface>, Option<u32>), HostError> {
+async fn read_links(handle: &Handle, namespace: &Namespace) -> Result<(Vec<Interface>, Option<u32>)> {
     let error = |operation| {
-        move |error: rtnetlink::Error| HostError::Netlink {
-            operation,
-            namespace: namespace.to_owned(),
-            source: io(error),
-        }
+        move |error: rtnetlink::Error| Error::netlink(format!("{operation} in {namespace}"), netlink_io(error))
     };
     let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await.map_err(error("list links"))?;
     let addresses: Vec<AddressMessage> =
@@ -409,7 +352,7 @@ async fn read_links(handle: &Handle, namespace: &str) -> Result<(Vec<Interface>,
     let mut interfaces: Vec<Interface> = links.iter().map(interface).collect();
     for message in &addresses {
         if let (Some(interface), Some(net)) =
-            (interfaces.iter_mut().find(|interface| interface.index == message.header.index), address(message))
+            (interfaces.iter_mut().find(|interface| interface.index == message.header.index), address_of(message))
         {
             interface.addresses.push(net);
         }
@@ -438,20 +381,6 @@ fn interface(message: &LinkMessage) -> Interface {
         }
     }
     interface
-}
-
-fn address(message: &AddressMessage) -> Option<IpNet> {
-    let mut local = None;
-    let mut address = None;
-    for attribute in &message.attributes {
-        match attribute {
-            AddressAttribute::Local(ip) => local = Some(*ip),
-            AddressAttribute::Address(ip) => address = Some(*ip),
-            _ => {}
-        }
-    }
-    // On point-to-point links IFA_ADDRESS is the peer's; IFA_LOCAL is ours.
-    IpNet::new(local.or(address)?, message.header.prefix_len).ok()
 }
 
 /// The output interface of a main-table default route, if `message` is one.
@@ -497,13 +426,6 @@ fn resolve_hostname(hostname: &str) -> Vec<IpAddr> {
     }
 }
 
-fn io(error: rtnetlink::Error) -> io::Error {
-    match error {
-        rtnetlink::Error::NetlinkError(message) => message.to_io(),
-        other => io::Error::other(other.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,7 +446,7 @@ mod tests {
         ignored_interfaces("kilo0", Compatibility::None)
     }
 
-    fn select(hostname: &[&str], default_route: &[&str], all: &[&str]) -> Result<SelectedIps, HostError> {
+    fn select(hostname: &[&str], default_route: &[&str], all: &[&str]) -> Result<SelectedIps> {
         select_ips(
             &Candidates {
                 hostname: nets(hostname),
@@ -623,7 +545,7 @@ mod tests {
     #[test]
     fn nothing_at_all_is_kilos_error() {
         let error = select(&[], &[], &[]).unwrap_err();
-        assert!(matches!(error, HostError::NoValidIp));
+        assert!(matches!(error, Error::NoValidIp));
         assert_eq!(error.to_string(), "no valid IP was found");
     }
 
@@ -657,7 +579,7 @@ mod tests {
             selected(Some("10.4.0.1/16"), "10.4.0.1/16")
         );
         // Everything ignored.
-        assert!(matches!(select_ips(&candidates(&["10.4.0.1/16", "192.168.0.2/24"]), &[]), Err(HostError::NoValidIp)));
+        assert!(matches!(select_ips(&candidates(&["10.4.0.1/16", "192.168.0.2/24"]), &[]), Err(Error::NoValidIp)));
     }
 
     #[test]
@@ -685,7 +607,7 @@ mod tests {
             select_ips(&private_only, &nets(&["192.168.0.0/16"])).unwrap(),
             selected(Some("192.168.7.7/24"), "192.168.7.7/24")
         );
-        assert!(matches!(select_ips(&private_only, &nets(&["172.16.0.0/12"])), Err(HostError::NoValidIp)));
+        assert!(matches!(select_ips(&private_only, &nets(&["172.16.0.0/12"])), Err(Error::NoValidIp)));
         // Host bits of the CIDR flag do not matter.
         assert_eq!(
             select_ips(&private_only, &nets(&["192.168.7.200/24"])).unwrap().private,
@@ -721,7 +643,7 @@ mod tests {
         };
         let candidates = host.candidates(&ignored());
         assert_eq!(candidates, Candidates::default());
-        assert!(matches!(host.discover(&ignored(), &[]), Err(HostError::NoValidIp)));
+        assert!(matches!(host.discover(&ignored(), &[]), Err(Error::NoValidIp)));
     }
 
     /// A typical cloud node: eth0 with a private and a public address (default route), a second
@@ -981,10 +903,10 @@ mod tests {
     fn a_missing_namespace_is_an_error_naming_it() {
         let namespace = Namespace::named("kt-host-does-not-exist");
         let error = HostNetwork::read(&namespace, "localhost").unwrap_err();
-        assert!(matches!(error, HostError::Namespace { .. }), "{error:?}");
+        assert!(matches!(error, Error::Namespace { .. }), "{error:?}");
         assert_eq!(
             error.to_string(),
-            "failed to enter network namespace /run/netns/kt-host-does-not-exist: No such file or directory (os error 2)"
+            "failed to open network namespace /run/netns/kt-host-does-not-exist: No such file or directory (os error 2)"
         );
     }
 }

@@ -9,9 +9,9 @@ use std::net::IpAddr;
 use std::process::Command;
 
 use ipnet::IpNet;
-use mesh_agent::host::{DEFAULT_MTU, HostNetwork, LocalHost, SelectedIps, auto_mtu, ignored_interfaces};
 use mesh_core::Compatibility;
 use mesh_netlink::Namespace;
+use mesh_netlink::host::{DEFAULT_MTU, HostNetwork, LocalHost, SelectedIps, auto_mtu, ignored_interfaces};
 
 /// The WireGuard interface name the tests pretend to use (its addresses must be ignored).
 const WIREGUARD: &str = "ktwg0";

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mesh_agent::file_backend::{Error, FileBackend};
 use mesh_core::backend::{ClusterBackend, LocalAnnouncement};
 use mesh_core::{ClusterSnapshot, Granularity, Key, NodeSpec, ObjectKind};
+use mesh_kube::Error;
 use mesh_kube::annotations::{self, DEFAULT_TOPOLOGY_LABEL, OWNED_ANNOTATIONS, announcement_annotations};
+use mesh_kube::file::FileBackend;
 use serde_json::{Value, json};
 use tokio::time::timeout;
 
@@ -168,7 +169,7 @@ fn find<'s>(snapshot: &'s ClusterSnapshot, name: &str) -> &'s NodeSpec {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    mesh_core::time::unix_seconds(SystemTime::now())
 }
 
 fn only_file(dir: &Path) -> Vec<String> {

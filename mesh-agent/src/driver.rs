@@ -1,0 +1,301 @@
+//! The thin tokio driver: runs a [`Reconciler`] against a [`ClusterBackend`], a [`Dataplane`]
+//! and a [`Host`], and turns its [`Report`]s into `tracing` events and a [`ReportSink`].
+//!
+//! The driver decides nothing: it reads the cluster while the reconciler wants snapshots, sleeps
+//! until the reconciler's next timeout, performs each [`Action`] and answers with its result. Time
+//! comes from tokio's clock ([`tokio::time::Instant`]), so a test with tokio's paused clock
+//! drives it without waiting.
+//!
+//! # Example: an agent over in-memory backends
+//!
+//! ```
+//! use mesh_agent::driver::{Driver, Host};
+//! use mesh_agent::reconciler::{Config, Report};
+//! use mesh_core::backend::{BackendError, ClusterBackend, Dataplane, LocalAnnouncement};
+//! use mesh_core::{ClusterSnapshot, Endpoint, Key, NodeSpec, ObservedState, Options, Plan};
+//!
+//! /// One snapshot, then the end of the cluster.
+//! struct OneSnapshot(Option<ClusterSnapshot>, Vec<LocalAnnouncement>);
+//! #[async_trait::async_trait]
+//! impl ClusterBackend for OneSnapshot {
+//!     async fn next_snapshot(&mut self) -> Result<Option<ClusterSnapshot>, BackendError> { Ok(self.0.take()) }
+//!     async fn announce(&mut self, a: &LocalAnnouncement) -> Result<(), BackendError> { self.1.push(a.clone()); Ok(()) }
+//!     async fn clean_up(&mut self, _node: &str) -> Result<(), BackendError> { Ok(()) }
+//! }
+//! /// A data plane whose semantics are the plan's.
+//! #[derive(Default)]
+//! struct Memory(ObservedState);
+//! #[async_trait::async_trait]
+//! impl Dataplane for Memory {
+//!     async fn observe(&mut self) -> Result<ObservedState, BackendError> { Ok(self.0.clone()) }
+//!     async fn apply(&mut self, plan: &Plan) -> Result<(), BackendError> { self.0.state = plan.apply_to(&self.0.state); Ok(()) }
+//!     async fn clean_up(&mut self) -> Result<(), BackendError> { self.0 = ObservedState::default(); Ok(()) }
+//! }
+//! /// A host whose node already says everything.
+//! struct AsIs;
+//! impl Host for AsIs {}
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let node = NodeSpec {
+//!     name: "a".into(), location: "a".into(), key: Some(Key::from_bytes([1; 32])),
+//!     endpoint: Some(Endpoint::parse("192.0.2.1:51820").unwrap()),
+//!     internal_ip: Some("192.0.2.1/24".parse().unwrap()), pod_subnet: Some("10.2.1.0/24".parse().unwrap()),
+//!     ..NodeSpec::default()
+//! };
+//! let cluster = OneSnapshot(Some(ClusterSnapshot { nodes: vec![node], peers: vec![], now: 0 }), Vec::new());
+//! let mut config = Config::new(Options::for_host("a"));
+//! config.clean_up = false;
+//! let mut applied = 0;
+//! let mut driver = Driver::new(cluster, Memory::default(), AsIs, config)
+//!     .with_sink(|report: &Report| applied += usize::from(matches!(report, Report::Applied { .. })));
+//! driver.run(std::future::pending()).await; // until the cluster ends
+//! assert!(driver.reconciler().is_healthy());
+//! drop(driver);
+//! assert_eq!(applied, 1);
+//! # }
+//! ```
+
+use std::future::Future;
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use mesh_core::backend::{BackendError, ClusterBackend, Dataplane};
+use mesh_core::{ClusterSnapshot, NodeSpec};
+use tracing::{debug, error, info, warn};
+
+use crate::reconciler::{Action, Config, Event, Now, Reconciler, Report, Resolution};
+
+/// What the agent knows about its own host. The binary implements it with IP discovery, DNS and
+/// the CNI file; the defaults leave the cluster's view as it is.
+#[async_trait::async_trait]
+pub trait Host: Send {
+    /// Resolves the snapshot's DNS endpoints and reads what can change on a running host (the
+    /// MTU with `--mtu auto`, Cilium's address). Called first in every pass.
+    async fn resolve(&mut self, snapshot: ClusterSnapshot) -> Resolution {
+        Resolution::unchanged(snapshot)
+    }
+
+    /// Makes the local node the one this agent runs (Kilo's `handleLocal`): its endpoint,
+    /// internal IP, public key and CNI-compatibility IP, as of the last [`Host::resolve`] (the
+    /// driver calls it right after). Heartbeat and discovered endpoints are the reconciler's.
+    fn localize(&self, node: &mut NodeSpec) {
+        let _ = node;
+    }
+
+    /// Sets the CNI configuration's pod range to `pod_cidr`; whether the file changed.
+    async fn update_cni(&mut self, pod_cidr: IpNet) -> Result<bool, String> {
+        let _ = pod_cidr;
+        Ok(false)
+    }
+}
+
+/// Where the driver sends every report besides the log: metrics, a status page, a test.
+pub trait ReportSink: Send {
+    /// Takes one report.
+    fn record(&mut self, report: &Report);
+}
+
+/// Nowhere: reports are only logged.
+impl ReportSink for () {
+    fn record(&mut self, _report: &Report) {}
+}
+
+impl<F: FnMut(&Report) + Send> ReportSink for F {
+    fn record(&mut self, report: &Report) {
+        self(report);
+    }
+}
+
+/// The time now, from tokio's clock (paused in tests) and the system's wall clock.
+pub fn now() -> Now {
+    Now::new(tokio::time::Instant::now().into_std(), mesh_core::time::unix_seconds(SystemTime::now()))
+}
+
+/// A [`Reconciler`] and its backends; see the [module documentation](self).
+pub struct Driver<C, D, H, S = ()> {
+    cluster: C,
+    dataplane: D,
+    host: H,
+    sink: S,
+    reconciler: Reconciler,
+}
+
+impl<C, D, H, S> std::fmt::Debug for Driver<C, D, H, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("reconciler", &self.reconciler).finish_non_exhaustive()
+    }
+}
+
+impl<C: ClusterBackend, D: Dataplane, H: Host> Driver<C, D, H> {
+    /// A driver over these backends; reports are logged only (see [`Driver::with_sink`]).
+    pub fn new(cluster: C, dataplane: D, host: H, config: Config) -> Self {
+        Driver { cluster, dataplane, host, sink: (), reconciler: Reconciler::new(config, now().instant) }
+    }
+}
+
+impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S> {
+    /// Sends every report to `sink` as well.
+    pub fn with_sink<T: ReportSink>(self, sink: T) -> Driver<C, D, H, T> {
+        let Driver { cluster, dataplane, host, reconciler, .. } = self;
+        Driver { cluster, dataplane, host, sink, reconciler }
+    }
+
+    /// The reconciler, to read its state.
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
+    }
+
+    /// The report sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// Takes a snapshot as if the backend had sent it; its pass runs at the next
+    /// [`Driver::reconcile`] or in [`Driver::run`].
+    pub fn update_snapshot(&mut self, snapshot: ClusterSnapshot) {
+        self.reconciler.handle_event(Event::Snapshot(snapshot), now());
+    }
+
+    /// Runs one pass to its end (the one already due, or a new one), as the resync timer does.
+    pub async fn reconcile(&mut self) {
+        if !self.reconciler.is_busy() {
+            self.reconciler.request_pass(now());
+        }
+        self.perform_actions().await;
+    }
+
+    /// Removes what the agent created (the data plane, then the node's annotations), each step
+    /// bounded by [`Config::clean_up_timeout`], after the pass in flight. Afterwards the driver
+    /// is stopped.
+    pub async fn clean_up(&mut self) {
+        self.reconciler.handle_event(Event::ShutdownRequested, now());
+        self.perform_actions().await;
+    }
+
+    /// Runs until `shutdown` completes or the cluster backend ends, then cleans up if
+    /// configured. Never returns early because of a runtime fault: faults are reported and
+    /// retried.
+    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            self.perform_actions().await;
+            if self.reconciler.is_stopped() {
+                return;
+            }
+            let timeout = self.reconciler.poll_timeout();
+            let wants_snapshots = self.reconciler.wants_snapshots();
+            tokio::select! {
+                () = &mut shutdown => self.reconciler.handle_event(Event::ShutdownRequested, now()),
+                next = self.cluster.next_snapshot(), if wants_snapshots => {
+                    let event = match next {
+                        Ok(Some(snapshot)) => Event::Snapshot(snapshot),
+                        Ok(None) => Event::ClusterEnded,
+                        Err(error) => Event::ClusterReadFailed(error),
+                    };
+                    self.reconciler.handle_event(event, now());
+                }
+                () = sleep_until(timeout) => self.reconciler.handle_timeout(now()),
+            }
+        }
+    }
+
+    /// Performs the reconciler's actions, one at a time, until it asks for none.
+    async fn perform_actions(&mut self) {
+        loop {
+            self.flush_reports();
+            let Some(action) = self.reconciler.poll_action() else { return };
+            let event = self.perform(action).await;
+            self.reconciler.handle_event(event, now());
+        }
+    }
+
+    async fn perform(&mut self, action: Action) -> Event {
+        match action {
+            Action::Resolve(snapshot) => {
+                let mut resolution = self.host.resolve(snapshot).await;
+                let hostname = &self.reconciler.config().options.hostname;
+                if let Some(local) = resolution.snapshot.nodes.iter_mut().find(|node| &node.name == hostname) {
+                    self.host.localize(local);
+                }
+                Event::Resolved(resolution)
+            }
+            Action::Observe => Event::Observed(self.dataplane.observe().await),
+            Action::UpdateCni { pod_cidr } => Event::CniUpdated(self.host.update_cni(pod_cidr).await),
+            Action::Apply(plan) => {
+                debug!(?plan, "plan");
+                Event::Applied(self.dataplane.apply(&plan).await)
+            }
+            Action::Announce(announcement) => Event::Announced(self.cluster.announce(&announcement).await),
+            Action::CleanUpDataplane => {
+                let timeout = self.reconciler.config().clean_up_timeout;
+                Event::CleanedUp(bounded(timeout, "clean up the data plane", self.dataplane.clean_up()).await)
+            }
+            Action::CleanUpCluster { node } => {
+                let timeout = self.reconciler.config().clean_up_timeout;
+                let operation = format!("remove the annotations of node {node:?}");
+                Event::CleanedUp(bounded(timeout, &operation, self.cluster.clean_up(&node)).await)
+            }
+        }
+    }
+
+    fn flush_reports(&mut self) {
+        while let Some(report) = self.reconciler.poll_report() {
+            log(&report);
+            self.sink.record(&report);
+        }
+    }
+}
+
+/// `work`, or a timeout error naming `operation` after `timeout`.
+async fn bounded(
+    timeout: std::time::Duration,
+    operation: &str,
+    work: impl Future<Output = Result<(), BackendError>>,
+) -> Result<(), BackendError> {
+    tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| {
+        Err(BackendError::new(format!("failed to {operation}"), format!("timed out after {timeout:?}")))
+    })
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The log line of a report.
+fn log(report: &Report) {
+    match report {
+        Report::ClusterReadFailed { error, retry_in } => {
+            warn!(%error, ?retry_in, "failed to read the cluster; the data plane stays as it is");
+        }
+        Report::ClusterEnded => info!("the cluster backend ended"),
+        Report::NoSnapshotYet => debug!("no cluster snapshot yet"),
+        Report::LocalNodeMissing { hostname } => debug!(%hostname, "the local node is not in the cluster yet"),
+        Report::MtuChanged { mtu, previous } => {
+            info!(mtu, ?previous, "the underlay MTU changed; adjusting the WireGuard MTU");
+        }
+        Report::CniUpdated { pod_cidr } => info!(%pod_cidr, "set the pod CIDR in the CNI configuration"),
+        Report::CniFailed { error } => {
+            warn!(%error, "failed to update the CNI configuration (use --cni=false beside another CNI)");
+        }
+        Report::Diagnostic(line) => warn!("{line}"),
+        Report::Roamed { owner, current, configured } => warn!(
+            "{owner} roamed to {current} while its configured endpoint is {}: it is probably behind NAT; \
+             set the annotation kilo.squat.ai/persistent-keepalive (e.g. \"20\") on it so the mesh \
+             uses the endpoint it discovers. Keeping the roamed endpoint meanwhile.",
+            configured.map_or_else(|| "none".to_owned(), |endpoint| endpoint.to_string())
+        ),
+        Report::Mesh { leader, nodes, peers, .. } => debug!(leader, nodes, peers, "computed the mesh"),
+        Report::Applying { operations } => info!(operations, "applying changes to the data plane"),
+        Report::Applied { .. } | Report::Topology(_) | Report::Stopped => {}
+        Report::ComputeFailed { error } => warn!(%error, "cannot compute the mesh; the data plane stays as it is"),
+        Report::PassFailed { error, retry_in } => error!(%error, ?retry_in, "reconcile failed"),
+        Report::AnnounceFailed { error, heartbeat: false } => warn!(%error, "failed to publish the local node"),
+        Report::AnnounceFailed { error, heartbeat: true } => warn!(%error, "failed to publish the heartbeat"),
+        Report::Reconciled { duration, healthy } => debug!(?duration, healthy, "reconciled"),
+        Report::CleaningUp => info!("caught shutdown; cleaning up"),
+        Report::CleanUpFailed { what, error } => error!(%error, "failed to clean up the {what}"),
+    }
+}

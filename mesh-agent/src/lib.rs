@@ -18,4 +18,5 @@ pub mod key;
 pub mod local;
 pub mod logging;
 pub mod metrics;
+pub mod process_metrics;
 pub mod run;

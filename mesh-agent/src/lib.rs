@@ -12,6 +12,7 @@ pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod file_backend;
+pub mod graph_render;
 pub mod host;
 pub mod http;
 pub mod key;

@@ -15,6 +15,7 @@ pub mod file_backend;
 pub mod graph_render;
 pub mod host;
 pub mod http;
+pub mod http_listener;
 pub mod key;
 pub mod local;
 pub mod logging;

@@ -2,8 +2,6 @@
 //! `/metrics` and `/graph`.
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -12,6 +10,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use tracing::warn;
+
+use crate::graph_render::GraphRenderer;
 use crate::metrics::{Metrics, Status};
 
 /// What the handlers read.
@@ -23,6 +24,13 @@ pub struct HttpState {
     pub status: Arc<Mutex<Status>>,
 }
 
+/// What the handlers share: the agent's state and the graph renderer.
+#[derive(Clone, Debug)]
+struct Shared {
+    state: HttpState,
+    renderer: Arc<GraphRenderer>,
+}
+
 /// The router: `/` (an index), `/health`, `/metrics`, `/graph`.
 pub fn router(state: HttpState) -> Router {
     Router::new()
@@ -30,7 +38,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/graph", get(graph))
-        .with_state(state)
+        .with_state(Shared { state, renderer: Arc::default() })
 }
 
 /// Parses `--listen` as Kilo does: `:1107` means every address on port 1107.
@@ -54,17 +62,21 @@ async fn health() -> StatusCode {
     StatusCode::OK
 }
 
-async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
+async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        shared.state.metrics.render(),
+    )
 }
 
 const FORMATS: &[&str] = &["dot", "gv", "svg", "png", "bmp", "fig", "gif", "json", "ps"];
 const LAYOUTS: &[&str] = &["circo", "dot", "neato", "twopi", "fdp"];
 
 /// The mesh graph. `format` (default `svg`): `dot`/`gv` give DOT text; the others are rendered by
-/// Graphviz's `dot` with `layout` (default `circo`), as Kilo does.
-async fn graph(State(state): State<HttpState>, Query(query): Query<HashMap<String, String>>) -> Response {
-    let Some(topology) = state.status.lock().expect("status lock").topology.clone() else {
+/// Graphviz's `dot` with `layout` (default `circo`), as Kilo does, one at a time and with a time
+/// limit ([`GraphRenderer`]).
+async fn graph(State(shared): State<Shared>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let Some(topology) = shared.state.status.lock().expect("status lock").topology.clone() else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "did not find any valid Kilo nodes in the cluster").into_response();
     };
     // Drawn on request, not at every reconcile: a 5,000-node graph takes a while to write.
@@ -80,38 +92,14 @@ async fn graph(State(state): State<HttpState>, Query(query): Query<HashMap<Strin
     if format == "dot" || format == "gv" {
         return ([(header::CONTENT_TYPE, "text/vnd.graphviz")], dot).into_response();
     }
-    let (format, layout) = (format.to_owned(), layout.to_owned());
-    let rendered = tokio::task::spawn_blocking(move || render(&dot, &format, &layout)).await;
-    match rendered {
-        Ok(Some((content_type, bytes))) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "unable to render graph").into_response(),
+    match shared.renderer.render(dot, format, layout).await {
+        Ok(rendered) => ([(header::CONTENT_TYPE, rendered.content_type)], rendered.bytes).into_response(),
+        Err(error) => {
+            warn!(%error, "GET /graph failed");
+            // Kilo's status and message; the reason is in the agent's log.
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("unable to render graph: {error}")).into_response()
+        }
     }
-}
-
-fn render(dot: &str, format: &str, layout: &str) -> Option<(&'static str, Vec<u8>)> {
-    let mut child = Command::new("dot")
-        .arg(format!("-K{layout}"))
-        .arg(format!("-T{format}"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    child.stdin.take()?.write_all(dot.as_bytes()).ok()?;
-    let output = child.wait_with_output().ok()?;
-    if !output.status.success() {
-        return None;
-    }
-    let content_type = match format {
-        "svg" => "image/svg+xml",
-        "png" => "image/png",
-        "bmp" => "image/bmp",
-        "gif" => "image/gif",
-        "json" => "application/json",
-        "ps" => "application/postscript",
-        _ => "application/octet-stream",
-    };
-    Some((content_type, output.stdout))
 }
 
 #[cfg(test)]

@@ -25,7 +25,11 @@ pub mod driver;
 #[cfg(feature = "cli")]
 pub mod flags;
 #[cfg(feature = "http")]
+pub mod graph_render;
+#[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "http")]
+pub mod http_listener;
 #[cfg(feature = "cli")]
 pub mod key;
 pub mod local;
@@ -33,6 +37,8 @@ pub mod local;
 pub mod logging;
 #[cfg(feature = "http")]
 pub mod metrics;
+#[cfg(feature = "http")]
+pub mod process_metrics;
 pub mod reconciler;
 #[cfg(feature = "cli")]
 pub mod resolve;

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
             return if error.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
         }
     };
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -28,5 +29,18 @@ fn main() -> ExitCode {
             eprintln!("mesh-agent: {error}");
             ExitCode::from(error.code)
         }
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit, as every Go program (Kilo's agent
+/// among them) does at start: the default soft limit of 1,024 is too low for an agent that holds
+/// netlink, WireGuard, API and HTTP connections on a large node.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        // Failing leaves the soft limit, which still works for small nodes.
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }

@@ -90,6 +90,7 @@ impl Metrics {
             operations.clone(),
         );
         registry.register("mesh_skipped_objects", "Nodes and peers left out of the mesh, by kind.", skipped.clone());
+        registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         Metrics { registry, errors, leader, nodes, peers, reconciles, reconcile_seconds, operations, skipped }
     }
 
@@ -225,5 +226,27 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
+    }
+
+    /// Kilo's Grafana dashboard graphs CPU and memory from client_golang's process metrics.
+    #[test]
+    fn exposes_the_process_metrics_of_kilos_dashboard() {
+        let text = Metrics::new().render();
+        let value = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|line| line.split(' ').next() == Some(name))
+                .unwrap_or_else(|| panic!("{name} missing in\n{text}"));
+            line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad line {line}"))
+        };
+        assert!(text.contains("# TYPE process_cpu_seconds counter"), "{text}");
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        // A running test process has memory, open descriptors (stdin…), threads and started after 2020.
+        assert!(value("process_resident_memory_bytes") > 1_000_000.0);
+        assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        assert!(value("process_threads") >= 1.0);
+        assert!(value("process_start_time_seconds") > 1_577_836_800.0);
     }
 }

@@ -306,6 +306,8 @@ async fn serve<C: ClusterBackend, D: Dataplane>(
         .await
         .map_err(|e| startup(format!("failed to listen on {listen}: {e}")))?;
     info!(%listen, "serving /health, /metrics and /graph");
+    let listener =
+        crate::http_listener::BoundedListener::new(listener, crate::http_listener::ConnectionLimits::default());
     let server = tokio::spawn(async move { axum::serve(listener, crate::http::router(state)).await });
     agent.run(shutdown_signal()).await;
     server.abort();

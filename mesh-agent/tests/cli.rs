@@ -258,6 +258,21 @@ fn graph_is_valid_dot_with_granularity_from_the_annotations() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("<svg"));
 }
 
+/// The pictures of docs/topology.md are drawn from these DOT files; they must show what `graph`
+/// prints today.
+#[test]
+fn docs_pictures_are_current() {
+    let example = example();
+    let pictures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/pictures");
+    for granularity in ["location", "full", "cross"] {
+        let dot = run_ok(&["graph", "--nodes", &example, "--now", NOW, "--mesh-granularity", granularity]);
+        let committed = std::fs::read_to_string(pictures.join(format!("{granularity}.dot"))).unwrap();
+        assert_eq!(dot, committed, "docs/pictures/{granularity}.dot is stale: run scripts/docs-pictures.sh");
+        let svg = std::fs::read_to_string(pictures.join(format!("{granularity}.svg"))).unwrap();
+        assert!(svg.contains("<svg"), "docs/pictures/{granularity}.svg is not an SVG");
+    }
+}
+
 #[test]
 fn crd_prints_the_deployed_crd() {
     let crd = run_ok(&["crd"]);

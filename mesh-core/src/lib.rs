@@ -46,6 +46,7 @@ mod diagnostics;
 mod endpoint;
 pub mod firewall;
 mod graph;
+mod hijack;
 pub mod ip;
 mod key;
 mod model;

@@ -324,6 +324,9 @@ fn options_template() -> impl Strategy<Value = (Option<u8>, Options)> {
                     service_cidrs,
                     interface: "kilo0".to_owned(),
                     mtu,
+                    // The reference model is Kilo's, which routes every range; the refusal
+                    // of hijacks has its own properties (tests/hijack.rs).
+                    allowed_hijack_cidrs: vec![net(v4(0, 0, 0, 0), 0), net(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)],
                 };
                 (hostname, options)
             },

@@ -49,6 +49,7 @@ mod graph;
 mod hijack;
 pub mod ip;
 mod key;
+mod key_owners;
 mod model;
 pub mod nat;
 mod options;

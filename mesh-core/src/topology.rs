@@ -273,6 +273,8 @@ impl Topology {
         };
         // Last, so that what other nodes must agree on stays Kilo's: refusing is local.
         crate::hijack::refuse_hijacks(&mut topology, snapshot, options);
+        let duplicate_keys = topology.duplicate_key_warnings();
+        topology.warnings.extend(duplicate_keys);
         Ok(topology)
     }
 

@@ -1023,6 +1023,21 @@ proptest! {
         prop_assert!(!desired.peers.contains_key(&own));
     }
 
+    /// Property 5b: whatever keys collide, the desired state never wants a peer with the local
+    /// node's own key (WireGuard ignores one, so the plan would add it on every pass) and has
+    /// one peer per key, with a warning for each entry left out.
+    #[test]
+    fn no_desired_peer_has_the_local_key(case in case(MESSY)) {
+        let Ok(topology) = Topology::compute(&case.snapshot, &case.options) else { return Ok(()) };
+        let (desired, _) = DesiredState::from_topology(&topology, &case.options);
+        if topology.leader {
+            prop_assert!(!desired.peers.contains_key(&topology.local().key));
+        }
+        let left_out = topology.wireguard_peers().len() - desired.peers.len();
+        let warned = topology.warnings.iter().filter(|w| w.reason.ends_with("gets no WireGuard peer here")).count();
+        prop_assert_eq!(left_out, warned);
+    }
+
     /// Property 6: over all ready nodes' views (unique keys, every computation succeeding), if node
     /// X has node Y's key among its desired WireGuard peers, Y has X's, and both are leaders.
     #[test]

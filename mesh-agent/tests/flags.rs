@@ -135,3 +135,20 @@ fn version_prints_the_version() {
     let (code, stdout, _) = run(&["version"]);
     assert_eq!((code, stdout.as_str()), (Some(0), concat!(env!("CARGO_PKG_VERSION"), "\n")));
 }
+
+#[test]
+fn a_corrupt_key_file_stops_the_agent_with_the_start_up_exit_code() {
+    let directory = std::env::temp_dir().join(format!("mesh-agent-flags-key-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let path = directory.join("key");
+    std::fs::write(&path, "not a key").unwrap();
+    let file = format!("--private-key-file={}", path.display());
+    let (code, _, stderr) = run(&["--hostname=a", &file]);
+    let kept = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&directory);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("private key file {} holds no usable key", path.display())), "{stderr}");
+    assert!(stderr.contains("--regenerate-private-key"), "{stderr}");
+    assert_eq!(kept, "not a key", "the file was replaced");
+}

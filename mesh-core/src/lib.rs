@@ -63,7 +63,9 @@ pub use diagnostics::{ObjectKind, Skipped, Warning};
 pub use endpoint::{Endpoint, EndpointError, Host};
 pub use firewall::{Chain, ChainName, Comment, Family, Firewall, FirewallRule, ForeignRule, Match, Target};
 pub use key::{Key, KeyError, PresharedKey};
-pub use model::{ClusterSnapshot, Granularity, NodeSpec, NotReady, PeerSpec, READINESS_WINDOW_SECONDS};
+pub use model::{
+    ClusterSnapshot, Granularity, MAX_CLOCK_SKEW_SECONDS, NodeSpec, NotReady, PeerSpec, READINESS_WINDOW_SECONDS,
+};
 pub use options::{Compatibility, Encapsulation, KILO_TABLE, MAIN_TABLE, Options, RULE_PRIORITY};
 pub use plan::{Operation, Plan};
 pub use routes::{Dev, DeviceNames, Route, Rule};

@@ -29,6 +29,8 @@ use proptest::test_runner::FileFailurePersistence;
 const NOW: i64 = 1_700_000_000;
 /// Kilo's readiness window (`mesh_core::READINESS_WINDOW_SECONDS`), restated for the reference model.
 const WINDOW: i64 = 60;
+/// The clock skew tolerated (`mesh_core::MAX_CLOCK_SKEW_SECONDS`), restated.
+const SKEW: i64 = 60;
 const LOCATIONS: [&str; 4] = ["eu", "us-east", "", "ap"];
 const NAME_PREFIXES: [&str; 4] = ["node", "a", "worker", "z"];
 /// Names for the clusters with duplicate names: few, so they collide.
@@ -470,12 +472,13 @@ fn permute<T: Clone>(items: &[T], order: &[u16]) -> Vec<T> {
 // An independent reference model of the parts of Kilo's algorithm the properties check
 // ---------------------------------------------------------------------------------------------
 
-/// Kilo's readiness: endpoint, key, pod subnet and a heartbeat younger than the window.
+/// Kilo's readiness: endpoint, key, pod subnet and a heartbeat younger than the window; and
+/// ours: not further in the future than clocks differ (`mesh_core::MAX_CLOCK_SKEW_SECONDS`).
 fn is_ready(node: &NodeSpec, now: i64) -> bool {
     node.endpoint.is_some()
         && node.key.is_some()
         && node.pod_subnet.is_some()
-        && node.last_seen.is_some_and(|seen| now.saturating_sub(seen) < WINDOW)
+        && node.last_seen.is_some_and(|seen| (-SKEW..WINDOW).contains(&now.saturating_sub(seen)))
 }
 
 /// The nodes that take part: by name, the first of a duplicated name (in input order), ready.

@@ -334,3 +334,17 @@ fn plan_reads_a_live_cluster_through_a_kubeconfig() {
     let from_files = run_ok(&["plan", "--nodes", &example, "--hostname", "onprem-1", "--now", NOW]);
     assert_eq!(from_cluster, from_files);
 }
+
+#[test]
+fn an_unknown_hostname_names_a_bounded_number_of_nodes() {
+    let path = std::env::temp_dir().join(format!("mesh-agent-cli-many-{}.yaml", std::process::id()));
+    let nodes: String = (0..1000).map(|n| format!("---\nkind: Node\nmetadata:\n  name: node-{n:04}\n")).collect();
+    std::fs::write(&path, nodes).unwrap();
+    let output = run(&["plan", "--nodes", path.to_str().unwrap(), "--hostname", "nope"]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("known nodes: node-0000, node-0001,"), "{stderr}");
+    assert!(stderr.contains("node-0019, and 980 more"), "{stderr}");
+    assert!(stderr.len() < 1000, "{} bytes", stderr.len());
+}

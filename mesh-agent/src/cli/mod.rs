@@ -113,9 +113,17 @@ impl Cluster {
 
     /// Names of the nodes, for "unknown node" messages.
     fn node_names(&self) -> String {
+        /// An error message names this many at most (a cluster may have 100,000 nodes).
+        const SHOWN: usize = 20;
         let mut names: Vec<&str> = self.snapshot.nodes.iter().map(|n| n.name.as_str()).collect();
         names.sort_unstable();
-        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+        let more = names.len().saturating_sub(SHOWN);
+        names.truncate(SHOWN);
+        match (names.is_empty(), more) {
+            (true, _) => "none".to_owned(),
+            (false, 0) => names.join(", "),
+            (false, more) => format!("{}, and {more} more", names.join(", ")),
+        }
     }
 
     /// Names of the ready nodes, sorted.

@@ -2,7 +2,8 @@
 # Installs what the tests need on a fresh Debian machine, as root: WireGuard's userspace tools
 # and wireguard-go (the netns and end-to-end tests), iptables, iproute2, ping, Graphviz (the DOT
 # output is rendered), and QEMU with Debian's stock kernel for the kernel VM suite
-# (scripts/vm/vm-setup.sh). Safe to run again: it installs only what is missing.
+# (scripts/vm/vm-setup.sh), and cargo-fuzz with the nightly toolchain for the fuzz targets
+# (scripts/fuzz.sh). Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,3 +18,11 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 scripts/vm/vm-setup.sh
+
+# The fuzz targets (scripts/fuzz.sh): cargo-fuzz on the nightly toolchain.
+if ! rustup toolchain list | grep -q '^nightly'; then
+    rustup toolchain install nightly --profile minimal
+fi
+if ! command -v cargo-fuzz >/dev/null; then
+    cargo install --locked cargo-fuzz
+fi

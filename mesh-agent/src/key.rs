@@ -56,7 +56,13 @@ impl PrivateKey {
 
     /// Parses the key file's text as Kilo does (newlines around the key are ignored; we also
     /// ignore other surrounding white space). The reason never quotes the text.
-    fn parse(text: &[u8]) -> Result<Self, &'static str> {
+    ///
+    /// ```
+    /// use mesh_agent::key::PrivateKey;
+    /// assert!(PrivateKey::parse(b"d2hhdCBhIHByaXZhdGUga2V5IHRoaXMgaXMgISEhISE=\n").is_ok());
+    /// assert_eq!(PrivateKey::parse(b"\n").unwrap_err(), "the file is empty");
+    /// ```
+    pub fn parse(text: &[u8]) -> Result<Self, &'static str> {
         let text = std::str::from_utf8(text).map_err(|_| "the file is not text")?.trim();
         if text.is_empty() {
             return Err("the file is empty");

@@ -64,6 +64,23 @@ fn is_owned_chain(chain: &str) -> bool {
     chain.starts_with(CHAIN_PREFIX)
 }
 
+/// mesh-core's value of the mesh's part of one family's `iptables-save` dump (chains `KILO-*`,
+/// rules with a `Kilo:` comment or a jump to a `KILO-*` chain), as the data plane observes it.
+///
+/// ```
+/// use mesh_core::Family;
+/// let dump = "*nat\n:POSTROUTING ACCEPT [0:0]\n:KILO-NAT - [0:0]\n-A KILO-NAT -j MASQUERADE\nCOMMIT\n";
+/// let firewall = mesh_netlink::parse_iptables_save(Family::Ipv4, dump);
+/// assert_eq!(firewall.chains.len(), 1);
+/// assert_eq!(firewall.rules.len() + firewall.foreign.len(), 1);
+/// ```
+pub fn parse_iptables_save(family: Family, dump: &str) -> Firewall {
+    let mut firewall = Firewall::default();
+    Saved::parse(family, dump).add_to(&mut firewall);
+    firewall.canonicalize();
+    firewall
+}
+
 /// One rule of ours as `iptables-save` printed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SavedRule<'a> {

@@ -42,7 +42,7 @@ mod wireguard;
 
 pub use dataplane::{DataplaneConfig, LinuxDataplane};
 pub use error::{Error, Result, RouteConflict};
-pub use firewall::{CHAIN_PREFIX, COMMENT_PREFIX};
+pub use firewall::{CHAIN_PREFIX, COMMENT_PREFIX, parse_iptables_save};
 pub use netns::Namespace;
 pub use route::ROUTE_PROTOCOL;
 pub use tunnel::{CILIUM_TUNNEL, IPIP_OVERHEAD, ipip_link_message};

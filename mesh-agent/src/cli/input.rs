@@ -1,4 +1,5 @@
-//! Nodes and Peers from files as `kubectl get -o yaml|json` prints them, or from a live cluster.
+//! Nodes and Peers from files as `kubectl get -o yaml|json` prints them, or from a live cluster:
+//! the input of `plan`, `showconf` and `graph`.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -56,6 +57,21 @@ impl Objects {
             .await
             .map_err(|e| CliError::input(format!("failed to list peers.kilo.squat.ai: {e}")))?;
         Ok(Objects { nodes: nodes.items, peers: peers.items })
+    }
+
+    /// The Nodes and Peers of one YAML or JSON text; `file` names it in errors.
+    ///
+    /// ```
+    /// use mesh_agent::cli::input::Objects;
+    /// let objects = Objects::from_text("nodes.yaml", "kind: Node\nmetadata: {name: a}\n").unwrap();
+    /// assert_eq!(objects.nodes.len(), 1);
+    /// let error = Objects::from_text("bad.json", "{\"metadata\": {\"name\": \"a\"}}").unwrap_err();
+    /// assert_eq!(error.to_string(), "bad.json: object \"a\" has no kind");
+    /// ```
+    pub fn from_text(file: &str, text: &str) -> Result<Objects, CliError> {
+        let mut objects = Objects::default();
+        objects.add_documents(file, text)?;
+        Ok(objects)
     }
 
     /// Adds the objects of a YAML or JSON text: single objects, `List`s (`NodeList`, `PeerList`, …)

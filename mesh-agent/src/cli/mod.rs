@@ -6,7 +6,7 @@
 
 pub mod flags;
 mod graph;
-mod input;
+pub mod input;
 mod plan;
 mod showconf;
 

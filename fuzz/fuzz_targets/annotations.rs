@@ -14,8 +14,20 @@ use mesh_core::{ClusterSnapshot, DesiredState, Endpoint, Key, NodeSpec, Observed
 use mesh_kube::annotations::*;
 
 const KNOWN: [&str; 15] = [
-    ENDPOINT, FORCE_ENDPOINT, INTERNAL_IP, FORCE_INTERNAL_IP, KEY, LAST_SEEN, LEADER, LOCATION, PERSISTENT_KEEPALIVE,
-    WIREGUARD_IP, DISCOVERED_ENDPOINTS, ALLOWED_LOCATION_IPS, GRANULARITY, CNI_COMPATIBILITY_IP,
+    ENDPOINT,
+    FORCE_ENDPOINT,
+    INTERNAL_IP,
+    FORCE_INTERNAL_IP,
+    KEY,
+    LAST_SEEN,
+    LEADER,
+    LOCATION,
+    PERSISTENT_KEEPALIVE,
+    WIREGUARD_IP,
+    DISCOVERED_ENDPOINTS,
+    ALLOWED_LOCATION_IPS,
+    GRANULARITY,
+    CNI_COMPATIBILITY_IP,
     DEFAULT_TOPOLOGY_LABEL,
 ];
 const NOW: i64 = 1_700_000_000;
@@ -32,7 +44,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let pod_cidr = annotations.remove("spec.podCIDR").unwrap_or_else(|| "10.2.9.0/24".to_owned());
     let node = Node {
-        metadata: ObjectMeta { name: Some("fuzzed".to_owned()), annotations: Some(annotations), ..ObjectMeta::default() },
+        metadata: ObjectMeta {
+            name: Some("fuzzed".to_owned()),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
         spec: Some(KubeNodeSpec { pod_cidr: Some(pod_cidr), ..KubeNodeSpec::default() }),
         status: None,
     };

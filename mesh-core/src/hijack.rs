@@ -82,118 +82,139 @@ fn bounds(network: &IpNet) -> Bounds {
     }
 }
 
-/// Every guarded network, sorted by first address, with the running maximum of last
-/// addresses, so the networks that overlap a range are found without scanning them all.
-struct GuardedNetworks<'a> {
-    networks: Vec<(Bounds, Guarded, IpNet)>,
-    highest_last: Vec<(bool, u128)>,
-    snapshot: &'a ClusterSnapshot,
-    topology: &'a Topology,
+/// Calls `visit` with every guarded network of the local node's view.
+fn guarded_networks(
+    topology: &Topology,
+    snapshot: &ClusterSnapshot,
+    options: &Options,
+    mut visit: impl FnMut(IpNet, Guarded),
+) {
+    if let Some(private) = topology.private_ip {
+        visit(trunc(&private), Guarded::LocalPrivateNetwork);
+    }
+    visit(topology.pod_subnet, Guarded::LocalPodSubnet);
+    visit(options.subnet.trunc(), Guarded::WireGuardSubnet);
+    for (segment, entry) in topology.segments.iter().enumerate() {
+        visit(one_address_cidr(entry.wireguard_ip), Guarded::WireGuardIp { segment });
+    }
+    for cidr in &options.service_cidrs {
+        visit(trunc(cidr), Guarded::ServiceCidr);
+    }
+    for (node, spec) in snapshot.nodes.iter().enumerate() {
+        if let Some(pods) = spec.pod_subnet {
+            visit(trunc(&pods), Guarded::PodSubnet { node });
+        }
+        if let Some(internal) = spec.internal_ip {
+            visit(one_address_cidr(internal.addr()), Guarded::InternalIp { node });
+        }
+        if let Some(ip) = spec.endpoint.as_ref().and_then(Endpoint::ip) {
+            visit(one_address_cidr(ip), Guarded::Endpoint { node });
+        }
+    }
 }
 
-impl<'a> GuardedNetworks<'a> {
-    fn new(topology: &'a Topology, snapshot: &'a ClusterSnapshot, options: &Options) -> Self {
-        let mut networks: Vec<(IpNet, Guarded)> = Vec::with_capacity(3 * snapshot.nodes.len() + 8);
-        if let Some(private) = topology.private_ip {
-            networks.push((trunc(&private), Guarded::LocalPrivateNetwork));
-        }
-        networks.push((topology.pod_subnet, Guarded::LocalPodSubnet));
-        networks.push((options.subnet.trunc(), Guarded::WireGuardSubnet));
-        for (segment, entry) in topology.segments.iter().enumerate() {
-            networks.push((one_address_cidr(entry.wireguard_ip), Guarded::WireGuardIp { segment }));
-        }
-        networks.extend(options.service_cidrs.iter().map(|cidr| (trunc(cidr), Guarded::ServiceCidr)));
-        for (node, spec) in snapshot.nodes.iter().enumerate() {
-            if let Some(pods) = spec.pod_subnet {
-                networks.push((trunc(&pods), Guarded::PodSubnet { node }));
-            }
-            if let Some(internal) = spec.internal_ip {
-                networks.push((one_address_cidr(internal.addr()), Guarded::InternalIp { node }));
-            }
-            if let Some(ip) = spec.endpoint.as_ref().and_then(Endpoint::ip) {
-                networks.push((one_address_cidr(ip), Guarded::Endpoint { node }));
-            }
-        }
-        let mut networks: Vec<(Bounds, Guarded, IpNet)> =
-            networks.into_iter().map(|(network, guarded)| (bounds(&network), guarded, network)).collect();
-        networks.sort_unstable_by_key(|(bounds, ..)| bounds.0);
-        let highest_last = networks
+/// A range to check: an allowed-location IP of another location or a Peer allowed IP.
+struct Candidate<'a> {
+    /// The range as announced (host bits kept), to name and remove it.
+    range: IpNet,
+    bounds: Bounds,
+    /// The locations whose nodes' networks the range may hold (the announcing segment's).
+    own_locations: &'a [&'a str],
+    /// The most important guarded network found inside or across it so far.
+    taken_over: Option<(Guarded, IpNet)>,
+}
+
+/// The candidates sorted by first address, with the running maximum of last addresses, so
+/// each guarded network finds the candidates that overlap it without scanning them all: the
+/// candidates are few (a handful of allowed-location IPs and Peer IPs), the guarded networks
+/// many (three per node), so they are streamed past the candidates rather than indexed.
+struct Candidates<'a> {
+    candidates: Vec<Candidate<'a>>,
+    /// Indices into `candidates`, by first address.
+    order: Vec<usize>,
+    highest_last: Vec<(bool, u128)>,
+}
+
+impl<'a> Candidates<'a> {
+    fn new(candidates: Vec<Candidate<'a>>) -> Self {
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_unstable_by_key(|index| candidates[*index].bounds.0);
+        let highest_last = order
             .iter()
-            .scan((false, 0), |highest, (bounds, ..)| {
-                *highest = (*highest).max(bounds.1);
+            .scan((false, 0), |highest, index| {
+                *highest = (*highest).max(candidates[*index].bounds.1);
                 Some(*highest)
             })
             .collect();
-        GuardedNetworks { networks, highest_last, snapshot, topology }
+        Candidates { candidates, order, highest_last }
     }
 
-    /// The most important guarded network `range` would take over, leaving out the networks
-    /// of nodes in `own_locations`.
-    fn taken_over(&self, range: &IpNet, own_locations: &[&str]) -> Option<(Guarded, IpNet)> {
-        let (first, last) = bounds(range);
-        let end = self.networks.partition_point(|(bounds, ..)| bounds.0 <= last);
-        let mut found: Option<(Guarded, IpNet)> = None;
-        // Walking down from the last network that starts inside the range: once no earlier
-        // network reaches the range's first address, none overlaps it.
-        for index in (0..end).rev() {
-            if self.highest_last[index] < first {
+    /// Records `network` with every candidate that takes it over.
+    fn check(&mut self, network: IpNet, guarded: Guarded, snapshot: &ClusterSnapshot) {
+        let (first, last) = bounds(&network);
+        let end = self.order.partition_point(|index| self.candidates[*index].bounds.0 <= last);
+        // Walking down from the last candidate that starts inside the network: once no earlier
+        // candidate reaches the network's first address, none overlaps it.
+        for position in (0..end).rev() {
+            if self.highest_last[position] < first {
                 break;
             }
-            let ((network_first, network_last), guarded, network) = self.networks[index];
-            if network_last < first || network_first.0 != first.0 {
+            let candidate = &mut self.candidates[self.order[position]];
+            let (candidate_first, candidate_last) = candidate.bounds;
+            if candidate_last < first || candidate_first.0 != first.0 {
                 continue;
             }
-            if guarded.needs_containment() && !(first <= network_first && network_last <= last) {
+            if guarded.needs_containment() && !(candidate_first <= first && last <= candidate_last) {
                 continue;
             }
-            if guarded.node().is_some_and(|node| own_locations.contains(&self.snapshot.nodes[node].location.as_str())) {
-                continue;
-            }
-            if found.is_none_or(|(best, best_network)| (guarded, network).cmp(&(best, best_network)) == Ordering::Less)
+            if guarded
+                .node()
+                .is_some_and(|node| candidate.own_locations.contains(&snapshot.nodes[node].location.as_str()))
             {
-                found = Some((guarded, network));
+                continue;
+            }
+            if candidate.taken_over.is_none_or(|best| (guarded, network).cmp(&best) == Ordering::Less) {
+                candidate.taken_over = Some((guarded, network));
             }
         }
-        found
     }
+}
 
-    /// Why `range` is refused, or `None` when it is not.
-    fn refusal(&self, range: &IpNet, own_locations: &[&str], allowed: &[IpNet]) -> Option<String> {
-        let range = trunc(range);
-        if allowed.iter().any(|allowed| allowed.contains(&range)) {
-            return None;
+/// Why a range is refused: what it takes over, in words.
+fn refusal(taken_over: (Guarded, IpNet), topology: &Topology, snapshot: &ClusterSnapshot) -> String {
+    let (guarded, network) = taken_over;
+    let node = |index: usize| &snapshot.nodes[index].name;
+    let local = &topology.hostname;
+    let what = match guarded {
+        Guarded::LocalPrivateNetwork => format!("overlaps the private network {network} of the local node {local}"),
+        Guarded::LocalPodSubnet => format!("overlaps the pod subnet {network} of the local node {local}"),
+        Guarded::WireGuardSubnet => format!("contains the WireGuard subnet {network}"),
+        Guarded::WireGuardIp { segment } => {
+            format!("contains the WireGuard IP {} of segment {}", network.addr(), topology.segments[segment].name)
         }
-        let what = if range.prefix_len() == 0 {
-            "a default route: all traffic would go into the mesh".to_owned()
-        } else {
-            let (guarded, network) = self.taken_over(&range, own_locations)?;
-            let node = |index: usize| &self.snapshot.nodes[index].name;
-            let local = &self.topology.hostname;
-            match guarded {
-                Guarded::LocalPrivateNetwork => {
-                    format!("overlaps the private network {network} of the local node {local}")
-                }
-                Guarded::LocalPodSubnet => format!("overlaps the pod subnet {network} of the local node {local}"),
-                Guarded::WireGuardSubnet => format!("contains the WireGuard subnet {network}"),
-                Guarded::WireGuardIp { segment } => format!(
-                    "contains the WireGuard IP {} of segment {}",
-                    network.addr(),
-                    self.topology.segments[segment].name
-                ),
-                Guarded::ServiceCidr => format!("overlaps the service CIDR {network}"),
-                Guarded::PodSubnet { node: index } => {
-                    format!("overlaps the pod subnet {network} of node {}", node(index))
-                }
-                Guarded::InternalIp { node: index } => {
-                    format!("contains the internal IP {} of node {}", network.addr(), node(index))
-                }
-                Guarded::Endpoint { node: index } => {
-                    format!("contains the endpoint IP {} of node {}", network.addr(), node(index))
-                }
-            }
-        };
-        Some(format!("{what}; refused (allow it with --allowed-hijack-cidr)"))
-    }
+        Guarded::ServiceCidr => format!("overlaps the service CIDR {network}"),
+        Guarded::PodSubnet { node: index } => format!("overlaps the pod subnet {network} of node {}", node(index)),
+        Guarded::InternalIp { node: index } => {
+            format!("contains the internal IP {} of node {}", network.addr(), node(index))
+        }
+        Guarded::Endpoint { node: index } => {
+            format!("contains the endpoint IP {} of node {}", network.addr(), node(index))
+        }
+    };
+    with_remedy(&what)
+}
+
+fn with_remedy(what: &str) -> String {
+    format!("{what}; refused (allow it with --allowed-hijack-cidr)")
+}
+
+/// Where a candidate comes from.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// An allowed-location IP of `topology.segments[index]`, the `position`-th routed segment.
+    Segment { position: usize, index: usize },
+    /// An allowed IP of `topology.peers[index]`.
+    Peer(usize),
 }
 
 /// Removes from `topology` every allowed-location IP of another location and every `Peer`
@@ -205,54 +226,100 @@ pub(crate) fn refuse_hijacks(topology: &mut Topology, snapshot: &ClusterSnapshot
             !topology.is_local_location_at(*index) && !topology.segments[*index].allowed_location_ips.is_empty()
         })
         .collect();
-    let peer_ips = topology.peers.iter().any(|peer| !peer.allowed_ips.is_empty());
-    if routed_segments.is_empty() && !peer_ips {
+    if routed_segments.is_empty() && topology.peers.iter().all(|peer| peer.allowed_ips.is_empty()) {
         return;
     }
-    let mut warnings = Vec::new();
+    let by_name: FxHashMap<&str, &NodeSpec> = if routed_segments.is_empty() {
+        FxHashMap::default()
+    } else {
+        snapshot.nodes.iter().map(|node| (node.name.as_str(), node)).collect()
+    };
+    // Per routed segment: its members (to name the announcing node) and their locations.
+    let members: Vec<Vec<&NodeSpec>> = routed_segments
+        .iter()
+        .map(|index| {
+            let segment = &topology.segments[*index];
+            segment.members.iter().filter_map(|member| by_name.get(member.name.as_str()).copied()).collect()
+        })
+        .collect();
+    let own_locations: Vec<Vec<&str>> = members
+        .iter()
+        .map(|members| {
+            let mut locations: Vec<&str> = members.iter().map(|node| node.location.as_str()).collect();
+            locations.sort_unstable();
+            locations.dedup();
+            locations
+        })
+        .collect();
+
+    // The ranges to check, in the order they are reported: segments, then Peers.
+    let allowed = |range: &IpNet| options.allowed_hijack_cidrs.iter().any(|allowed| allowed.contains(&trunc(range)));
+    let mut candidates = Vec::new();
+    let mut origins: Vec<Origin> = Vec::new();
+    for (position, index) in routed_segments.iter().enumerate() {
+        for range in topology.segments[*index].allowed_location_ips.iter().filter(|range| !allowed(range)) {
+            candidates.push(Candidate {
+                range: *range,
+                bounds: bounds(&trunc(range)),
+                own_locations: &own_locations[position],
+                taken_over: None,
+            });
+            origins.push(Origin::Segment { position, index: *index });
+        }
+    }
+    for (index, peer) in topology.peers.iter().enumerate() {
+        for range in peer.allowed_ips.iter().filter(|range| !allowed(range)) {
+            candidates.push(Candidate {
+                range: *range,
+                bounds: bounds(&trunc(range)),
+                own_locations: &[],
+                taken_over: None,
+            });
+            origins.push(Origin::Peer(index));
+        }
+    }
+    if candidates.is_empty() {
+        return;
+    }
+    let mut candidates = Candidates::new(candidates);
+    guarded_networks(topology, snapshot, options, |network, guarded| candidates.check(network, guarded, snapshot));
+
     let mut refused_location_ips: Vec<(usize, IpNet)> = Vec::new();
     let mut refused_peer_ips: Vec<(usize, IpNet)> = Vec::new();
-    {
-        let guarded = GuardedNetworks::new(topology, snapshot, options);
-        let allowed = &options.allowed_hijack_cidrs;
-        let by_name: FxHashMap<&str, &NodeSpec> = if routed_segments.is_empty() {
-            FxHashMap::default()
+    let mut warnings = Vec::new();
+    for (candidate, origin) in candidates.candidates.iter().zip(origins) {
+        let reason = if candidate.range.prefix_len() == 0 {
+            with_remedy("a default route: all traffic would go into the mesh")
+        } else if let Some(taken_over) = candidate.taken_over {
+            refusal(taken_over, topology, snapshot)
         } else {
-            snapshot.nodes.iter().map(|node| (node.name.as_str(), node)).collect()
+            continue;
         };
-        for &index in &routed_segments {
-            let segment = &topology.segments[index];
-            let members: Vec<&NodeSpec> =
-                segment.members.iter().filter_map(|member| by_name.get(member.name.as_str()).copied()).collect();
-            let mut own_locations: Vec<&str> = members.iter().map(|node| node.location.as_str()).collect();
-            own_locations.sort_unstable();
-            own_locations.dedup();
-            for range in &segment.allowed_location_ips {
-                let Some(reason) = guarded.refusal(range, &own_locations, allowed) else { continue };
-                let announcer = members.iter().find(|node| node.allowed_location_ips.contains(range));
-                warnings.push(Warning {
+        let range = candidate.range;
+        let warning = match origin {
+            Origin::Segment { position, index } => {
+                refused_location_ips.push((index, range));
+                let announcer = members[position].iter().find(|node| node.allowed_location_ips.contains(&range));
+                Warning {
                     kind: ObjectKind::Node,
-                    name: announcer.map_or_else(|| segment.name.clone(), |node| node.name.clone()),
+                    name: announcer.map_or_else(|| topology.segments[index].name.clone(), |node| node.name.clone()),
                     annotation: Some(ALLOWED_LOCATION_IPS.to_owned()),
                     value: Some(range.to_string()),
                     reason,
-                });
-                refused_location_ips.push((index, *range));
+                }
             }
-        }
-        for (index, peer) in topology.peers.iter().enumerate() {
-            for range in &peer.allowed_ips {
-                let Some(reason) = guarded.refusal(range, &[], allowed) else { continue };
-                warnings.push(Warning {
+            Origin::Peer(index) => {
+                refused_peer_ips.push((index, range));
+                Warning {
                     kind: ObjectKind::Peer,
-                    name: peer.name.clone(),
+                    name: topology.peers[index].name.clone(),
                     annotation: Some(PEER_ALLOWED_IPS.to_owned()),
                     value: Some(range.to_string()),
                     reason,
-                });
-                refused_peer_ips.push((index, *range));
+                }
             }
-        }
+        };
+        warnings.push(warning);
     }
     for (index, range) in refused_location_ips {
         topology.segments[index].allowed_location_ips.retain(|ip| *ip != range);

@@ -24,6 +24,7 @@
 //! segment keeps) stays Kilo's: refusing is a decision about local routes only.
 
 use std::cmp::Ordering;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
@@ -82,33 +83,41 @@ fn bounds(network: &IpNet) -> Bounds {
     }
 }
 
-/// Calls `visit` with every guarded network of the local node's view.
+/// Calls `visit` with every guarded network of the local node's view: its bounds, what it is,
+/// and the network itself (made only when a warning names it).
 fn guarded_networks(
     topology: &Topology,
     snapshot: &ClusterSnapshot,
     options: &Options,
-    mut visit: impl FnMut(IpNet, Guarded),
+    mut visit: impl FnMut(Bounds, Guarded, &dyn Fn() -> IpNet),
 ) {
+    let mut network = |net: IpNet, guarded: Guarded| visit(bounds(&net), guarded, &|| trunc(&net));
     if let Some(private) = topology.private_ip {
-        visit(trunc(&private), Guarded::LocalPrivateNetwork);
+        network(private, Guarded::LocalPrivateNetwork);
     }
-    visit(topology.pod_subnet, Guarded::LocalPodSubnet);
-    visit(options.subnet.trunc(), Guarded::WireGuardSubnet);
+    network(topology.pod_subnet, Guarded::LocalPodSubnet);
+    network(options.subnet, Guarded::WireGuardSubnet);
     for (segment, entry) in topology.segments.iter().enumerate() {
-        visit(one_address_cidr(entry.wireguard_ip), Guarded::WireGuardIp { segment });
+        network(one_address_cidr(entry.wireguard_ip), Guarded::WireGuardIp { segment });
     }
     for cidr in &options.service_cidrs {
-        visit(trunc(cidr), Guarded::ServiceCidr);
+        network(*cidr, Guarded::ServiceCidr);
     }
+    // Three per node, for thousands of nodes: addresses go without building networks.
     for (node, spec) in snapshot.nodes.iter().enumerate() {
         if let Some(pods) = spec.pod_subnet {
-            visit(trunc(&pods), Guarded::PodSubnet { node });
+            visit(bounds(&pods), Guarded::PodSubnet { node }, &|| trunc(&pods));
         }
-        if let Some(internal) = spec.internal_ip {
-            visit(one_address_cidr(internal.addr()), Guarded::InternalIp { node });
-        }
-        if let Some(ip) = spec.endpoint.as_ref().and_then(Endpoint::ip) {
-            visit(one_address_cidr(ip), Guarded::Endpoint { node });
+        let addresses = [
+            spec.internal_ip.map(|internal| (internal.addr(), Guarded::InternalIp { node })),
+            spec.endpoint.as_ref().and_then(Endpoint::ip).map(|ip| (ip, Guarded::Endpoint { node })),
+        ];
+        for (ip, guarded) in addresses.into_iter().flatten() {
+            let bits = match ip {
+                IpAddr::V4(v4) => (false, u128::from(u32::from(v4))),
+                IpAddr::V6(v6) => (true, u128::from(v6)),
+            };
+            visit((bits, bits), guarded, &|| one_address_cidr(ip));
         }
     }
 }
@@ -132,6 +141,8 @@ struct Candidates<'a> {
     candidates: Vec<Candidate<'a>>,
     /// Indices into `candidates`, by first address.
     order: Vec<usize>,
+    /// The first addresses, in that order (searched without going through `candidates`).
+    firsts: Vec<(bool, u128)>,
     highest_last: Vec<(bool, u128)>,
 }
 
@@ -139,6 +150,7 @@ impl<'a> Candidates<'a> {
     fn new(candidates: Vec<Candidate<'a>>) -> Self {
         let mut order: Vec<usize> = (0..candidates.len()).collect();
         order.sort_unstable_by_key(|index| candidates[*index].bounds.0);
+        let firsts = order.iter().map(|index| candidates[*index].bounds.0).collect();
         let highest_last = order
             .iter()
             .scan((false, 0), |highest, index| {
@@ -146,13 +158,24 @@ impl<'a> Candidates<'a> {
                 Some(*highest)
             })
             .collect();
-        Candidates { candidates, order, highest_last }
+        Candidates { candidates, order, firsts, highest_last }
     }
 
-    /// Records `network` with every candidate that takes it over.
-    fn check(&mut self, network: IpNet, guarded: Guarded, snapshot: &ClusterSnapshot) {
-        let (first, last) = bounds(&network);
-        let end = self.order.partition_point(|index| self.candidates[*index].bounds.0 <= last);
+    /// Records the guarded network with every candidate that takes it over.
+    fn check(
+        &mut self,
+        (first, last): Bounds,
+        guarded: Guarded,
+        network: &dyn Fn() -> IpNet,
+        snapshot: &ClusterSnapshot,
+    ) {
+        // Most networks lie below or above every candidate.
+        if self.firsts.first().is_none_or(|lowest| last < *lowest)
+            || self.highest_last.last().is_none_or(|highest| first > *highest)
+        {
+            return;
+        }
+        let end = self.firsts.partition_point(|candidate_first| *candidate_first <= last);
         // Walking down from the last candidate that starts inside the network: once no earlier
         // candidate reaches the network's first address, none overlaps it.
         for position in (0..end).rev() {
@@ -173,6 +196,7 @@ impl<'a> Candidates<'a> {
             {
                 continue;
             }
+            let network = network();
             if candidate.taken_over.is_none_or(|best| (guarded, network).cmp(&best) == Ordering::Less) {
                 candidate.taken_over = Some((guarded, network));
             }
@@ -211,8 +235,8 @@ fn with_remedy(what: &str) -> String {
 /// Where a candidate comes from.
 #[derive(Clone, Copy)]
 enum Origin {
-    /// An allowed-location IP of `topology.segments[index]`, the `position`-th routed segment.
-    Segment { position: usize, index: usize },
+    /// An allowed-location IP of `topology.segments[index]`.
+    Segment(usize),
     /// An allowed IP of `topology.peers[index]`.
     Peer(usize),
 }
@@ -229,26 +253,22 @@ pub(crate) fn refuse_hijacks(topology: &mut Topology, snapshot: &ClusterSnapshot
     if routed_segments.is_empty() && topology.peers.iter().all(|peer| peer.allowed_ips.is_empty()) {
         return;
     }
-    let by_name: FxHashMap<&str, &NodeSpec> = if routed_segments.is_empty() {
-        FxHashMap::default()
-    } else {
-        snapshot.nodes.iter().map(|node| (node.name.as_str(), node)).collect()
-    };
-    // Per routed segment: its members (to name the announcing node) and their locations.
-    let members: Vec<Vec<&NodeSpec>> = routed_segments
+    // Per routed segment, the location its nodes are in: from the segment's name where it
+    // says (`location:` segments, and `cross` groups), else from its one node.
+    let mut by_name: Option<FxHashMap<&str, &NodeSpec>> = None;
+    let own_locations: Vec<[&str; 1]> = routed_segments
         .iter()
         .map(|index| {
             let segment = &topology.segments[*index];
-            segment.members.iter().filter_map(|member| by_name.get(member.name.as_str()).copied()).collect()
-        })
-        .collect();
-    let own_locations: Vec<Vec<&str>> = members
-        .iter()
-        .map(|members| {
-            let mut locations: Vec<&str> = members.iter().map(|node| node.location.as_str()).collect();
-            locations.sort_unstable();
-            locations.dedup();
-            locations
+            let named = segment.name.strip_prefix("location:");
+            let grouped = segment.group.as_deref().and_then(|group| group.strip_prefix("location:"));
+            let location = named.or(grouped).unwrap_or_else(|| {
+                let by_name = by_name
+                    .get_or_insert_with(|| snapshot.nodes.iter().map(|node| (node.name.as_str(), node)).collect());
+                let leader = segment.members[segment.leader].name.as_str();
+                by_name.get(leader).map_or("", |node| node.location.as_str())
+            });
+            [location]
         })
         .collect();
 
@@ -264,7 +284,7 @@ pub(crate) fn refuse_hijacks(topology: &mut Topology, snapshot: &ClusterSnapshot
                 own_locations: &own_locations[position],
                 taken_over: None,
             });
-            origins.push(Origin::Segment { position, index: *index });
+            origins.push(Origin::Segment(*index));
         }
     }
     for (index, peer) in topology.peers.iter().enumerate() {
@@ -282,7 +302,9 @@ pub(crate) fn refuse_hijacks(topology: &mut Topology, snapshot: &ClusterSnapshot
         return;
     }
     let mut candidates = Candidates::new(candidates);
-    guarded_networks(topology, snapshot, options, |network, guarded| candidates.check(network, guarded, snapshot));
+    guarded_networks(topology, snapshot, options, |bounds, guarded, network| {
+        candidates.check(bounds, guarded, network, snapshot);
+    });
 
     let mut refused_location_ips: Vec<(usize, IpNet)> = Vec::new();
     let mut refused_peer_ips: Vec<(usize, IpNet)> = Vec::new();
@@ -297,9 +319,13 @@ pub(crate) fn refuse_hijacks(topology: &mut Topology, snapshot: &ClusterSnapshot
         };
         let range = candidate.range;
         let warning = match origin {
-            Origin::Segment { position, index } => {
+            Origin::Segment(index) => {
                 refused_location_ips.push((index, range));
-                let announcer = members[position].iter().find(|node| node.allowed_location_ips.contains(&range));
+                let segment = &topology.segments[index];
+                let announcer = snapshot.nodes.iter().find(|node| {
+                    node.allowed_location_ips.contains(&range)
+                        && segment.members.iter().any(|member| member.name == node.name)
+                });
                 Warning {
                     kind: ObjectKind::Node,
                     name: announcer.map_or_else(|| topology.segments[index].name.clone(), |node| node.name.clone()),

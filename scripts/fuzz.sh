@@ -4,6 +4,10 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 25 s, every target)
 #
+# FUZZ_BUILD_ARGS passes build options to cargo-fuzz, e.g. `--dev` for a faster build of slower
+# fuzzers (the release build of the targets, with kube and rustls under ASan, took 15 min on a
+# busy 2-core machine).
+#
 # The committed corpus (fuzz/corpus/TARGET) seeds each run read-only; what the run discovers goes
 # to a temporary directory, so a run leaves the checkout as it was. A crash stops the script with
 # the target's exit status; libFuzzer saves the input under fuzz/artifacts/TARGET/ (reproduce
@@ -19,13 +23,14 @@ if ((${#targets[@]} == 0)); then
     mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 
-cargo +nightly fuzz build
+read -r -a build_args <<<"${FUZZ_BUILD_ARGS:-}"
+cargo +nightly fuzz build "${build_args[@]}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for target in "${targets[@]}"; do
     echo "=== fuzz $target for ${seconds} s ==="
     mkdir -p "$work/$target"
-    if ! cargo +nightly fuzz run "$target" "$work/$target" "corpus/$target" -- \
+    if ! cargo +nightly fuzz run "${build_args[@]}" "$target" "$work/$target" "corpus/$target" -- \
         -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
         >"$work/$target.log" 2>&1; then
         tail -n 60 "$work/$target.log" >&2

@@ -5,7 +5,8 @@
 # offline by scripts/image.sh, and its suite), kubectl and kubernetes-validate from PyPI in a
 # virtual environment under /opt/kilo-rs/venv (the deploy/ manifests are rendered and
 # validated), and QEMU with Debian's stock kernel for the kernel VM suite
-# (scripts/vm/vm-setup.sh). Safe to run again: it installs only what is missing.
+# (scripts/vm/vm-setup.sh), and cargo-fuzz with the nightly toolchain for the fuzz targets
+# (scripts/fuzz.sh). Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,3 +30,11 @@ if [[ ! -x $venv/bin/kubectl || ! -x $venv/bin/kubernetes-validate ]]; then
 fi
 
 scripts/vm/vm-setup.sh
+
+# The fuzz targets (scripts/fuzz.sh): cargo-fuzz on the nightly toolchain.
+if ! rustup toolchain list | grep -q '^nightly'; then
+    rustup toolchain install nightly --profile minimal
+fi
+if ! command -v cargo-fuzz >/dev/null; then
+    cargo install --locked cargo-fuzz
+fi

@@ -40,6 +40,12 @@ pub struct MeshFlags {
     /// The WireGuard interface name.
     #[arg(long, env = "KILO_INTERFACE", default_value = "kilo0")]
     pub interface: String,
+    /// Ranges an allowed-location IP or a Peer may route although they take over a default
+    /// route, the node's own networks, another node's addresses, the WireGuard subnet or a
+    /// service CIDR; such ranges are refused with a warning otherwise (repeatable,
+    /// comma-separated; 0.0.0.0/0,::/0 turns the check off).
+    #[arg(long = "allowed-hijack-cidr", env = "KILO_ALLOWED_HIJACK_CIDR", value_delimiter = ',', value_parser = parse_cidr)]
+    pub allowed_hijack_cidrs: Vec<IpNet>,
     /// The node label used as location when `kilo.squat.ai/location` is absent.
     #[arg(long = "topology-label", env = "KILO_TOPOLOGY_LABEL", default_value = mesh_kube::annotations::DEFAULT_TOPOLOGY_LABEL)]
     pub topology_label: String,
@@ -91,6 +97,7 @@ impl MeshFlags {
             service_cidrs: self.service_cidrs.iter().map(IpNet::trunc).collect(),
             interface: self.interface.clone(),
             mtu: None,
+            allowed_hijack_cidrs: self.allowed_hijack_cidrs.iter().map(IpNet::trunc).collect(),
         }
     }
 }

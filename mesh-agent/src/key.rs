@@ -56,7 +56,13 @@ impl PrivateKey {
 
     /// Parses the key file's text as Kilo does (newlines around the key are ignored; we also
     /// ignore other surrounding white space). The reason never quotes the text.
-    fn parse(text: &[u8]) -> Result<Self, &'static str> {
+    ///
+    /// ```
+    /// use mesh_agent::key::PrivateKey;
+    /// assert!(PrivateKey::parse(b"d2hhdCBhIHByaXZhdGUga2V5IHRoaXMgaXMgISEhISE=\n").is_ok());
+    /// assert_eq!(PrivateKey::parse(b"\n").unwrap_err(), "the file is empty");
+    /// ```
+    pub fn parse(text: &[u8]) -> Result<Self, &'static str> {
         let text = std::str::from_utf8(text).map_err(|_| "the file is not text")?.trim();
         if text.is_empty() {
             return Err("the file is empty");
@@ -75,6 +81,16 @@ impl fmt::Debug for PrivateKey {
     }
 }
 
+/// What [`load_or_generate`] does with a key file that exists but holds no usable key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnusableKeyFile {
+    /// Fail, naming the file: a new key is a new identity for the node, which every peer
+    /// outside the cluster would have to learn (the default).
+    Refuse,
+    /// Generate a new key and write it over the file (`--regenerate-private-key`).
+    Regenerate,
+}
+
 /// How [`load_or_generate`] came by the key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyOrigin {
@@ -82,7 +98,8 @@ pub enum KeyOrigin {
     Loaded,
     /// The file did not exist: a new key was generated and written.
     Created,
-    /// The file could not be used: a new key was generated and written over it.
+    /// The file could not be used and [`UnusableKeyFile::Regenerate`] was given: a new key was
+    /// generated and written over it.
     Replaced {
         /// Why the old file was unusable, e.g. `the file does not hold a base64 WireGuard key`.
         reason: String,
@@ -121,6 +138,18 @@ pub enum KeyFileError {
         #[source]
         source: io::Error,
     },
+    /// The key file exists but holds no usable key, and regenerating was not asked for.
+    #[error(
+        "private key file {} holds no usable key ({reason}); refusing to start with a new identity: restore the \
+         key, or start with --regenerate-private-key to replace it",
+        path.display()
+    )]
+    Unusable {
+        /// The key file.
+        path: PathBuf,
+        /// Why it is unusable, e.g. `the file does not hold a base64 WireGuard key` (never its text).
+        reason: String,
+    },
     /// Writing a new key file failed; the old file (if any) is unchanged.
     #[error("failed to write private key file {}: {source}", path.display())]
     Write {
@@ -133,7 +162,12 @@ pub enum KeyFileError {
 }
 
 /// Reads the private key from `path` (usually [`DEFAULT_PRIVATE_KEY_FILE`]), or generates one
-/// and writes it there when the file is missing or does not hold a key, as Kilo does at start.
+/// and writes it there when the file is missing, as Kilo does at start. A file that holds no
+/// usable key (empty, not base64, the wrong length, all zero) is an error unless `unusable` is
+/// [`UnusableKeyFile::Regenerate`]; Kilo silently replaces it, changing the node's identity.
+///
+/// A key file that group or others may read or write, or a directory they may write (where
+/// they could replace the file), is used, with a warning naming the path and its mode.
 ///
 /// The directory is created with mode 0700 when missing (an existing one is left as it is).
 /// A new key file is written with mode 0600, atomically: a temporary file in the same directory
@@ -143,16 +177,21 @@ pub enum KeyFileError {
 ///
 /// A file that exists but cannot be read (e.g. `path` is a directory) is an error, not a reason
 /// to replace it.
-pub fn load_or_generate(path: &Path) -> Result<LoadedKey, KeyFileError> {
+pub fn load_or_generate(path: &Path, unusable: UnusableKeyFile) -> Result<LoadedKey, KeyFileError> {
     let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty());
     if let Some(directory) = directory {
         ensure_directory(directory)?;
+        warn_if_open(directory, "directory of the private key file", 0o022, "others can replace the key");
     }
     let origin = match fs::read(path) {
         Ok(text) => match PrivateKey::parse(&text) {
             Ok(private) => {
+                warn_if_open(path, "private key file", 0o077, "others can read or change the key; chmod 600 it");
                 let public = private.public_key();
                 return Ok(LoadedKey { private, public, origin: KeyOrigin::Loaded });
+            }
+            Err(reason) if unusable == UnusableKeyFile::Refuse => {
+                return Err(KeyFileError::Unusable { path: path.to_owned(), reason: reason.to_owned() });
             }
             Err(reason) => KeyOrigin::Replaced { reason: reason.to_owned() },
         },
@@ -169,6 +208,16 @@ pub fn load_or_generate(path: &Path) -> Result<LoadedKey, KeyFileError> {
         .map_err(|source| KeyFileError::Write { path: path.to_owned(), source })?;
     let public = private.public_key();
     Ok(LoadedKey { private, public, origin })
+}
+
+/// Logs a warning when `path`'s mode has any of the `open` bits (group and other permissions).
+fn warn_if_open(path: &Path, what: &str, open: u32, consequence: &str) {
+    if let Ok(metadata) = fs::metadata(path) {
+        let mode = metadata.permissions().mode() & 0o7777;
+        if mode & open != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:04o}"), "{what} is open to group or others: {consequence}");
+        }
+    }
 }
 
 fn ensure_directory(directory: &Path) -> Result<(), KeyFileError> {
@@ -243,8 +292,12 @@ mod tests {
     }
 
     fn load_logged(path: &Path) -> (Result<LoadedKey, KeyFileError>, Vec<String>) {
+        load_logged_with(path, UnusableKeyFile::Refuse)
+    }
+
+    fn load_logged_with(path: &Path, unusable: UnusableKeyFile) -> (Result<LoadedKey, KeyFileError>, Vec<String>) {
         let capture = Capture::default();
-        let result = tracing::subscriber::with_default(capture.clone(), || load_or_generate(path));
+        let result = tracing::subscriber::with_default(capture.clone(), || load_or_generate(path, unusable));
         let lines = capture.0.lock().unwrap().clone();
         (result, lines)
     }
@@ -286,7 +339,7 @@ mod tests {
         let temp = TempDir::new();
         let directory = temp.0.join("kilo");
         let path = directory.join("key");
-        load_or_generate(&path).unwrap();
+        load_or_generate(&path, UnusableKeyFile::Refuse).unwrap();
         assert_eq!(mode(&directory), 0o700);
         assert_eq!(mode(&path), 0o600);
     }
@@ -295,7 +348,7 @@ mod tests {
     fn an_existing_directory_keeps_its_mode() {
         let temp = TempDir::new();
         fs::set_permissions(&temp.0, Permissions::from_mode(0o755)).unwrap();
-        load_or_generate(&temp.0.join("key")).unwrap();
+        load_or_generate(&temp.0.join("key"), UnusableKeyFile::Refuse).unwrap();
         assert_eq!(mode(&temp.0), 0o755);
         assert_eq!(mode(&temp.0.join("key")), 0o600);
     }
@@ -309,7 +362,7 @@ mod tests {
         let public = Key::from_bytes(hex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
         fs::write(&path, format!("{}\n", private.expose().to_base64())).unwrap();
         fs::set_permissions(&path, Permissions::from_mode(0o640)).unwrap();
-        let loaded = load_or_generate(&path).unwrap();
+        let loaded = load_or_generate(&path, UnusableKeyFile::Refuse).unwrap();
         assert_eq!(loaded.origin, KeyOrigin::Loaded);
         assert_eq!(loaded.private, private);
         assert_eq!(loaded.public, public);
@@ -318,7 +371,53 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_file_is_replaced_with_a_warning() {
+    fn a_corrupt_file_is_refused_naming_it_and_left_as_it_is() {
+        let temp = TempDir::new();
+        let path = temp.0.join("key");
+        fs::write(&path, "not a key!").unwrap();
+        let (loaded, _) = load_logged(&path);
+        let error = loaded.unwrap_err();
+        assert!(matches!(error, KeyFileError::Unusable { .. }), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "private key file {} holds no usable key (the file does not hold a base64 WireGuard key); refusing \
+                 to start with a new identity: restore the key, or start with --regenerate-private-key to replace it",
+                path.display()
+            )
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), "not a key!");
+    }
+
+    #[test]
+    fn a_key_open_to_others_is_used_with_a_warning() {
+        let temp = TempDir::new();
+        let directory = temp.0.join("kilo");
+        let path = directory.join("key");
+        load_or_generate(&path, UnusableKeyFile::Refuse).unwrap();
+        let (_, logs) = load_logged(&path);
+        assert!(logs.is_empty(), "0700 and 0600 are private: {logs:?}");
+
+        fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        let (loaded, logs) = load_logged(&path);
+        assert_eq!(loaded.unwrap().origin, KeyOrigin::Loaded);
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert!(
+            logs[0].starts_with("WARN ") && logs[0].contains("private key file is open to group or others"),
+            "{logs:?}"
+        );
+        assert!(logs[0].contains(&path.display().to_string()) && logs[0].contains("\"0644\""), "{logs:?}");
+
+        fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(&directory, Permissions::from_mode(0o777)).unwrap();
+        let (_, logs) = load_logged(&path);
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert!(logs[0].contains("directory of the private key file is open to group or others"), "{logs:?}");
+        assert!(logs[0].contains(&directory.display().to_string()) && logs[0].contains("\"0777\""), "{logs:?}");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_replaced_with_a_warning_when_asked() {
         for (contents, reason) in [
             (&b"not a key!"[..], "the file does not hold a base64 WireGuard key"),
             (b"a2V5MQ==\n", "the file does not hold a base64 WireGuard key"),
@@ -330,7 +429,7 @@ mod tests {
             let path = temp.0.join("key");
             fs::write(&path, contents).unwrap();
             fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
-            let (loaded, logs) = load_logged(&path);
+            let (loaded, logs) = load_logged_with(&path, UnusableKeyFile::Regenerate);
             let loaded = loaded.unwrap();
             assert_eq!(loaded.origin, KeyOrigin::Replaced { reason: reason.to_owned() }, "{contents:?}");
             assert_eq!(logs.len(), 1, "{logs:?}");
@@ -340,7 +439,7 @@ mod tests {
             assert!(logs[0].contains(&path.display().to_string()), "{logs:?}");
             assert_eq!(fs::read_to_string(&path).unwrap(), loaded.private.expose().to_base64());
             assert_eq!(mode(&path), 0o600, "a replaced file gets mode 0600");
-            assert_eq!(load_or_generate(&path).unwrap().private, loaded.private);
+            assert_eq!(load_or_generate(&path, UnusableKeyFile::Refuse).unwrap().private, loaded.private);
         }
     }
 
@@ -348,7 +447,7 @@ mod tests {
     fn a_stale_temporary_file_does_not_block_writing() {
         let temp = TempDir::new();
         fs::write(temp.0.join(".key.tmp"), "left over").unwrap();
-        let loaded = load_or_generate(&temp.0.join("key")).unwrap();
+        let loaded = load_or_generate(&temp.0.join("key"), UnusableKeyFile::Refuse).unwrap();
         assert_eq!(loaded.origin, KeyOrigin::Created);
         assert!(!temp.0.join(".key.tmp").exists());
     }
@@ -360,7 +459,7 @@ mod tests {
         let blocker = temp.0.join("blocker");
         fs::write(&blocker, "").unwrap();
         let path = blocker.join("kilo/key");
-        let error = load_or_generate(&path).unwrap_err();
+        let error = load_or_generate(&path, UnusableKeyFile::Refuse).unwrap_err();
         assert!(matches!(error, KeyFileError::CreateDirectory { .. }), "{error:?}");
         assert!(error.to_string().contains(&blocker.join("kilo").display().to_string()), "{error}");
         assert!(error.to_string().starts_with("failed to create directory "), "{error}");
@@ -368,7 +467,7 @@ mod tests {
         // The key path exists but cannot be read: it is not replaced.
         let path = temp.0.join("key");
         fs::create_dir(&path).unwrap();
-        let error = load_or_generate(&path).unwrap_err();
+        let error = load_or_generate(&path, UnusableKeyFile::Refuse).unwrap_err();
         assert!(matches!(error, KeyFileError::Read { .. }), "{error:?}");
         assert_eq!(
             error.to_string(),
@@ -379,7 +478,7 @@ mod tests {
         // The new key cannot be written: the temporary file's place is taken by a directory.
         let path = temp.0.join("other");
         fs::create_dir(temp.0.join(".other.tmp")).unwrap();
-        let error = load_or_generate(&path).unwrap_err();
+        let error = load_or_generate(&path, UnusableKeyFile::Refuse).unwrap_err();
         assert!(matches!(error, KeyFileError::Write { .. }), "{error:?}");
         assert!(error.to_string().starts_with(&format!("failed to write private key file {}: ", path.display())));
         assert!(!path.exists());

@@ -84,6 +84,10 @@ pub struct AgentFlags {
     /// Where the WireGuard private key is kept (generated on first start).
     #[arg(long = "private-key-file", env = "KILO_PRIVATE_KEY_FILE", default_value = crate::key::DEFAULT_PRIVATE_KEY_FILE)]
     private_key_file: PathBuf,
+    /// Replace a private key file that holds no usable key with a new key (a new identity for
+    /// the node); without it the agent refuses to start, naming the file.
+    #[arg(long = "regenerate-private-key", env = "KILO_REGENERATE_PRIVATE_KEY", default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    regenerate_private_key: bool,
 }
 
 /// `--mtu`.
@@ -141,13 +145,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
-/// A start-up failure: the process exits non-zero with this message.
+/// A start-up failure: the process exits non-zero with this message (exit code 3, or 1 when
+/// a flag's value is what is wrong).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartupError(String);
+#[error("{message}")]
+pub struct StartupError {
+    message: String,
+    usage: bool,
+}
+
+impl StartupError {
+    /// Whether the command line is at fault (a usage error) rather than the host or the cluster.
+    pub fn is_usage(&self) -> bool {
+        self.usage
+    }
+}
+
+fn usage_error(message: impl std::fmt::Display) -> StartupError {
+    StartupError { message: message.to_string(), usage: true }
+}
 
 fn startup(message: impl std::fmt::Display) -> StartupError {
-    StartupError(message.to_string())
+    StartupError { message: message.to_string(), usage: false }
 }
 
 /// The agent's view of its host: discovered IPs, its key, DNS, and the CNI file.
@@ -215,11 +234,13 @@ impl AgentFlags {
             Some(hostname) if !hostname.is_empty() => hostname.clone(),
             _ => hostname().ok_or_else(|| startup("failed to determine hostname; give --hostname"))?,
         };
-        let granularity = self.mesh.fixed_granularity("location").map_err(startup)?;
+        let granularity = self.mesh.fixed_granularity("location").map_err(usage_error)?;
         let subnet = self.mesh.subnet.unwrap_or_else(|| Options::default().subnet);
         info!(version = env!("CARGO_PKG_VERSION"), %hostname, "starting the mesh agent");
 
-        let key = crate::key::load_or_generate(&self.private_key_file).map_err(startup)?;
+        use crate::key::UnusableKeyFile::{Refuse, Regenerate};
+        let unusable = if self.regenerate_private_key { Regenerate } else { Refuse };
+        let key = crate::key::load_or_generate(&self.private_key_file, unusable).map_err(startup)?;
         let network = HostNetwork::read_async(&Namespace::Current, &hostname).await.map_err(startup)?;
         let ignored = ignored_interfaces(&self.mesh.interface, self.mesh.compatibility);
         let local = network.discover(&ignored, &self.internal_cidrs).map_err(startup)?;
@@ -269,11 +290,12 @@ impl AgentFlags {
         config.resync_period = self.resync_period;
         config.clean_up = self.clean_up;
         config.clean_up_timeout = Duration::from_secs(4);
-        let listen = crate::http::listen_address(&self.listen).map_err(startup)?;
+        let listen = crate::http::listen_address(&self.listen).map_err(usage_error)?;
 
         match self.backend.as_str() {
             "file" => {
-                let dir = self.cluster_dir.clone().ok_or_else(|| startup("--backend=file needs --cluster-dir DIR"))?;
+                let dir =
+                    self.cluster_dir.clone().ok_or_else(|| usage_error("--backend=file needs --cluster-dir DIR"))?;
                 let cluster =
                     mesh_kube::file::FileBackend::new(dir, hostname.clone(), self.mesh.topology_label.clone())
                         .map_err(startup)?;

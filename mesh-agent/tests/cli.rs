@@ -349,3 +349,54 @@ fn plan_reads_a_live_cluster_through_a_kubeconfig() {
     let from_files = run_ok(&["plan", "--nodes", &example, "--hostname", "onprem-1", "--now", NOW]);
     assert_eq!(from_cluster, from_files);
 }
+
+#[test]
+fn an_unknown_hostname_names_a_bounded_number_of_nodes() {
+    let path = std::env::temp_dir().join(format!("mesh-agent-cli-many-{}.yaml", std::process::id()));
+    let nodes: String = (0..1000).map(|n| format!("---\nkind: Node\nmetadata:\n  name: node-{n:04}\n")).collect();
+    std::fs::write(&path, nodes).unwrap();
+    let output = run(&["plan", "--nodes", path.to_str().unwrap(), "--hostname", "nope"]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("known nodes: node-0000, node-0001,"), "{stderr}");
+    assert!(stderr.contains("node-0019, and 980 more"), "{stderr}");
+    assert!(stderr.len() < 1000, "{} bytes", stderr.len());
+}
+
+#[test]
+fn a_hijacking_peer_is_refused_with_a_warning_unless_allowed() {
+    let path = std::env::temp_dir().join(format!("mesh-agent-cli-hijack-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        "apiVersion: kilo.squat.ai/v1alpha1\nkind: Peer\nmetadata: {name: everything}\nspec:\n  allowedIPs: [0.0.0.0/0]\n  \
+         publicKey: a2V5NQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+    )
+    .unwrap();
+    let peers = path.to_str().unwrap().to_owned();
+    let refused = plan("onprem-1", &[CILIUM, &["--peers", &peers]].concat());
+    let allowed = plan("onprem-1", &[CILIUM, &["--peers", &peers, "--allowed-hijack-cidr=0.0.0.0/0"]].concat());
+    let _ = std::fs::remove_file(&path);
+
+    let default_route =
+        |plan: &Value| plan["routes"].as_array().unwrap().iter().any(|route| route["dst"] == "0.0.0.0/0");
+    let warning = |plan: &Value| {
+        plan["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "everything" && w["value"] == "0.0.0.0/0")
+            .cloned()
+    };
+    assert!(!default_route(&refused));
+    let warning = warning(&refused).expect("a warning names the Peer and the range");
+    assert_eq!(warning["kind"], "peer");
+    assert_eq!(warning["annotation"], "spec.allowedIPs");
+    assert!(warning["reason"].as_str().unwrap().contains("refused (allow it with --allowed-hijack-cidr)"), "{warning}");
+    assert!(default_route(&allowed), "--allowed-hijack-cidr routes it as Kilo does");
+    assert!(plan_warning_free(&allowed, "everything"));
+}
+
+fn plan_warning_free(plan: &Value, name: &str) -> bool {
+    plan["warnings"].as_array().unwrap().iter().all(|w| w["name"] != name)
+}

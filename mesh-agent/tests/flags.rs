@@ -201,3 +201,20 @@ fn a_service_link_on_the_command_line_is_refused() {
     let error = plan(&["--port=tcp://10.96.0.10:1107"], &[]).unwrap_err();
     assert!(error.contains("invalid port \"tcp://10.96.0.10:1107\""), "{error}");
 }
+
+#[test]
+fn a_corrupt_key_file_stops_the_agent_with_the_start_up_exit_code() {
+    let directory = std::env::temp_dir().join(format!("mesh-agent-flags-key-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let path = directory.join("key");
+    std::fs::write(&path, "not a key").unwrap();
+    let file = format!("--private-key-file={}", path.display());
+    let (code, _, stderr) = run(&["--hostname=a", &file]);
+    let kept = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&directory);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("private key file {} holds no usable key", path.display())), "{stderr}");
+    assert!(stderr.contains("--regenerate-private-key"), "{stderr}");
+    assert_eq!(kept, "not a key", "the file was replaced");
+}

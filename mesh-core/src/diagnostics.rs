@@ -38,6 +38,28 @@ pub struct Warning {
     pub reason: String,
 }
 
+impl Warning {
+    /// How many characters of an offending value a warning shows.
+    pub const VALUE_SHOWN: usize = 120;
+
+    /// The value as a warning shows it: whole when short, else its first
+    /// [`VALUE_SHOWN`](Self::VALUE_SHOWN) characters and its length (an annotation may hold a
+    /// megabyte, and warnings are logged).
+    ///
+    /// ```
+    /// use mesh_core::Warning;
+    /// assert_eq!(Warning::excerpt("1.2.3.4:99999"), "1.2.3.4:99999");
+    /// let long = "x".repeat(1_000_000);
+    /// assert_eq!(Warning::excerpt(&long), format!("{}… (1000000 bytes)", "x".repeat(120)));
+    /// ```
+    pub fn excerpt(value: &str) -> String {
+        match value.char_indices().nth(Self::VALUE_SHOWN) {
+            None => value.to_owned(),
+            Some((end, _)) => format!("{}… ({} bytes)", &value[..end], value.len()),
+        }
+    }
+}
+
 impl Skipped {
     /// A skipped node.
     pub fn node(name: &str, reason: impl Into<String>) -> Self {

@@ -46,8 +46,10 @@ mod diagnostics;
 mod endpoint;
 pub mod firewall;
 mod graph;
+mod hijack;
 pub mod ip;
 mod key;
+mod key_owners;
 mod model;
 pub mod nat;
 mod options;
@@ -66,7 +68,9 @@ pub use firewall::{
     ForeignChain, ForeignRule, Match, Target,
 };
 pub use key::{Key, KeyError, PresharedKey};
-pub use model::{ClusterSnapshot, Granularity, NodeSpec, NotReady, PeerSpec, READINESS_WINDOW_SECONDS};
+pub use model::{
+    ClusterSnapshot, Granularity, MAX_CLOCK_SKEW_SECONDS, NodeSpec, NotReady, PeerSpec, READINESS_WINDOW_SECONDS,
+};
 pub use options::{Compatibility, Encapsulation, KILO_TABLE, MAIN_TABLE, Options, RULE_PRIORITY};
 pub use plan::{Operation, Plan};
 pub use routes::{Dev, DeviceNames, Route, Rule};

@@ -10,6 +10,11 @@ use crate::{Endpoint, Key, PresharedKey};
 /// How long a node stays ready after its last heartbeat: twice Kilo's 30 s check-in period.
 pub const READINESS_WINDOW_SECONDS: i64 = 60;
 
+/// How far in the future a heartbeat may lie (the clocks of two nodes differ) before the node
+/// counts as not ready: a `last-seen` far in the future would otherwise keep a node ready for
+/// ever (Kilo only checks the age).
+pub const MAX_CLOCK_SKEW_SECONDS: i64 = 60;
+
 /// One Kubernetes Node (or a node file of the file backend), translated into what the mesh needs.
 ///
 /// Field values keep Kilo's forms: CIDRs keep their host bits where Kilo keeps them
@@ -138,11 +143,33 @@ pub enum NotReady {
         /// Seconds since the last heartbeat.
         age: i64,
     },
+    /// The heartbeat lies further in the future than clocks differ.
+    #[error("not ready: last-seen {ahead} s in the future (limit {limit} s of clock skew)", limit = MAX_CLOCK_SKEW_SECONDS)]
+    FromTheFuture {
+        /// Seconds from now to the heartbeat.
+        ahead: i64,
+    },
 }
 
 impl NodeSpec {
     /// Checks Kilo's readiness rule against `now` (Unix seconds): an endpoint, a key, a pod subnet
-    /// and a heartbeat less than [`READINESS_WINDOW_SECONDS`] old.
+    /// and a heartbeat less than [`READINESS_WINDOW_SECONDS`] old, and (unlike Kilo) not more
+    /// than [`MAX_CLOCK_SKEW_SECONDS`] in the future.
+    ///
+    /// ```
+    /// use mesh_core::{Endpoint, Key, NodeSpec, NotReady};
+    /// let node = |last_seen| NodeSpec {
+    ///     endpoint: Some(Endpoint::parse("192.0.2.1:51820").unwrap()),
+    ///     key: Some(Key::from_bytes([1; 32])),
+    ///     pod_subnet: Some("10.2.1.0/24".parse().unwrap()),
+    ///     last_seen: Some(last_seen),
+    ///     ..NodeSpec::default()
+    /// };
+    /// assert_eq!(node(1_000).readiness(1_030), Ok(()));
+    /// assert_eq!(node(1_000).readiness(1_060), Err(NotReady::Stale { age: 60 }));
+    /// assert_eq!(node(1_050).readiness(1_000), Ok(()), "a clock a little ahead");
+    /// assert_eq!(node(4_000_000_000).readiness(1_000), Err(NotReady::FromTheFuture { ahead: 3_999_999_000 }));
+    /// ```
     pub fn readiness(&self, now: i64) -> Result<(), NotReady> {
         if self.endpoint.is_none() {
             return Err(NotReady::NoEndpoint);
@@ -157,6 +184,9 @@ impl NodeSpec {
         let age = now.saturating_sub(last_seen);
         if age >= READINESS_WINDOW_SECONDS {
             return Err(NotReady::Stale { age });
+        }
+        if age < -MAX_CLOCK_SKEW_SECONDS {
+            return Err(NotReady::FromTheFuture { ahead: age.saturating_neg() });
         }
         Ok(())
     }

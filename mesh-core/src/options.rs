@@ -102,6 +102,11 @@ pub struct Options {
     pub interface: String,
     /// `--mtu` when numeric; `None` leaves the MTU to the agent's detection.
     pub mtu: Option<u32>,
+    /// `--allowed-hijack-cidr`: ranges an allowed-location IP or a `Peer` may route even when
+    /// they take over a guarded network (a default route, the node's own networks, another
+    /// node's addresses, the WireGuard subnet, a service CIDR). Empty: every such range is
+    /// refused with a warning (see [`Topology::compute`](crate::Topology::compute)).
+    pub allowed_hijack_cidrs: Vec<IpNet>,
 }
 
 impl Default for Options {
@@ -119,6 +124,7 @@ impl Default for Options {
             service_cidrs: Vec::new(),
             interface: "kilo0".to_owned(),
             mtu: None,
+            allowed_hijack_cidrs: Vec::new(),
         }
     }
 }

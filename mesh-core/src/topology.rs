@@ -154,6 +154,11 @@ impl Topology {
     /// Nodes and peers that are not ready are left out and listed in [`Topology::skipped`]; the
     /// local node must be ready. The result does not depend on the order of the snapshot's lists.
     ///
+    /// Allowed-location IPs of other locations and `Peer` allowed IPs that would take over the
+    /// local node's default route, its own networks, other nodes' addresses, the WireGuard subnet
+    /// or a service CIDR are left out and reported in [`Topology::warnings`], unless
+    /// [`Options::allowed_hijack_cidrs`] allows them.
+    ///
     /// ```
     /// use mesh_core::{ClusterSnapshot, Endpoint, Key, NodeSpec, Options, Topology};
     ///
@@ -257,7 +262,7 @@ impl Topology {
             }
         }
 
-        Ok(Topology {
+        let mut topology = Topology {
             hostname: options.hostname.clone(),
             granularity: options.granularity,
             leader,
@@ -272,7 +277,12 @@ impl Topology {
             discovered_endpoints,
             skipped,
             warnings,
-        })
+        };
+        // Last, so that what other nodes must agree on stays Kilo's: refusing is local.
+        crate::hijack::refuse_hijacks(&mut topology, snapshot, options);
+        let duplicate_keys = topology.duplicate_key_warnings();
+        topology.warnings.extend(duplicate_keys);
+        Ok(topology)
     }
 
     /// The local node's segment.

@@ -144,12 +144,23 @@ impl Topology {
     /// The WireGuard peers of this node (Kilo's `Conf()`): one per segment outside the local
     /// location, then one per `Peer`; every one with the local persistent keepalive.
     /// Empty for a node that is not a leader.
+    ///
+    /// As Kilo, this lists an object that reuses an earlier one's key; the desired state does not
+    /// (see [`DesiredState::from_topology`](crate::DesiredState::from_topology)).
     pub fn wireguard_peers(&self) -> Vec<PeerConfig> {
-        self.wireguard_peer_sources().map(PeerSource::into_config).collect()
+        self.kilo_peer_sources().map(PeerSource::into_config).collect()
+    }
+
+    /// The peers the local WireGuard device can hold: [`Topology::wireguard_peers`] with one
+    /// entry per public key, none with the local node's own (see `key_owners`), allowed IPs not
+    /// yet copied.
+    pub(crate) fn wireguard_peer_sources(&self) -> impl Iterator<Item = PeerSource<'_>> {
+        // `key_owners` lists the entries of `kilo_peer_sources`, in its order.
+        self.kilo_peer_sources().zip(self.key_owners()).filter_map(|(source, owner)| owner.is_none().then_some(source))
     }
 
     /// [`Topology::wireguard_peers`], with the allowed IPs not yet copied.
-    pub(crate) fn wireguard_peer_sources(&self) -> impl Iterator<Item = PeerSource<'_>> {
+    fn kilo_peer_sources(&self) -> impl Iterator<Item = PeerSource<'_>> {
         let (segments, peers) = if self.leader { (&self.segments[..], &self.peers[..]) } else { (&[][..], &[][..]) };
         let segments = segments.iter().enumerate().filter(|(index, _)| !self.is_local_location_at(*index));
         let segments = segments.map(|(_, segment)| self.segment_peer(segment, self.persistent_keepalive, None));

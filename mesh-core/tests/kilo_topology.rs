@@ -142,8 +142,14 @@ fn new_topology_matches_kilo() {
         let peers: Vec<(&str, Vec<String>)> =
             topology.peers.iter().map(|p| (p.name.as_str(), strings(&p.allowed_ips))).collect();
         assert_eq!(peers, [("a", vec!["10.5.0.1/24".into(), "10.5.0.2/24".into()]), ("b", vec!["10.5.0.3/24".into()])]);
-        assert!(topology.skipped.is_empty() && topology.warnings.is_empty(), "{case}");
+        assert!(topology.skipped.is_empty() && kilo_warnings(&topology).is_empty(), "{case}");
     }
+}
+
+/// The warnings about Kilo's decisions: without the one about the fixture's peer a, which
+/// reuses node d's key (tests/duplicate_keys.rs).
+fn kilo_warnings(topology: &Topology) -> Vec<&mesh_core::Warning> {
+    topology.warnings.iter().filter(|w| !w.reason.ends_with("gets no WireGuard peer here")).collect()
 }
 
 #[test]
@@ -293,7 +299,7 @@ fn filter_allowed_location_ips_matches_kilo() {
         assert_eq!(got, want, "input {input:?}");
         let dropped: usize =
             input.iter().map(|ips| ips.len()).sum::<usize>() - want.iter().map(Vec::len).sum::<usize>();
-        assert_eq!(topology.warnings.len(), dropped, "every dropped IP is reported: {:?}", topology.warnings);
+        assert_eq!(kilo_warnings(&topology).len(), dropped, "every dropped IP is reported: {:?}", topology.warnings);
     }
 }
 

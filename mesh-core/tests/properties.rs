@@ -30,6 +30,8 @@ use proptest::test_runner::FileFailurePersistence;
 const NOW: i64 = 1_700_000_000;
 /// Kilo's readiness window (`mesh_core::READINESS_WINDOW_SECONDS`), restated for the reference model.
 const WINDOW: i64 = 60;
+/// The clock skew tolerated (`mesh_core::MAX_CLOCK_SKEW_SECONDS`), restated.
+const SKEW: i64 = 60;
 const LOCATIONS: [&str; 4] = ["eu", "us-east", "", "ap"];
 const NAME_PREFIXES: [&str; 4] = ["node", "a", "worker", "z"];
 /// Names for the clusters with duplicate names: few, so they collide.
@@ -325,6 +327,9 @@ fn options_template() -> impl Strategy<Value = (Option<u8>, Options)> {
                     service_cidrs,
                     interface: "kilo0".to_owned(),
                     mtu,
+                    // The reference model is Kilo's, which routes every range; the refusal
+                    // of hijacks has its own properties (tests/hijack.rs).
+                    allowed_hijack_cidrs: vec![net(v4(0, 0, 0, 0), 0), net(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)],
                 };
                 (hostname, options)
             },
@@ -468,12 +473,13 @@ fn permute<T: Clone>(items: &[T], order: &[u16]) -> Vec<T> {
 // An independent reference model of the parts of Kilo's algorithm the properties check
 // ---------------------------------------------------------------------------------------------
 
-/// Kilo's readiness: endpoint, key, pod subnet and a heartbeat younger than the window.
+/// Kilo's readiness: endpoint, key, pod subnet and a heartbeat younger than the window; and
+/// ours: not further in the future than clocks differ (`mesh_core::MAX_CLOCK_SKEW_SECONDS`).
 fn is_ready(node: &NodeSpec, now: i64) -> bool {
     node.endpoint.is_some()
         && node.key.is_some()
         && node.pod_subnet.is_some()
-        && node.last_seen.is_some_and(|seen| now.saturating_sub(seen) < WINDOW)
+        && node.last_seen.is_some_and(|seen| (-SKEW..WINDOW).contains(&now.saturating_sub(seen)))
 }
 
 /// The nodes that take part: by name, the first of a duplicated name (in input order), ready.
@@ -1227,6 +1233,21 @@ proptest! {
         prop_assert!(topology.wireguard_peers().iter().all(|peer| peer.public_key != own));
         let (desired, _) = DesiredState::from_topology(&topology, &case.options);
         prop_assert!(!desired.peers.contains_key(&own));
+    }
+
+    /// Property 5b: whatever keys collide, the desired state never wants a peer with the local
+    /// node's own key (WireGuard ignores one, so the plan would add it on every pass) and has
+    /// one peer per key, with a warning for each entry left out.
+    #[test]
+    fn no_desired_peer_has_the_local_key(case in case(MESSY)) {
+        let Ok(topology) = Topology::compute(&case.snapshot, &case.options) else { return Ok(()) };
+        let (desired, _) = DesiredState::from_topology(&topology, &case.options);
+        if topology.leader {
+            prop_assert!(!desired.peers.contains_key(&topology.local().key));
+        }
+        let left_out = topology.wireguard_peers().len() - desired.peers.len();
+        let warned = topology.warnings.iter().filter(|w| w.reason.ends_with("gets no WireGuard peer here")).count();
+        prop_assert_eq!(left_out, warned);
     }
 
     /// Property 6: over all ready nodes' views (unique keys, every computation succeeding), if node

@@ -352,7 +352,7 @@ impl Reader<'_> {
             kind: self.kind,
             name: self.name.to_owned(),
             annotation: Some(annotation.to_owned()),
-            value: Some(value.to_owned()),
+            value: Some(Warning::excerpt(value)),
             reason: reason.into(),
         });
     }

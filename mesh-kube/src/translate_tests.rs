@@ -407,6 +407,15 @@ fn bad_cidrs_are_ignored_with_warnings() {
 }
 
 #[test]
+fn a_huge_bad_value_is_shown_shortened() {
+    let huge = format!("{}:51820", "é".repeat(500_000));
+    let translated = translate_annotations(&[(FORCE_ENDPOINT, &huge)], &[]);
+    assert_eq!(translated.warnings.len(), 1);
+    let shown = translated.warnings[0].value.as_deref().unwrap();
+    assert_eq!(shown, format!("{}… (1000006 bytes)", "é".repeat(Warning::VALUE_SHOWN)));
+}
+
+#[test]
 fn bad_ports_and_hosts_are_ignored_with_warnings() {
     // The design's example: a forced endpoint with a port out of range.
     let translated = translate_annotations(&[(FORCE_ENDPOINT, "1.2.3.4:99999"), (ENDPOINT, "10.0.0.1:51820")], &[]);

@@ -1,6 +1,6 @@
 //! [`LinuxDataplane`]: mesh-core's [`Dataplane`] on Linux.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::SystemTime;
 
@@ -8,12 +8,12 @@ use ipnet::IpNet;
 use mesh_core::backend::{BackendError, Dataplane};
 use mesh_core::firewall::{Family, Firewall, FirewallEdit, FirewallLayout};
 use mesh_core::state::{DataplaneState, InterfaceState};
-use mesh_core::{Compatibility, Dev, DeviceNames, Key, ObservedState, Operation, Plan, Route, Routes, Rule};
+use mesh_core::{Compatibility, Dev, DeviceNames, Key, ObservedState, Operation, Plan, Route, RouteKey, Routes, Rule};
 use nix::libc;
 use rtnetlink::Handle;
 use wireguard_control::DeviceUpdate;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, RouteConflict};
 use crate::firewall;
 use crate::link::{self, Link};
 use crate::netns::Namespace;
@@ -118,6 +118,9 @@ pub struct LinuxDataplane {
     interface_ready: bool,
     /// We created the tunnel device (so clean-up deletes it).
     tunnel_created: bool,
+    /// Places (table and destination) of wanted routes last found held by a route that is not
+    /// the mesh's.
+    foreign_routes: HashSet<RouteKey>,
 }
 
 impl fmt::Debug for LinuxDataplane {
@@ -156,6 +159,7 @@ impl LinuxDataplane {
             writes: 0,
             interface_ready: false,
             tunnel_created: false,
+            foreign_routes: HashSet::new(),
         })
     }
 
@@ -252,13 +256,19 @@ impl LinuxDataplane {
         Ok(ObservedState { state, peer_stats, observed_at, firewall_layout })
     }
 
-    /// Applies the plan's operations in order (see [`Dataplane::apply`]).
+    /// Applies the plan's operations in order (see [`Dataplane::apply`]). A route whose place
+    /// is held by a route that is not the mesh's is left out, and the rest applied; such
+    /// routes are then reported together as [`Error::RouteConflicts`].
     pub async fn apply_plan(&mut self, plan: &Plan) -> Result<()> {
         let mut links = Links::default();
+        let mut conflicts = Vec::new();
         for operation in &plan.operations {
-            self.apply_operation(operation, &mut links).await?;
+            match self.apply_operation(operation, &mut links).await {
+                Err(Error::RouteConflicts(found)) => conflicts.extend(found),
+                result => result?,
+            }
         }
-        Ok(())
+        if conflicts.is_empty() { Ok(()) } else { Err(Error::RouteConflicts(conflicts)) }
     }
 
     /// Makes sure the WireGuard interface exists (creating it when allowed) and holds the
@@ -391,8 +401,41 @@ impl LinuxDataplane {
             }
         };
         let message = route::message(route, link.index).map_err(|source| Error::netlink(operation(), source))?;
-        self.writes += 1;
-        route::replace(&self.handle, message).await.map_err(|source| Error::netlink(operation(), source))
+        if verb == "replace" {
+            // The plan replaces only a route it observed, and it observes only the mesh's.
+            self.writes += 1;
+            return route::replace(&self.handle, message).await.map_err(|source| Error::netlink(operation(), source));
+        }
+        // A place found taken by someone else is looked at (a read) before trying again, so a
+        // lasting conflict costs no write per pass.
+        if !self.foreign_routes.contains(&route.key()) {
+            self.writes += 1;
+            match route::add(&self.handle, message.clone()).await {
+                Err(error) if error.raw_os_error() == Some(libc::EEXIST) => {}
+                result => return result.map_err(|source| Error::netlink(operation(), source)),
+            }
+        }
+        let wireguard = self.cached_link(links, &self.names.kilo.clone()).await?.map(|link| link.index);
+        let names = link::names(&self.handle).await.map_err(|source| Error::netlink("list interfaces", source))?;
+        let holder = route::holder(&self.handle, route, wireguard, |index| names.get(&index).cloned())
+            .await
+            .map_err(|source| Error::netlink(format!("list routes in table {}", route.table), source))?;
+        let result = match holder {
+            route::Holder::Foreign(existing) => {
+                self.foreign_routes.insert(route.key());
+                return Err(Error::RouteConflicts(vec![RouteConflict { wanted: self.route_text(route), existing }]));
+            }
+            route::Holder::Mesh => {
+                self.writes += 1;
+                route::replace(&self.handle, message).await
+            }
+            route::Holder::Nobody => {
+                self.writes += 1;
+                route::add(&self.handle, message).await
+            }
+        };
+        self.foreign_routes.remove(&route.key());
+        result.map_err(|source| Error::netlink(operation(), source))
     }
 
     async fn set_tunnel_address(&mut self, address: Option<IpNet>, links: &mut Links) -> Result<()> {

@@ -75,9 +75,40 @@ pub enum Error {
     /// IP discovery found no address the node could use.
     #[error("no valid IP was found")]
     NoValidIp,
+    /// Routes the mesh wants where the kernel holds routes that are not the mesh's (the host's
+    /// default route, a connected network, another CNI's route). Those are never replaced or
+    /// deleted; the rest of the plan is applied.
+    #[error("{}", route_conflicts_text(.0))]
+    RouteConflicts(Vec<RouteConflict>),
     /// A `--wireguard-backend` value that is not `auto`, `kernel` or `userspace`.
     #[error("invalid WireGuard backend {0:?}: expected auto, kernel or userspace")]
     InvalidBackend(String),
+}
+
+/// A route the mesh wants and the route that is not the mesh's in its place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConflict {
+    /// The mesh's route, as `ip route` prints it.
+    pub wanted: String,
+    /// The route in its place (same table, destination and metric), as `ip route` prints it.
+    pub existing: String,
+}
+
+impl std::fmt::Display for RouteConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused to replace route {} (not the mesh's) with {}", self.existing, self.wanted)
+    }
+}
+
+/// At most this many conflicts are spelled out in one message.
+const CONFLICTS_SHOWN: usize = 5;
+
+fn route_conflicts_text(conflicts: &[RouteConflict]) -> String {
+    let mut text: Vec<String> = conflicts.iter().take(CONFLICTS_SHOWN).map(ToString::to_string).collect();
+    if conflicts.len() > CONFLICTS_SHOWN {
+        text.push(format!("and {} more", conflicts.len() - CONFLICTS_SHOWN));
+    }
+    text.join("; ")
 }
 
 /// `Result` with this crate's [`Error`].

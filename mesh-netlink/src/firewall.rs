@@ -53,6 +53,22 @@ fn restore_command(family: Family) -> &'static str {
     }
 }
 
+/// mesh-core's value of the mesh's part of one family's `iptables-save` dump (chains `KILO-*`,
+/// rules with a `Kilo:` comment or a jump to a `KILO-*` chain), as the data plane observes it.
+///
+/// ```
+/// use mesh_core::Family;
+/// let dump = "*nat\n:POSTROUTING ACCEPT [0:0]\n:KILO-NAT - [0:0]\n-A KILO-NAT -j MASQUERADE\nCOMMIT\n";
+/// let firewall = mesh_netlink::parse_iptables_save(Family::Ipv4, dump);
+/// assert_eq!(firewall.chains.len(), 1);
+/// assert_eq!(firewall.rules.len() + firewall.foreign.len(), 1);
+/// ```
+pub fn parse_iptables_save(family: Family, dump: &str) -> Firewall {
+    let (mut firewall, _layout) = Saved::parse(family, dump).observed();
+    firewall.canonicalize();
+    firewall
+}
+
 /// One rule of ours as `iptables-save` printed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SavedRule<'a> {

@@ -18,6 +18,12 @@
 //! * iptables chains named `KILO-*` with their rules, and rules in built-in chains that carry a
 //!   `Kilo:` comment or jump to a `KILO-*` chain (see the `firewall` module docs).
 //!
+//! Nothing else is ever replaced or deleted. A route the plan wants where the kernel holds a
+//! route that is not the mesh's (same table, destination and metric: the host's default route,
+//! a connected network) is left out, the rest of the plan applied, and the conflict reported
+//! naming both routes ([`Error::RouteConflicts`]). A route through the WireGuard interface
+//! counts as the mesh's whatever its protocol, so a route Kilo left there is replaced.
+//!
 //! Several network namespaces can be driven from one process ([`Namespace`]): the rtnetlink
 //! socket is opened inside the namespace, and `iptables-restore` and WireGuard calls run on a
 //! thread that entered it. Userspace WireGuard UAPI sockets live in one global directory
@@ -36,7 +42,8 @@ mod tunnel;
 mod wireguard;
 
 pub use dataplane::{DataplaneConfig, LinuxDataplane};
-pub use error::{Error, Result};
+pub use error::{Error, Result, RouteConflict};
+pub use firewall::parse_iptables_save;
 pub use mesh_core::firewall::{CHAIN_PREFIX, COMMENT_PREFIX};
 pub use netns::Namespace;
 pub use route::ROUTE_PROTOCOL;

@@ -63,6 +63,17 @@ pub(crate) async fn get(handle: &Handle, name: &str) -> io::Result<Option<Link>>
     }
 }
 
+/// Every link's name by index (to name the devices of routes that are not ours).
+pub(crate) async fn names(handle: &Handle) -> io::Result<std::collections::HashMap<u32, String>> {
+    let mut names = std::collections::HashMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(message) = links.try_next().await.map_err(netlink_io)? {
+        let link = Link::from_message(&message);
+        names.insert(link.index, link.name);
+    }
+    Ok(names)
+}
+
 /// Sets the link administratively up or down.
 pub(crate) async fn set_up(handle: &Handle, index: u32, up: bool) -> io::Result<()> {
     let builder = LinkUnspec::new_with_index(index);

@@ -86,27 +86,19 @@ pub(crate) fn to_route(message: &RouteMessage, dev_of: impl Fn(u32) -> Option<De
     if message.header.kind != RouteType::Unicast {
         return None;
     }
-    let mut dst = None;
     let mut gateway = None;
     let mut src = None;
-    let mut oif = None;
     for attribute in &message.attributes {
         match attribute {
-            RouteAttribute::Destination(value) => dst = address(value),
             RouteAttribute::Gateway(value) => gateway = address(value),
             RouteAttribute::PrefSource(value) => src = address(value),
-            RouteAttribute::Oif(index) => oif = Some(*index),
             _ => {}
         }
     }
-    let dst = dst.unwrap_or(match message.header.address_family {
-        rtnetlink::packet_route::AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-    });
     Some(Route {
-        dst: IpNet::new(dst, message.header.destination_prefix_length).ok()?,
+        dst: destination(message)?,
         gateway,
-        dev: dev_of(oif?)?,
+        dev: dev_of(output_interface(message)?)?,
         src,
         table: table(message),
         onlink: message.header.flags.contains(RouteFlags::Onlink),
@@ -128,10 +120,143 @@ pub(crate) async fn ours(handle: &Handle) -> io::Result<Vec<RouteMessage>> {
     Ok(routes)
 }
 
-/// Installs the route, replacing the one with the same table and destination (as Kilo's
-/// `RouteReplace`: idempotent, and it adopts a route Kilo left behind).
+/// Installs the route unless one with the same table, destination and metric exists
+/// (`EEXIST`): whose that one is decides what happens next ([`Holder`]).
+pub(crate) async fn add(handle: &Handle, message: RouteMessage) -> io::Result<()> {
+    handle.route().add(message).execute().await.map_err(netlink_io)
+}
+
+/// Installs the route in place of the one with the same table, destination and metric. Only
+/// for a route that is ours to replace: the kernel replaces whatever it finds there.
 pub(crate) async fn replace(handle: &Handle, message: RouteMessage) -> io::Result<()> {
     handle.route().add(message).replace().execute().await.map_err(netlink_io)
+}
+
+/// Who holds a table and destination the mesh wants a route at.
+#[derive(Debug)]
+pub(crate) enum Holder {
+    /// Nobody (any more).
+    Nobody,
+    /// The mesh: a route of ours (protocol 107 or table 1107), or one through our WireGuard
+    /// interface, which is the mesh's whatever its protocol (Kilo left such routes with
+    /// protocol `static`).
+    Mesh,
+    /// Someone else (the host's default route, a connected network, another CNI): the route,
+    /// as `ip route` prints it, which the mesh must neither replace nor delete.
+    Foreign(String),
+}
+
+/// Finds who holds the place of `route` at the metric the mesh installs routes with.
+/// `name_of` names interfaces by index, `wireguard` is the index of our WireGuard interface.
+pub(crate) async fn holder(
+    handle: &Handle,
+    route: &Route,
+    wireguard: Option<u32>,
+    name_of: impl Fn(u32) -> Option<String>,
+) -> io::Result<Holder> {
+    let request = match route.dst {
+        IpNet::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().table_id(route.table).build(),
+        IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().table_id(route.table).build(),
+    };
+    let mut stream = handle.route().get(request).execute();
+    let mut holder = Holder::Nobody;
+    while let Some(message) = stream.try_next().await.map_err(netlink_io)? {
+        if table(&message) != route.table
+            || destination(&message) != Some(route.dst)
+            || metric(&message) != default_metric(&route.dst)
+        {
+            continue;
+        }
+        if is_ours(&message) || (wireguard.is_some() && output_interface(&message) == wireguard) {
+            holder = Holder::Mesh;
+        } else {
+            return Ok(Holder::Foreign(describe(&message, &name_of)));
+        }
+    }
+    Ok(holder)
+}
+
+/// The metric the kernel gives a route added without one: 0 for IPv4, 1024 for IPv6.
+fn default_metric(dst: &IpNet) -> u32 {
+    match dst {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1024,
+    }
+}
+
+fn metric(message: &RouteMessage) -> u32 {
+    message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Priority(metric) => Some(*metric),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn output_interface(message: &RouteMessage) -> Option<u32> {
+    message.attributes.iter().find_map(|attribute| match attribute {
+        RouteAttribute::Oif(index) => Some(*index),
+        _ => None,
+    })
+}
+
+/// The route's destination network (the default route has no destination attribute).
+fn destination(message: &RouteMessage) -> Option<IpNet> {
+    let dst = message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Destination(value) => address(value),
+            _ => None,
+        })
+        .unwrap_or(match message.header.address_family {
+            rtnetlink::packet_route::AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        });
+    IpNet::new(dst, message.header.destination_prefix_length).ok()
+}
+
+/// A kernel route as `ip route` prints it, e.g. `default via 192.168.1.1 dev eth0 proto dhcp metric 100`.
+pub(crate) fn describe(message: &RouteMessage, name_of: impl Fn(u32) -> Option<String>) -> String {
+    let mut text = match destination(message) {
+        Some(dst) if dst.prefix_len() == 0 => "default".to_owned(),
+        Some(dst) => dst.to_string(),
+        None => "?".to_owned(),
+    };
+    for attribute in &message.attributes {
+        if let RouteAttribute::Gateway(gateway) = attribute
+            && let Some(gateway) = address(gateway)
+        {
+            text += &format!(" via {gateway}");
+        }
+    }
+    if let Some(index) = output_interface(message) {
+        text += &format!(" dev {}", name_of(index).unwrap_or_else(|| format!("#{index}")));
+    }
+    let protocol = match u8::from(message.header.protocol) {
+        1 => "redirect".to_owned(),
+        2 => "kernel".to_owned(),
+        3 => "boot".to_owned(),
+        4 => "static".to_owned(),
+        16 => "dhcp".to_owned(),
+        9 => "ra".to_owned(),
+        other => other.to_string(),
+    };
+    text += &format!(" proto {protocol}");
+    if message.header.scope == RouteScope::Link {
+        text += " scope link";
+    }
+    let metric = metric(message);
+    if metric != 0 {
+        text += &format!(" metric {metric}");
+    }
+    let table = table(message);
+    if table != mesh_core::MAIN_TABLE {
+        text += &format!(" table {table}");
+    }
+    text
 }
 
 /// Deletes a route.

@@ -1,4 +1,5 @@
-//! Nodes and Peers from files as `kubectl get -o yaml|json` prints them, or from a live cluster.
+//! Nodes and Peers from files as `kubectl get -o yaml|json` prints them, or from a live cluster:
+//! the input of `plan`, `showconf` and `graph`.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -38,12 +39,39 @@ impl Objects {
         Ok(Objects { nodes, peers })
     }
 
+    /// The Nodes and Peers of one YAML or JSON text; `file` names it in errors.
+    ///
+    /// ```
+    /// use mesh_agent::cli::input::Objects;
+    /// let objects = Objects::from_text("nodes.yaml", "kind: Node\nmetadata: {name: a}\n").unwrap();
+    /// assert_eq!(objects.nodes.len(), 1);
+    /// let error = Objects::from_text("bad.json", "{\"metadata\": {\"name\": \"a\"}}").unwrap_err();
+    /// assert_eq!(error.to_string(), "bad.json: object \"a\" has no kind");
+    /// ```
+    pub fn from_text(file: &str, text: &str) -> Result<Objects, CliError> {
+        let mut objects = Objects::default();
+        objects.add_documents(file, text)?;
+        Ok(objects)
+    }
+
     /// Adds the objects of a YAML or JSON text: single objects, `List`s (`NodeList`, `PeerList`, …)
-    /// and multi-document streams.
+    /// and multi-document streams. A UTF-8 byte order mark is skipped; a key that appears twice
+    /// in one YAML mapping is an error (which value was meant cannot be told).
     fn add_documents(&mut self, file: &str, text: &str) -> Result<(), CliError> {
-        // YAML is a superset of JSON, and its parser reports lines for both.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let error = |e: &dyn std::fmt::Display| CliError::input(format!("{file}: {e}"));
+        // JSON as JSON: YAML's parser, though YAML is a superset of JSON, refuses the surrogate
+        // pairs JSON escapes characters outside the Basic Multilingual Plane with.
+        if text.trim_start().starts_with(['{', '[']) {
+            for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+                self.add_value(file, value.map_err(|e| error(&e))?)?;
+            }
+            return Ok(());
+        }
         for document in serde_norway::Deserializer::from_str(text) {
-            let value = Value::deserialize(document).map_err(|e| CliError::input(format!("{file}: {e}")))?;
+            // Through YAML's own value, which refuses duplicate keys (JSON's keeps the last).
+            let yaml = serde_norway::Value::deserialize(document).map_err(|e| error(&e))?;
+            let value = serde_json::to_value(yaml).map_err(|e| error(&e))?;
             self.add_value(file, value)?;
         }
         Ok(())
@@ -104,6 +132,32 @@ mod tests {
         let names: Vec<_> = objects.nodes.iter().map(|n| n.metadata.name.clone().unwrap()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!(objects.peers.len(), 1);
+    }
+
+    #[test]
+    fn json_escapes_a_byte_order_mark_and_duplicate_keys() {
+        // "😀" as JSON escapes it: a surrogate pair.
+        let json = r#"{"kind":"Node","metadata":{"name":"a","annotations":{"note":"\ud83d\ude00"}}}"#;
+        let mut objects = Objects::default();
+        objects.add_documents("nodes.json", json).unwrap();
+        let annotations = objects.nodes[0].metadata.annotations.clone().unwrap();
+        assert_eq!(annotations["note"], "\u{1f600}");
+
+        for text in
+            ["\u{feff}kind: Node\nmetadata: {name: b}\n", "\u{feff}{\"kind\":\"Node\",\"metadata\":{\"name\":\"b\"}}"]
+        {
+            let mut objects = Objects::default();
+            objects.add_documents("bom", text).unwrap();
+            assert_eq!(objects.nodes[0].metadata.name.as_deref(), Some("b"), "{text:?}");
+        }
+
+        let duplicated = "kind: Node\nmetadata:\n  name: a\n  annotations:\n    kilo.squat.ai/location: x\n    \
+                          kilo.squat.ai/location: y\n";
+        let error = Objects::default().add_documents("dup.yaml", duplicated).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "dup.yaml: metadata.annotations: duplicate entry with key \"kilo.squat.ai/location\" at line 5 column 5"
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The offline command-line tools: `plan`, `showconf`, `graph` and `crd`.
 //!
 //! Exit codes: 0 success, 1 usage error, 2 input error (unreadable or malformed files, unknown
-//! node or peer, a cluster the topology cannot be computed for).
+//! node or peer, a cluster the topology cannot be computed for), 3 the agent failed to start
+//! (key file, network discovery, cluster connection).
 
 mod graph;
-mod input;
+pub mod input;
 mod plan;
 mod showconf;
 
@@ -21,6 +22,8 @@ use input::Objects;
 pub const EXIT_USAGE: u8 = 1;
 /// Exit code of an input error.
 pub const EXIT_INPUT: u8 = 2;
+/// Exit code of an agent that failed to start.
+pub const EXIT_STARTUP: u8 = 3;
 
 /// A command failure, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +31,7 @@ pub const EXIT_INPUT: u8 = 2;
 pub struct CliError {
     /// What went wrong, naming the value, file or object.
     pub message: String,
-    /// [`EXIT_USAGE`] or [`EXIT_INPUT`].
+    /// [`EXIT_USAGE`], [`EXIT_INPUT`] or [`EXIT_STARTUP`].
     pub code: u8,
 }
 
@@ -91,9 +94,17 @@ impl Cluster {
 
     /// Names of the nodes, for "unknown node" messages.
     fn node_names(&self) -> String {
+        /// An error message names this many at most (a cluster may have 100,000 nodes).
+        const SHOWN: usize = 20;
         let mut names: Vec<&str> = self.snapshot.nodes.iter().map(|n| n.name.as_str()).collect();
         names.sort_unstable();
-        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+        let more = names.len().saturating_sub(SHOWN);
+        names.truncate(SHOWN);
+        match (names.is_empty(), more) {
+            (true, _) => "none".to_owned(),
+            (false, 0) => names.join(", "),
+            (false, more) => format!("{}, and {more} more", names.join(", ")),
+        }
     }
 
     /// Names of the ready nodes, sorted.
@@ -189,7 +200,8 @@ fn default_subnet() -> IpNet {
              runs the agent with Kilo's flags; the subcommands are offline tools.",
     args_conflicts_with_subcommands = true,
     after_help = "Exit codes: 0 success, 1 usage error, 2 input error (unreadable or malformed files, \
-                  unknown node or peer, a cluster the mesh cannot be computed for)."
+                  unknown node or peer, a cluster the mesh cannot be computed for), 3 the agent failed to \
+                  start (key file, network discovery, cluster connection)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -219,7 +231,10 @@ impl Cli {
     pub async fn run(self, out: &mut dyn std::io::Write) -> Result<(), CliError> {
         let command = self.command.unwrap_or(Command::Run(self.agent));
         match command {
-            Command::Run(agent) => agent.run().await.map_err(|error| CliError::usage(error.to_string())),
+            Command::Run(agent) => agent.run().await.map_err(|error| CliError {
+                code: if error.is_usage() { EXIT_USAGE } else { EXIT_STARTUP },
+                message: error.to_string(),
+            }),
             Command::Plan(args) => plan::run(args, out).await,
             Command::Showconf(args) => showconf::run(args, out).await,
             Command::Graph(args) => graph::run(args, out).await,

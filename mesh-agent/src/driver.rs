@@ -272,7 +272,11 @@ fn log(report: &Report) {
         }
         Report::ClusterEnded => info!("the cluster backend ended"),
         Report::NoSnapshotYet => debug!("no cluster snapshot yet"),
-        Report::LocalNodeMissing { hostname } => debug!(%hostname, "the local node is not in the cluster yet"),
+        Report::LocalNodeMissing { hostname } => warn!(
+            %hostname,
+            "no node named {hostname:?} in the cluster: the agent configures nothing until it appears; \
+             --hostname (KILO_HOSTNAME) must be the Kubernetes node name"
+        ),
         Report::MtuChanged { mtu, previous } => {
             info!(mtu, ?previous, "the underlay MTU changed; adjusting the WireGuard MTU");
         }

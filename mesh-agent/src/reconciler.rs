@@ -181,6 +181,8 @@ pub struct Reconciler {
     /// Diagnostic lines already reported, so each is reported once per change.
     reported: Vec<String>,
     cni_error: Option<String>,
+    /// The local node's absence was reported, so a wrong `--hostname` warns once, not every pass.
+    local_missing_reported: bool,
     healthy: bool,
     shutdown: Shutdown,
     actions: VecDeque<Action>,
@@ -207,6 +209,7 @@ impl Reconciler {
             roamed: BTreeMap::new(),
             reported: Vec::new(),
             cni_error: None,
+            local_missing_reported: false,
             healthy: false,
             shutdown: Shutdown::Running,
             actions: VecDeque::new(),
@@ -405,9 +408,12 @@ impl Reconciler {
         let discovered = mesh_core::nat::discovered_endpoints(&snapshot, &observed);
         let hostname = &self.config.options.hostname;
         let Some(local) = snapshot.nodes.iter_mut().find(|node| &node.name == hostname) else {
-            self.reports.push_back(Report::LocalNodeMissing { hostname: hostname.clone() });
+            if !std::mem::replace(&mut self.local_missing_reported, true) {
+                self.reports.push_back(Report::LocalNodeMissing { hostname: hostname.clone() });
+            }
             return self.pass_succeeded(None, now);
         };
+        self.local_missing_reported = false;
         local.last_seen = Some(snapshot.now);
         local.discovered_endpoints = discovered;
         let local = local.clone();

@@ -324,10 +324,9 @@ fn fake_api_server() -> (String, std::thread::JoinHandle<Vec<String>>) {
     (address, handle)
 }
 
-#[test]
-fn plan_reads_a_live_cluster_through_a_kubeconfig() {
-    let (server, handle) = fake_api_server();
-    let dir = std::env::temp_dir().join(format!("mesh-agent-kubeconfig-{}", std::process::id()));
+/// A kubeconfig naming `server`, in a fresh directory (removed by the caller).
+fn kubeconfig_for(server: &str, name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("mesh-agent-kubeconfig-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("config");
     std::fs::write(
@@ -339,13 +338,102 @@ fn plan_reads_a_live_cluster_through_a_kubeconfig() {
         ),
     )
     .unwrap();
+    (dir, kubeconfig)
+}
+
+fn assert_listed_the_cluster(requests: &[String]) {
+    assert!(requests[0].starts_with("GET /api/v1/nodes"), "{requests:?}");
+    assert!(requests[1].starts_with("GET /apis/kilo.squat.ai/v1alpha1/peers"), "{requests:?}");
+}
+
+#[test]
+fn plan_reads_a_live_cluster_through_a_kubeconfig() {
+    let (server, handle) = fake_api_server();
+    let (dir, kubeconfig) = kubeconfig_for(&server, "flag");
     let from_cluster =
         run_ok(&["plan", "--kubeconfig", kubeconfig.to_str().unwrap(), "--hostname", "onprem-1", "--now", NOW]);
     let requests = handle.join().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(requests[0].starts_with("GET /api/v1/nodes"), "{requests:?}");
-    assert!(requests[1].starts_with("GET /apis/kilo.squat.ai/v1alpha1/peers"), "{requests:?}");
+    assert_listed_the_cluster(&requests);
     let example = example();
     let from_files = run_ok(&["plan", "--nodes", &example, "--hostname", "onprem-1", "--now", NOW]);
     assert_eq!(from_cluster, from_files);
+}
+
+/// Runs mesh-agent with `KUBECONFIG` set.
+fn run_with_kubeconfig(kubeconfig: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mesh-agent")).args(args).env("KUBECONFIG", kubeconfig).output().unwrap()
+}
+
+#[test]
+fn graph_reads_the_cluster_of_the_kubeconfig_environment_variable_as_kgctl_does() {
+    let (server, handle) = fake_api_server();
+    let (dir, kubeconfig) = kubeconfig_for(&server, "env");
+    let output = run_with_kubeconfig(&kubeconfig, &["graph", "--now", NOW]);
+    let requests = handle.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_listed_the_cluster(&requests);
+    let example = example();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), run_ok(&["graph", "--nodes", &example, "--now", NOW]));
+}
+
+#[test]
+fn files_given_win_over_the_kubeconfig_environment_variable() {
+    // Nothing listens there: reading the cluster would fail.
+    let dir = std::env::temp_dir().join(format!("mesh-agent-kubeconfig-unused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("config");
+    std::fs::write(&kubeconfig, "this is not a kubeconfig").unwrap();
+    let example = example();
+    let output =
+        run_with_kubeconfig(&kubeconfig, &["plan", "--nodes", &example, "--hostname", "onprem-1", "--now", NOW]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        run_ok(&["plan", "--nodes", &example, "--hostname", "onprem-1", "--now", NOW])
+    );
+}
+
+#[test]
+fn kubeconfig_is_accepted_before_the_subcommand_as_kgctl_takes_it() {
+    let (server, handle) = fake_api_server();
+    let (dir, kubeconfig) = kubeconfig_for(&server, "global");
+    let output = run(&["--kubeconfig", kubeconfig.to_str().unwrap(), "graph", "--now", NOW]);
+    let requests = handle.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_listed_the_cluster(&requests);
+    assert!(String::from_utf8(output.stdout).unwrap().starts_with("digraph"));
+}
+
+#[test]
+fn without_a_source_the_tools_name_every_way_to_give_one() {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_mesh-agent")).args(["graph"]).env_remove("KUBECONFIG").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--kubeconfig FILE, or set KUBECONFIG"), "{stderr}");
+}
+
+#[test]
+fn a_fatal_start_up_error_is_a_json_line_with_log_format_json() {
+    // A key file that cannot be created fails before the agent touches the network.
+    const KEY: &str = "--private-key-file=/proc/no-such-dir/key";
+    let output = run(&["--hostname", "a", KEY, "--log-format=json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let last = stderr.lines().last().unwrap_or_else(|| panic!("no output: {stderr:?}"));
+    let line: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    assert_eq!(line["level"], "ERROR", "{line}");
+    let message = line["fields"]["message"].as_str().unwrap();
+    assert!(message.contains("/proc/no-such-dir"), "{message}");
+    for line in stderr.lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    let text = run(&["--hostname", "a", KEY]);
+    let stderr = String::from_utf8(text.stderr).unwrap();
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("mesh-agent: failed to create directory /proc/no-such-dir"), "{stderr}");
 }

@@ -172,7 +172,8 @@ pub enum Report {
     ClusterEnded,
     /// A pass was due but no snapshot has arrived yet.
     NoSnapshotYet,
-    /// The local node is not in the snapshot: nothing to do yet.
+    /// The local node is not in the snapshot: nothing to do yet (reported once until it
+    /// appears, as it usually means a wrong `--hostname`).
     LocalNodeMissing {
         /// The agent's hostname.
         hostname: String,

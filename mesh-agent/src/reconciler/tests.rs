@@ -380,6 +380,28 @@ fn without_the_local_node_nothing_is_applied_or_announced() {
 }
 
 #[test]
+fn a_missing_local_node_is_reported_once_until_it_appears() {
+    let (mut reconciler, mut world, now) = start();
+    let mut cluster = snapshot();
+    cluster.nodes.remove(0);
+    let missing = |world: &mut World| {
+        world.take_reports().iter().filter(|report| matches!(report, Report::LocalNodeMissing { .. })).count()
+    };
+    reconciler.handle_event(Event::Snapshot(cluster.clone()), now);
+    world.serve(&mut reconciler, now);
+    assert_eq!(missing(&mut world), 1);
+    reconciler.handle_event(Event::Snapshot(cluster.clone()), now);
+    world.serve(&mut reconciler, now);
+    assert_eq!(missing(&mut world), 0, "a wrong --hostname warns once, not every pass");
+    reconciler.handle_event(Event::Snapshot(snapshot()), now);
+    world.serve(&mut reconciler, now);
+    assert_eq!(missing(&mut world), 0);
+    reconciler.handle_event(Event::Snapshot(cluster), now);
+    world.serve(&mut reconciler, now);
+    assert_eq!(missing(&mut world), 1, "reported again after the node left");
+}
+
+#[test]
 fn a_snapshot_during_a_pass_runs_another_pass_after_it() {
     let (mut reconciler, mut world, now) = start();
     reconciler.handle_event(Event::Snapshot(snapshot()), now);

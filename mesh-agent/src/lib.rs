@@ -30,6 +30,7 @@ pub mod graph_render;
 pub mod http;
 #[cfg(feature = "http")]
 pub mod http_listener;
+pub mod iptables_operations;
 #[cfg(feature = "cli")]
 pub mod key;
 pub mod local;

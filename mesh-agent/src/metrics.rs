@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use mesh_core::Topology;
 
 use crate::driver::ReportSink;
+use crate::iptables_operations::IptablesOperation;
 use crate::reconciler::Report;
 
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
@@ -32,6 +33,16 @@ struct EventLabel {
     event: &'static str,
 }
 
+/// Kilo's labels of `kilo_iptables_operations_total` (its `protocol` is a constant label per
+/// client; here it is one label of the family, which reads the same).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IptablesLabels {
+    operation: &'static str,
+    table: String,
+    chain: String,
+    protocol: &'static str,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
@@ -48,6 +59,7 @@ pub struct Metrics {
     reconciles: Counter,
     reconcile_seconds: Histogram,
     operations: Family<KindLabel, Counter>,
+    iptables: Family<IptablesLabels, Counter>,
     skipped: Family<KindLabel, Gauge>,
 }
 
@@ -69,6 +81,7 @@ impl Metrics {
         let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let operations = Family::<KindLabel, Counter>::default();
         let skipped = Family::<KindLabel, Gauge>::default();
+        let iptables = Family::<IptablesLabels, Counter>::default();
         // prometheus-client adds `_total` to counters, giving Kilo's names.
         registry.register(
             "kilo_errors",
@@ -89,9 +102,10 @@ impl Metrics {
             "Data-plane operations applied, by kind (add_route, update_peer, ...).",
             operations.clone(),
         );
+        registry.register("kilo_iptables_operations", "Number of iptables operations.", iptables.clone());
         registry.register("mesh_skipped_objects", "Nodes and peers left out of the mesh, by kind.", skipped.clone());
         registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
-        Metrics { registry, errors, leader, nodes, peers, reconciles, reconcile_seconds, operations, skipped }
+        Metrics { registry, errors, leader, nodes, peers, reconciles, reconcile_seconds, operations, iptables, skipped }
     }
 
     /// Counts an error.
@@ -117,6 +131,17 @@ impl Metrics {
     /// Counts an applied operation of `kind`.
     pub fn operation(&self, kind: &'static str) {
         self.operations.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Counts an applied iptables call.
+    pub fn iptables_operation(&self, call: &IptablesOperation) {
+        let labels = IptablesLabels {
+            operation: call.operation,
+            table: call.table.clone(),
+            chain: call.chain.clone(),
+            protocol: call.protocol,
+        };
+        self.iptables.get_or_create(&labels).inc();
     }
 
     /// The number of errors recorded for `event`.
@@ -145,6 +170,7 @@ impl Metrics {
                 self.mesh(*leader, *nodes, *peers, *skipped_nodes, *skipped_peers);
             }
             Report::Applied { operations } => operations.iter().for_each(|kind| self.operation(kind)),
+            Report::IptablesApplied { operations } => operations.iter().for_each(|call| self.iptables_operation(call)),
             _ => {}
         }
     }
@@ -223,6 +249,34 @@ mod tests {
             "mesh_plan_operations_total{kind=\"add_route\"} 1",
             "mesh_skipped_objects{kind=\"node\"} 2",
             "mesh_reconcile_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn counts_iptables_operations_with_kilos_labels() {
+        let metrics = Metrics::new();
+        let call = |operation, chain: &str, protocol| IptablesOperation {
+            protocol,
+            operation,
+            table: "nat".into(),
+            chain: chain.into(),
+        };
+        metrics.record(&Report::IptablesApplied {
+            operations: vec![
+                call("ClearChain", "KILO-NAT", "IPv4"),
+                call("AppendUnique", "KILO-NAT", "IPv4"),
+                call("AppendUnique", "KILO-NAT", "IPv4"),
+                call("Insert", "POSTROUTING", "IPv6"),
+            ],
+        });
+        let text = metrics.render();
+        for line in [
+            "# TYPE kilo_iptables_operations counter",
+            "kilo_iptables_operations_total{operation=\"AppendUnique\",table=\"nat\",chain=\"KILO-NAT\",protocol=\"IPv4\"} 2",
+            "kilo_iptables_operations_total{operation=\"ClearChain\",table=\"nat\",chain=\"KILO-NAT\",protocol=\"IPv4\"} 1",
+            "kilo_iptables_operations_total{operation=\"Insert\",table=\"nat\",chain=\"POSTROUTING\",protocol=\"IPv6\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

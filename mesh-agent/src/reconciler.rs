@@ -70,6 +70,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::iptables_operations::IptablesOperation;
 use mesh_core::backend::{BackendError, LocalAnnouncement};
 use mesh_core::plan::KeepReason;
 use mesh_core::{ClusterSnapshot, DesiredState, Key, NodeSpec, ObjectKind, ObservedState, Plan, Topology, Warning};
@@ -127,6 +128,7 @@ enum Stage {
         local: NodeSpec,
         topology: Topology,
         operations: Vec<&'static str>,
+        iptables: Vec<IptablesOperation>,
     },
     Announcing {
         announcement: LocalAnnouncement,
@@ -487,16 +489,18 @@ impl Reconciler {
             return self.announce(local, topology, now);
         }
         let operations = plan.operations.iter().map(mesh_core::Operation::kind).collect();
+        let iptables = crate::iptables_operations::of_plan(&plan);
         self.reports.push_back(Report::Applying { operations: plan.operations.len() });
         self.actions.push_back(Action::Apply(plan));
         let pass = self.pass.as_mut().expect("a pass is in flight");
-        pass.stage = Stage::Applying { local, topology, operations };
+        pass.stage = Stage::Applying { local, topology, operations, iptables };
     }
 
     fn applied(&mut self, result: Result<(), BackendError>, now: Now) {
         let Some(pass) = &mut self.pass else { return };
         let Stage::Applying { .. } = pass.stage else { return };
-        let Stage::Applying { local, topology, operations } = std::mem::replace(&mut pass.stage, Stage::Resolving)
+        let Stage::Applying { local, topology, operations, iptables } =
+            std::mem::replace(&mut pass.stage, Stage::Resolving)
         else {
             unreachable!("matched above")
         };
@@ -504,6 +508,9 @@ impl Reconciler {
             return self.pass_failed(error.to_string(), now);
         }
         self.reports.push_back(Report::Applied { operations });
+        if !iptables.is_empty() {
+            self.reports.push_back(Report::IptablesApplied { operations: iptables });
+        }
         self.announce(local, topology, now);
     }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::iptables_operations::IptablesOperation;
 use ipnet::IpNet;
 use mesh_core::backend::{BackendError, LocalAnnouncement};
 use mesh_core::time::Backoff;
@@ -228,6 +229,12 @@ pub enum Report {
     Applied {
         /// [`mesh_core::Operation::kind`] of each operation.
         operations: Vec<&'static str>,
+    },
+    /// The applied plan edited the firewall: the iptables calls Kilo's agent would have made
+    /// for it (for `kilo_iptables_operations_total`).
+    IptablesApplied {
+        /// The calls, in order.
+        operations: Vec<IptablesOperation>,
     },
     /// The mesh computed by a successful pass (for `/graph`).
     Topology(Arc<Topology>),

@@ -293,7 +293,11 @@ fn log(report: &Report) {
         ),
         Report::Mesh { leader, nodes, peers, .. } => debug!(leader, nodes, peers, "computed the mesh"),
         Report::Applying { operations } => info!(operations, "applying changes to the data plane"),
-        Report::Applied { .. } | Report::IptablesApplied { .. } | Report::Topology(_) | Report::Stopped => {}
+        Report::Applied { .. }
+        | Report::IptablesApplied { .. }
+        | Report::Planned(_)
+        | Report::Topology(_)
+        | Report::Stopped => {}
         Report::ComputeFailed { error } => warn!(%error, "cannot compute the mesh; the data plane stays as it is"),
         Report::PassFailed { error, retry_in } => error!(%error, ?retry_in, "reconcile failed"),
         Report::AnnounceFailed { error, heartbeat: false } => warn!(%error, "failed to publish the local node"),

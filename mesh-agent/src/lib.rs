@@ -45,3 +45,5 @@ pub mod reconciler;
 pub mod resolve;
 #[cfg(feature = "cli")]
 pub mod run;
+#[cfg(feature = "http")]
+pub mod status;

@@ -8,6 +8,7 @@ use mesh_core::Topology;
 use crate::driver::ReportSink;
 use crate::iptables_operations::IptablesOperation;
 use crate::reconciler::Report;
+use crate::reconciler::status::PassStatus;
 
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::counter::Counter;
@@ -190,6 +191,41 @@ pub struct Status {
     pub topology: Option<Arc<Topology>>,
     /// Whether the last reconcile succeeded.
     pub healthy: bool,
+    /// The last pass that computed the mesh: leaders, handshakes, its plan.
+    pub pass: Option<Arc<PassStatus>>,
+    /// Whether that pass's plan reached the data plane (an empty plan counts as applied).
+    pub plan_applied: bool,
+    /// The errors of the last finished pass (a failed announcement included).
+    pub errors: Vec<String>,
+    /// The errors of the pass in flight.
+    errors_in_flight: Vec<String>,
+}
+
+impl Status {
+    /// Takes what `report` says about the agent's state.
+    pub fn record(&mut self, report: &Report) {
+        match report {
+            Report::Topology(topology) => self.topology = Some(Arc::clone(topology)),
+            Report::Planned(pass) => {
+                self.plan_applied = pass.plan.operations.is_empty();
+                self.pass = Some(Arc::clone(pass));
+            }
+            Report::Applied { .. } => self.plan_applied = true,
+            Report::Reconciled { healthy, .. } => {
+                self.healthy = *healthy;
+                self.errors = std::mem::take(&mut self.errors_in_flight);
+            }
+            Report::ClusterReadFailed { error, .. } => {
+                self.errors = vec![format!("failed to read the cluster: {error}")]
+            }
+            Report::ComputeFailed { error } => self.errors_in_flight.push(format!("cannot compute the mesh: {error}")),
+            Report::PassFailed { error, .. } => self.errors_in_flight.push(error.clone()),
+            Report::AnnounceFailed { error, .. } => {
+                self.errors_in_flight.push(format!("failed to publish the local node: {error}"));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The [`ReportSink`] of the agent binary: metrics, and the status `/graph` reads.
@@ -219,12 +255,7 @@ impl Telemetry {
 impl ReportSink for Telemetry {
     fn record(&mut self, report: &Report) {
         self.metrics.record(report);
-        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-        match report {
-            Report::Topology(topology) => status.topology = Some(Arc::clone(topology)),
-            Report::Reconciled { healthy, .. } => status.healthy = *healthy,
-            _ => {}
-        }
+        self.status.lock().unwrap_or_else(PoisonError::into_inner).record(report);
     }
 }
 

@@ -76,6 +76,7 @@ use mesh_core::plan::KeepReason;
 use mesh_core::{ClusterSnapshot, DesiredState, Key, NodeSpec, ObjectKind, ObservedState, Plan, Topology, Warning};
 
 mod messages;
+pub mod status;
 
 pub use messages::{Action, Config, ErrorEvent, Event, Now, Report, Resolution};
 
@@ -484,6 +485,7 @@ impl Reconciler {
             skipped_peers: skipped(ObjectKind::Peer),
         });
         let plan = Plan::between(observed, &desired);
+        self.reports.push_back(Report::Planned(Arc::new(status::PassStatus::of(snapshot, &topology, observed, &plan))));
         self.report_roamed(&plan, snapshot);
         if plan.is_empty() {
             return self.announce(local, topology, now);

@@ -33,7 +33,9 @@
 //! 1. `location`: every node reaches every other node's pod address, the external peer reaches
 //!    every pod address, and only the leaders (a1, b1, c1) hold WireGuard peers.
 //! 3. NAT: a1 and b1 publish C's endpoint as seen through the NAT (`discovered-endpoints`) and
-//!    send to it; A and B reach C's pod and back.
+//!    send to it; A and B reach C's pod and back. Then `/status` of a1 names each location's
+//!    leader and why, a1's role, its peers with C at its discovered endpoint and handshakes;
+//!    a2's says it follows a1.
 //! 4. No churn: across three resync periods no agent writes WireGuard (metrics), and no peer's
 //!    handshake or transfer counters go back.
 //! 2. The same as 1 after restarting the agents with `full`, then with `cross` (restarted with
@@ -729,6 +731,77 @@ impl Mesh {
         Ok(format!("c1 announces {published} (private); {}; A and B reach c1's pod and back", seen.join(", ")))
     }
 
+    /// `/status` of `node`'s agent, parsed.
+    fn status(&self, node: &str) -> Outcome<Value> {
+        let response = self.http_get(node, "/status")?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        serde_json::from_str(body).map_err(|error| format!("/status of {node}: {error}: {body}"))
+    }
+
+    /// 3b: `/status` names each location's leader and why, the role of a leader and of a
+    /// follower, and the leader's WireGuard peers with their endpoints and handshakes.
+    fn scenario_status(&self) -> Outcome<String> {
+        let segment = |node: &str| format!("location:{}", node_def(node).location.name);
+        let leader_status =
+            poll("a1's /status with handshakes", Duration::from_secs(20), Duration::from_millis(250), || {
+                let status = self.status("a1")?;
+                let peers = status["peers"].as_array().cloned().unwrap_or_default();
+                let shaken = peers.iter().filter(|peer| peer["latest_handshake_age_seconds"].is_u64()).count();
+                if status["healthy"] == true && shaken >= 2 { Ok(status) } else { Err(format!("a1: {status}")) }
+            })?;
+        let leaders: BTreeMap<String, String> = leader_status["leaders"]
+            .as_array()
+            .ok_or("no leaders in /status")?
+            .iter()
+            .map(|leader| {
+                (
+                    leader["segment"].as_str().unwrap_or_default().to_owned(),
+                    leader["node"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let expected: BTreeMap<String, String> =
+            ["a1", "b1", "c1"].iter().map(|leader| (segment(leader), (*leader).to_owned())).collect();
+        if leaders != expected {
+            return Err(format!("/status leaders {leaders:?}, expected {expected:?}"));
+        }
+        let role = &leader_status["role"];
+        let reason = role["reason"].as_str().unwrap_or_default();
+        if role["leader"] != true || !reason.contains("annotated kilo.squat.ai/leader") {
+            return Err(format!("a1's role: {role}"));
+        }
+        let peers = leader_status["peers"].as_array().ok_or("no peers")?;
+        let mut names: Vec<&str> = peers.iter().filter_map(|peer| peer["name"].as_str()).collect();
+        names.sort_unstable();
+        let mut wanted = vec![segment("b1"), segment("c1"), PEER.to_owned()];
+        wanted.sort();
+        if names != wanted {
+            return Err(format!("a1's /status peers {names:?}, expected {wanted:?}"));
+        }
+        let c = peers.iter().find(|peer| peer["name"] == segment("c1").as_str()).ok_or("no peer for C")?;
+        if !c["endpoint"].as_str().unwrap_or_default().starts_with(NAT_PUBLIC_IP) {
+            return Err(format!(
+                "a1's /status gives C's endpoint {} (expected the discovered {NAT_PUBLIC_IP})",
+                c["endpoint"]
+            ));
+        }
+        if leader_status["pending_plan"] != Value::Null {
+            return Err(format!("a converged leader has a pending plan: {}", leader_status["pending_plan"]));
+        }
+        let follower = self.status("a2")?;
+        let role = &follower["role"];
+        if role["leader"] != false || !role["reason"].as_str().unwrap_or_default().contains("a1 leads") {
+            return Err(format!("a2's role: {role}"));
+        }
+        if follower["peers"] != serde_json::json!([]) {
+            return Err(format!("a follower lists peers: {}", follower["peers"]));
+        }
+        Ok(format!(
+            "leaders {leaders:?}; a1: {reason}; C at {}; a2 follows a1",
+            c["endpoint"].as_str().unwrap_or_default()
+        ))
+    }
+
     /// WireGuard writes per node and kind, and reconciles per node.
     fn counters(&self) -> Outcome<BTreeMap<String, Counters>> {
         let mut counters = BTreeMap::new();
@@ -963,6 +1036,7 @@ fn netns_e2e_multi_location_mesh_with_nat_peer_failover_and_clean_up() {
     if step(&mut rows, "0 build the world", || mesh.build()) {
         step(&mut rows, "1 location: all paths, only leaders hold peers", || mesh.scenario_location());
         step(&mut rows, "3 NAT: C reached at its discovered endpoint", || mesh.scenario_nat());
+        step(&mut rows, "3b /status: leaders and why, roles, peers and handshakes", || mesh.scenario_status());
         step(&mut rows, "4 no churn across 3 resync periods", || mesh.scenario_no_churn());
         step(&mut rows, "2 switch to full: all paths", || mesh.switch("full", false));
         step(&mut rows, "2 switch to cross: all paths", || mesh.switch("cross", false));

@@ -220,6 +220,9 @@ pub enum Report {
         /// Peers left out.
         skipped_peers: usize,
     },
+    /// A pass computed the mesh and its plan (empty in steady state): leaders, handshakes and
+    /// the plan, for `/status`. A plan not followed by [`Report::Applied`] is still pending.
+    Planned(Arc<super::status::PassStatus>),
     /// A non-empty plan goes to the data plane (the plan itself is in the [`Action::Apply`]).
     Applying {
         /// How many operations it has.

@@ -437,3 +437,44 @@ fn a_fatal_start_up_error_is_a_json_line_with_log_format_json() {
     let last = stderr.lines().last().unwrap();
     assert!(last.starts_with("mesh-agent: failed to create directory /proc/no-such-dir"), "{stderr}");
 }
+
+#[test]
+fn doctor_is_silent_on_the_example_and_names_a_location_given_only_as_a_label() {
+    let example = example();
+    let healthy = run(&["doctor", "--nodes", &example, "--now", NOW, "-o", "json"]);
+    assert_eq!(healthy.status.code(), Some(0), "{}", String::from_utf8_lossy(&healthy.stdout));
+    let report: Value = serde_json::from_slice(&healthy.stdout).unwrap();
+    assert_eq!(report["problems"], 0);
+    let leaders: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|finding| finding["check"] == "leaders")
+        .map(|finding| finding["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(leaders, ["location:cloud-ams3", "location:cloud-fsn1", "location:onprem"]);
+
+    // The same cluster with ams3-a's location as a label.
+    let text = std::fs::read_to_string(&example).unwrap();
+    let mut objects: Value = serde_norway::from_str(&text).unwrap();
+    let ams3 = objects["items"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|item| item["metadata"]["name"] == "ams3-a")
+        .unwrap();
+    let location = ams3["metadata"]["annotations"].as_object_mut().unwrap().remove("kilo.squat.ai/location").unwrap();
+    ams3["metadata"]["labels"]["kilo.squat.ai/location"] = location.clone();
+    let dir = std::env::temp_dir().join(format!("mesh-agent-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cluster.json");
+    std::fs::write(&file, objects.to_string()).unwrap();
+    let broken = run(&["doctor", "--nodes", file.to_str().unwrap(), "--now", NOW]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(broken.status.code(), Some(3));
+    let stdout = String::from_utf8(broken.stdout).unwrap();
+    assert!(stdout.contains("PROBLEM  location              node ams3-a: kilo.squat.ai/location="), "{stdout}");
+    let fix = format!("fix: kubectl annotate node ams3-a kilo.squat.ai/location={}", location.as_str().unwrap());
+    assert!(stdout.contains(&fix), "{stdout}");
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("doctor found 1 problem(s)"));
+}

@@ -1,8 +1,9 @@
 //! The offline command-line tools: `plan`, `showconf`, `graph` and `crd`.
 //!
 //! Exit codes: 0 success, 1 usage error, 2 input error (unreadable or malformed files, unknown
-//! node or peer, a cluster the topology cannot be computed for).
+//! node or peer, a cluster the topology cannot be computed for), 3 `doctor` found a problem.
 
+mod doctor;
 mod graph;
 mod input;
 mod plan;
@@ -108,7 +109,7 @@ enum Origin<'a> {
 ///            args(&["mesh-agent", "--kubeconfig=k", "--hostname", "a"]));
 /// ```
 pub fn hoist_kubeconfig(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    const OFFLINE: [&str; 3] = ["plan", "showconf", "graph"];
+    const OFFLINE: [&str; 4] = ["plan", "showconf", "graph", "doctor"];
     let text: Vec<Option<&str>> = args.iter().map(|arg| arg.to_str()).collect();
     let (flag_len, subcommand) = match text.get(1..) {
         Some([Some("--kubeconfig"), Some(_), Some(subcommand), ..]) => (2, *subcommand),
@@ -207,6 +208,7 @@ struct KgctlArgs {
 /// `--subnet` is given).
 #[derive(Debug)]
 struct KgctlView {
+    objects: Objects,
     cluster: Cluster,
     granularity: Granularity,
     subnet: IpNet,
@@ -219,7 +221,7 @@ impl KgctlView {
         let cluster = Cluster::translate(&objects, &args.mesh.topology_label, args.now.unwrap_or_else(unix_now));
         let granularity = cluster.granularity(choice)?;
         let subnet = args.mesh.subnet.unwrap_or_else(|| cluster.announced_subnet());
-        Ok(KgctlView { cluster, granularity, subnet })
+        Ok(KgctlView { objects, cluster, granularity, subnet })
     }
 
     /// The mesh from `host`'s point of view.
@@ -242,7 +244,7 @@ fn default_subnet() -> IpNet {
              runs the agent with Kilo's flags; the subcommands are offline tools.",
     args_conflicts_with_subcommands = true,
     after_help = "Exit codes: 0 success, 1 usage error, 2 input error (unreadable or malformed files, \
-                  unknown node or peer, a cluster the mesh cannot be computed for)."
+                  unknown node or peer, a cluster the mesh cannot be computed for), 3 doctor found a problem."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -261,6 +263,9 @@ enum Command {
     Showconf(showconf::ShowconfArgs),
     /// Print the mesh as a Graphviz DOT graph, as `kgctl graph`.
     Graph(graph::GraphArgs),
+    /// Check the cluster (and with --hostname this node) for what breaks the mesh: each check
+    /// says ok or problem, the evidence and the fix; exit status 3 on a problem.
+    Doctor(doctor::DoctorArgs),
     /// Print the Peer CustomResourceDefinition (deploy/base/crds.yaml).
     Crd,
     /// Print the version.
@@ -285,6 +290,7 @@ impl Cli {
             Command::Plan(args) => plan::run(args, out).await,
             Command::Showconf(args) => showconf::run(args, out).await,
             Command::Graph(args) => graph::run(args, out).await,
+            Command::Doctor(args) => doctor::run(args, out).await,
             Command::Crd => write(out, &mesh_kube::crd::crd_yaml()),
             Command::Version => write(out, concat!(env!("CARGO_PKG_VERSION"), "\n")),
         }

@@ -457,12 +457,8 @@ fn doctor_is_silent_on_the_example_and_names_a_location_given_only_as_a_label() 
     // The same cluster with ams3-a's location as a label.
     let text = std::fs::read_to_string(&example).unwrap();
     let mut objects: Value = serde_norway::from_str(&text).unwrap();
-    let ams3 = objects["items"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|item| item["metadata"]["name"] == "ams3-a")
-        .unwrap();
+    let ams3 =
+        objects["items"].as_array_mut().unwrap().iter_mut().find(|item| item["metadata"]["name"] == "ams3-a").unwrap();
     let location = ams3["metadata"]["annotations"].as_object_mut().unwrap().remove("kilo.squat.ai/location").unwrap();
     ams3["metadata"]["labels"]["kilo.squat.ai/location"] = location.clone();
     let dir = std::env::temp_dir().join(format!("mesh-agent-doctor-{}", std::process::id()));

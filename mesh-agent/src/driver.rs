@@ -272,7 +272,11 @@ fn log(report: &Report) {
         }
         Report::ClusterEnded => info!("the cluster backend ended"),
         Report::NoSnapshotYet => debug!("no cluster snapshot yet"),
-        Report::LocalNodeMissing { hostname } => debug!(%hostname, "the local node is not in the cluster yet"),
+        Report::LocalNodeMissing { hostname } => warn!(
+            %hostname,
+            "no node named {hostname:?} in the cluster: the agent configures nothing until it appears; \
+             --hostname (KILO_HOSTNAME) must be the Kubernetes node name"
+        ),
         Report::MtuChanged { mtu, previous } => {
             info!(mtu, ?previous, "the underlay MTU changed; adjusting the WireGuard MTU");
         }
@@ -289,7 +293,11 @@ fn log(report: &Report) {
         ),
         Report::Mesh { leader, nodes, peers, .. } => debug!(leader, nodes, peers, "computed the mesh"),
         Report::Applying { operations } => info!(operations, "applying changes to the data plane"),
-        Report::Applied { .. } | Report::Topology(_) | Report::Stopped => {}
+        Report::Applied { .. }
+        | Report::IptablesApplied { .. }
+        | Report::Planned(_)
+        | Report::Topology(_)
+        | Report::Stopped => {}
         Report::ComputeFailed { error } => warn!(%error, "cannot compute the mesh; the data plane stays as it is"),
         Report::PassFailed { error, retry_in } => error!(%error, ?retry_in, "reconcile failed"),
         Report::AnnounceFailed { error, heartbeat: false } => warn!(%error, "failed to publish the local node"),

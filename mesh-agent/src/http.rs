@@ -1,5 +1,5 @@
 //! The agent's HTTP endpoints on `--listen` (default `:1107`), as Kilo serves them: `/health`,
-//! `/metrics` and `/graph`.
+//! `/metrics` and `/graph`; and `/status`, what the agent sees, as JSON.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,13 +31,14 @@ struct Shared {
     renderer: Arc<GraphRenderer>,
 }
 
-/// The router: `/` (an index), `/health`, `/metrics`, `/graph`.
+/// The router: `/` (an index), `/health`, `/metrics`, `/graph`, `/status`.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/graph", get(graph))
+        .route("/status", get(status))
         .with_state(Shared { state, renderer: Arc::default() })
 }
 
@@ -52,7 +53,7 @@ async fn index() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         "<html><head><title>Internal Kilo API</title></head><body><h1>Internal Kilo API</h1><ul>\
          <li><a href=\"/health\">/health</a></li><li><a href=\"/metrics\">/metrics</a></li>\
-         <li><a href=\"/graph\">/graph</a></li></ul></body></html>",
+         <li><a href=\"/graph\">/graph</a></li><li><a href=\"/status\">/status</a></li></ul></body></html>",
     )
 }
 
@@ -67,6 +68,13 @@ async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         shared.state.metrics.render(),
     )
+}
+
+/// What the agent sees, as JSON ([`crate::status`]).
+async fn status(State(shared): State<Shared>) -> Response {
+    let now = mesh_core::time::unix_seconds(std::time::SystemTime::now());
+    let document = crate::status::render(&shared.state.status.lock().expect("status lock"), now);
+    ([(header::CONTENT_TYPE, "application/json")], format!("{document:#}\n")).into_response()
 }
 
 const FORMATS: &[&str] = &["dot", "gv", "svg", "png", "bmp", "fig", "gif", "json", "ps"];

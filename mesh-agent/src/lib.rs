@@ -30,6 +30,7 @@ pub mod graph_render;
 pub mod http;
 #[cfg(feature = "http")]
 pub mod http_listener;
+pub mod iptables_operations;
 #[cfg(feature = "cli")]
 pub mod key;
 pub mod local;
@@ -44,3 +45,5 @@ pub mod reconciler;
 pub mod resolve;
 #[cfg(feature = "cli")]
 pub mod run;
+#[cfg(feature = "http")]
+pub mod status;

@@ -4,7 +4,7 @@
 //! Colours only when standard error is a terminal: `kubectl logs`, journald and log shippers get
 //! plain text.
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use tracing::Dispatch;
 use tracing_subscriber::EnvFilter;
@@ -87,6 +87,23 @@ pub fn init(level: &str, format: &str) {
     drop(tracing::dispatcher::set_global_default(dispatch));
 }
 
+/// Writes the error that ends the process to `writer`: a JSON line like every other log line
+/// with `--log-format=json`, else `mesh-agent: MESSAGE`.
+pub fn fatal<W>(format: &str, message: &str, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    if format == "json" {
+        let config = LogConfig { level: "error".into(), format: format.into(), directives: None, ansi: false };
+        if let Some(dispatch) = config.dispatch(writer) {
+            tracing::dispatcher::with_default(&dispatch, || tracing::error!(target: "mesh_agent", "{message}"));
+        }
+    } else {
+        let mut writer = writer.make_writer();
+        let _ = writeln!(writer, "mesh-agent: {message}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -162,6 +179,19 @@ mod tests {
         assert!(!plain.contains('\u{1b}'), "{plain:?}");
         let coloured = log_with(&LogConfig { ansi: true, ..config("info", "text", None) });
         assert!(coloured.contains('\u{1b}'), "{coloured:?}");
+    }
+
+    #[test]
+    fn fatal_errors_take_the_log_format() {
+        let captured = Captured::default();
+        fatal("json", "failed to start", captured.clone());
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(line["level"], "ERROR");
+        assert_eq!(line["fields"]["message"], "failed to start");
+        let captured = Captured::default();
+        fatal("text", "failed to start", captured.clone());
+        assert_eq!(String::from_utf8(captured.0.lock().unwrap().clone()).unwrap(), "mesh-agent: failed to start\n");
     }
 
     #[test]

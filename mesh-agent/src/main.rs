@@ -3,10 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use mesh_agent::cli::{Cli, EXIT_USAGE};
+use mesh_agent::cli::{Cli, EXIT_USAGE, hoist_kubeconfig};
+use mesh_agent::logging::fatal;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(hoist_kubeconfig(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
@@ -15,10 +16,12 @@ fn main() -> ExitCode {
         }
     };
     raise_open_files_limit();
+    // Fatal errors go out in the format the logs have, so a JSON log pipeline sees them.
+    let log_format = cli.log_format().to_owned();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("mesh-agent: failed to start the async runtime: {error}");
+            fatal(&log_format, &format!("failed to start the async runtime: {error}"), std::io::stderr);
             return ExitCode::FAILURE;
         }
     };
@@ -26,7 +29,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli.run(&mut stdout)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("mesh-agent: {error}");
+            fatal(&log_format, &error.to_string(), std::io::stderr);
             ExitCode::from(error.code)
         }
     }

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use mesh_core::Topology;
 
 use crate::driver::ReportSink;
+use crate::iptables_operations::IptablesOperation;
 use crate::reconciler::Report;
+use crate::reconciler::status::PassStatus;
 
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +34,16 @@ struct EventLabel {
     event: &'static str,
 }
 
+/// Kilo's labels of `kilo_iptables_operations_total` (its `protocol` is a constant label per
+/// client; here it is one label of the family, which reads the same).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IptablesLabels {
+    operation: &'static str,
+    table: String,
+    chain: String,
+    protocol: &'static str,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
@@ -48,6 +60,7 @@ pub struct Metrics {
     reconciles: Counter,
     reconcile_seconds: Histogram,
     operations: Family<KindLabel, Counter>,
+    iptables: Family<IptablesLabels, Counter>,
     skipped: Family<KindLabel, Gauge>,
 }
 
@@ -69,6 +82,7 @@ impl Metrics {
         let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let operations = Family::<KindLabel, Counter>::default();
         let skipped = Family::<KindLabel, Gauge>::default();
+        let iptables = Family::<IptablesLabels, Counter>::default();
         // prometheus-client adds `_total` to counters, giving Kilo's names.
         registry.register(
             "kilo_errors",
@@ -89,9 +103,10 @@ impl Metrics {
             "Data-plane operations applied, by kind (add_route, update_peer, ...).",
             operations.clone(),
         );
+        registry.register("kilo_iptables_operations", "Number of iptables operations.", iptables.clone());
         registry.register("mesh_skipped_objects", "Nodes and peers left out of the mesh, by kind.", skipped.clone());
         registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
-        Metrics { registry, errors, leader, nodes, peers, reconciles, reconcile_seconds, operations, skipped }
+        Metrics { registry, errors, leader, nodes, peers, reconciles, reconcile_seconds, operations, iptables, skipped }
     }
 
     /// Counts an error.
@@ -117,6 +132,17 @@ impl Metrics {
     /// Counts an applied operation of `kind`.
     pub fn operation(&self, kind: &'static str) {
         self.operations.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Counts an applied iptables call.
+    pub fn iptables_operation(&self, call: &IptablesOperation) {
+        let labels = IptablesLabels {
+            operation: call.operation,
+            table: call.table.clone(),
+            chain: call.chain.clone(),
+            protocol: call.protocol,
+        };
+        self.iptables.get_or_create(&labels).inc();
     }
 
     /// The number of errors recorded for `event`.
@@ -145,6 +171,7 @@ impl Metrics {
                 self.mesh(*leader, *nodes, *peers, *skipped_nodes, *skipped_peers);
             }
             Report::Applied { operations } => operations.iter().for_each(|kind| self.operation(kind)),
+            Report::IptablesApplied { operations } => operations.iter().for_each(|call| self.iptables_operation(call)),
             _ => {}
         }
     }
@@ -164,6 +191,41 @@ pub struct Status {
     pub topology: Option<Arc<Topology>>,
     /// Whether the last reconcile succeeded.
     pub healthy: bool,
+    /// The last pass that computed the mesh: leaders, handshakes, its plan.
+    pub pass: Option<Arc<PassStatus>>,
+    /// Whether that pass's plan reached the data plane (an empty plan counts as applied).
+    pub plan_applied: bool,
+    /// The errors of the last finished pass (a failed announcement included).
+    pub errors: Vec<String>,
+    /// The errors of the pass in flight.
+    errors_in_flight: Vec<String>,
+}
+
+impl Status {
+    /// Takes what `report` says about the agent's state.
+    pub fn record(&mut self, report: &Report) {
+        match report {
+            Report::Topology(topology) => self.topology = Some(Arc::clone(topology)),
+            Report::Planned(pass) => {
+                self.plan_applied = pass.plan.operations.is_empty();
+                self.pass = Some(Arc::clone(pass));
+            }
+            Report::Applied { .. } => self.plan_applied = true,
+            Report::Reconciled { healthy, .. } => {
+                self.healthy = *healthy;
+                self.errors = std::mem::take(&mut self.errors_in_flight);
+            }
+            Report::ClusterReadFailed { error, .. } => {
+                self.errors = vec![format!("failed to read the cluster: {error}")]
+            }
+            Report::ComputeFailed { error } => self.errors_in_flight.push(format!("cannot compute the mesh: {error}")),
+            Report::PassFailed { error, .. } => self.errors_in_flight.push(error.clone()),
+            Report::AnnounceFailed { error, .. } => {
+                self.errors_in_flight.push(format!("failed to publish the local node: {error}"));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The [`ReportSink`] of the agent binary: metrics, and the status `/graph` reads.
@@ -193,12 +255,7 @@ impl Telemetry {
 impl ReportSink for Telemetry {
     fn record(&mut self, report: &Report) {
         self.metrics.record(report);
-        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-        match report {
-            Report::Topology(topology) => status.topology = Some(Arc::clone(topology)),
-            Report::Reconciled { healthy, .. } => status.healthy = *healthy,
-            _ => {}
-        }
+        self.status.lock().unwrap_or_else(PoisonError::into_inner).record(report);
     }
 }
 
@@ -223,6 +280,34 @@ mod tests {
             "mesh_plan_operations_total{kind=\"add_route\"} 1",
             "mesh_skipped_objects{kind=\"node\"} 2",
             "mesh_reconcile_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn counts_iptables_operations_with_kilos_labels() {
+        let metrics = Metrics::new();
+        let call = |operation, chain: &str, protocol| IptablesOperation {
+            protocol,
+            operation,
+            table: "nat".into(),
+            chain: chain.into(),
+        };
+        metrics.record(&Report::IptablesApplied {
+            operations: vec![
+                call("ClearChain", "KILO-NAT", "IPv4"),
+                call("AppendUnique", "KILO-NAT", "IPv4"),
+                call("AppendUnique", "KILO-NAT", "IPv4"),
+                call("Insert", "POSTROUTING", "IPv6"),
+            ],
+        });
+        let text = metrics.render();
+        for line in [
+            "# TYPE kilo_iptables_operations counter",
+            "kilo_iptables_operations_total{operation=\"AppendUnique\",table=\"nat\",chain=\"KILO-NAT\",protocol=\"IPv4\"} 2",
+            "kilo_iptables_operations_total{operation=\"ClearChain\",table=\"nat\",chain=\"KILO-NAT\",protocol=\"IPv4\"} 1",
+            "kilo_iptables_operations_total{operation=\"Insert\",table=\"nat\",chain=\"POSTROUTING\",protocol=\"IPv6\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

@@ -70,11 +70,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::iptables_operations::IptablesOperation;
 use mesh_core::backend::{BackendError, LocalAnnouncement};
 use mesh_core::plan::KeepReason;
 use mesh_core::{ClusterSnapshot, DesiredState, Key, NodeSpec, ObjectKind, ObservedState, Plan, Topology, Warning};
 
 mod messages;
+pub mod status;
 
 pub use messages::{Action, Config, ErrorEvent, Event, Now, Report, Resolution};
 
@@ -127,6 +129,7 @@ enum Stage {
         local: NodeSpec,
         topology: Topology,
         operations: Vec<&'static str>,
+        iptables: Vec<IptablesOperation>,
     },
     Announcing {
         announcement: LocalAnnouncement,
@@ -181,6 +184,8 @@ pub struct Reconciler {
     /// Diagnostic lines already reported, so each is reported once per change.
     reported: Vec<String>,
     cni_error: Option<String>,
+    /// The local node's absence was reported, so a wrong `--hostname` warns once, not every pass.
+    local_missing_reported: bool,
     healthy: bool,
     shutdown: Shutdown,
     actions: VecDeque<Action>,
@@ -207,6 +212,7 @@ impl Reconciler {
             roamed: BTreeMap::new(),
             reported: Vec::new(),
             cni_error: None,
+            local_missing_reported: false,
             healthy: false,
             shutdown: Shutdown::Running,
             actions: VecDeque::new(),
@@ -405,9 +411,12 @@ impl Reconciler {
         let discovered = mesh_core::nat::discovered_endpoints(&snapshot, &observed);
         let hostname = &self.config.options.hostname;
         let Some(local) = snapshot.nodes.iter_mut().find(|node| &node.name == hostname) else {
-            self.reports.push_back(Report::LocalNodeMissing { hostname: hostname.clone() });
+            if !std::mem::replace(&mut self.local_missing_reported, true) {
+                self.reports.push_back(Report::LocalNodeMissing { hostname: hostname.clone() });
+            }
             return self.pass_succeeded(None, now);
         };
+        self.local_missing_reported = false;
         local.last_seen = Some(snapshot.now);
         local.discovered_endpoints = discovered;
         let local = local.clone();
@@ -476,21 +485,24 @@ impl Reconciler {
             skipped_peers: skipped(ObjectKind::Peer),
         });
         let plan = Plan::between(observed, &desired);
+        self.reports.push_back(Report::Planned(Arc::new(status::PassStatus::of(snapshot, &topology, observed, &plan))));
         self.report_roamed(&plan, snapshot);
         if plan.is_empty() {
             return self.announce(local, topology, now);
         }
         let operations = plan.operations.iter().map(mesh_core::Operation::kind).collect();
+        let iptables = crate::iptables_operations::of_plan(&plan);
         self.reports.push_back(Report::Applying { operations: plan.operations.len() });
         self.actions.push_back(Action::Apply(plan));
         let pass = self.pass.as_mut().expect("a pass is in flight");
-        pass.stage = Stage::Applying { local, topology, operations };
+        pass.stage = Stage::Applying { local, topology, operations, iptables };
     }
 
     fn applied(&mut self, result: Result<(), BackendError>, now: Now) {
         let Some(pass) = &mut self.pass else { return };
         let Stage::Applying { .. } = pass.stage else { return };
-        let Stage::Applying { local, topology, operations } = std::mem::replace(&mut pass.stage, Stage::Resolving)
+        let Stage::Applying { local, topology, operations, iptables } =
+            std::mem::replace(&mut pass.stage, Stage::Resolving)
         else {
             unreachable!("matched above")
         };
@@ -498,6 +510,9 @@ impl Reconciler {
             return self.pass_failed(error.to_string(), now);
         }
         self.reports.push_back(Report::Applied { operations });
+        if !iptables.is_empty() {
+            self.reports.push_back(Report::IptablesApplied { operations: iptables });
+        }
         self.announce(local, topology, now);
     }
 

@@ -227,6 +227,11 @@ impl Host for LinuxHost {
 }
 
 impl AgentFlags {
+    /// `--log-format`: `text` or `json`.
+    pub fn log_format(&self) -> &str {
+        &self.log_format
+    }
+
     /// Starts the agent and runs it until SIGTERM or SIGINT.
     pub async fn run(self) -> Result<(), StartupError> {
         crate::logging::init(&self.log_level, &self.log_format);

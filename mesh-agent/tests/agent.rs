@@ -215,3 +215,57 @@ async fn heartbeats_continue_while_applies_fail() {
         assert!(heartbeat.last_seen >= first.last_seen);
     }
 }
+
+/// `/status` as the agent builds it from the reports: leaders, role, peers with their
+/// handshakes, a failed plan pending with its error, then applied.
+#[tokio::test]
+async fn status_shows_leaders_peers_and_a_pending_plan_until_it_is_applied() {
+    let mut cluster = MockClusterBackend::new();
+    cluster.expect_announce().times(1).returning(|_| Ok(()));
+    let mut dataplane = MockDataplane::new();
+    let handshake = unix_now() - 7;
+    dataplane.expect_observe().times(2).returning(move || {
+        let mut observed = ObservedState::default();
+        let b = mesh_core::Key::from_bytes([2; 32]);
+        observed
+            .peer_stats
+            .insert(b, mesh_core::state::PeerStats { last_handshake: Some(handshake), rx_bytes: 10, tx_bytes: 20 });
+        Ok(observed)
+    });
+    let mut attempts = Sequence::new();
+    dataplane
+        .expect_apply()
+        .times(1)
+        .in_sequence(&mut attempts)
+        .returning(|_| Err(BackendError::new("failed to add route 10.2.2.0/24 dev kilo0", "EPERM")));
+    dataplane.expect_apply().times(1).in_sequence(&mut attempts).returning(|_| Ok(()));
+    let (mut agent, _) = driver(cluster, dataplane, config());
+    agent.update_snapshot(snapshot());
+    agent.reconcile().await;
+    let shared = agent.sink().status();
+    let status = || mesh_agent::status::render(&shared.lock().unwrap(), unix_now());
+    let failed = status();
+    assert_eq!(failed["healthy"], false);
+    let errors = failed["last_reconcile"]["errors"].as_array().unwrap();
+    assert!(errors.iter().any(|e| e.as_str().unwrap().contains("failed to add route 10.2.2.0/24")), "{failed:#}");
+    let pending = failed["pending_plan"]["operations"].as_array().unwrap();
+    assert!(pending.iter().any(|op| op["op"] == "add_peer"), "{failed:#}");
+    assert_eq!(failed["role"]["leader"], true);
+    assert_eq!(failed["leaders"].as_array().unwrap().len(), 2, "{failed:#}");
+    assert_eq!(failed["leaders"][0]["node"], "a");
+    let reason = failed["leaders"][1]["reason"].as_str().unwrap();
+    assert!(reason.contains("public endpoint"), "b has a public endpoint: {reason}");
+
+    agent.reconcile().await;
+    let applied = status();
+    assert_eq!(applied["healthy"], true);
+    assert_eq!(applied["pending_plan"], serde_json::Value::Null, "{applied:#}");
+    assert_eq!(applied["last_reconcile"]["errors"], serde_json::json!([]));
+    let peers = applied["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 1, "{applied:#}");
+    assert_eq!(peers[0]["name"], "location:b");
+    assert_eq!(peers[0]["endpoint"], "198.51.100.1:51820");
+    let age = peers[0]["latest_handshake_age_seconds"].as_i64().unwrap();
+    assert!((7..60).contains(&age), "{age}");
+    assert_eq!((peers[0]["rx_bytes"].as_u64(), peers[0]["tx_bytes"].as_u64()), (Some(10), Some(20)));
+}

@@ -324,10 +324,9 @@ fn fake_api_server() -> (String, std::thread::JoinHandle<Vec<String>>) {
     (address, handle)
 }
 
-#[test]
-fn plan_reads_a_live_cluster_through_a_kubeconfig() {
-    let (server, handle) = fake_api_server();
-    let dir = std::env::temp_dir().join(format!("mesh-agent-kubeconfig-{}", std::process::id()));
+/// A kubeconfig naming `server`, in a fresh directory (removed by the caller).
+fn kubeconfig_for(server: &str, name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("mesh-agent-kubeconfig-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("config");
     std::fs::write(
@@ -339,12 +338,23 @@ fn plan_reads_a_live_cluster_through_a_kubeconfig() {
         ),
     )
     .unwrap();
+    (dir, kubeconfig)
+}
+
+fn assert_listed_the_cluster(requests: &[String]) {
+    assert!(requests[0].starts_with("GET /api/v1/nodes"), "{requests:?}");
+    assert!(requests[1].starts_with("GET /apis/kilo.squat.ai/v1alpha1/peers"), "{requests:?}");
+}
+
+#[test]
+fn plan_reads_a_live_cluster_through_a_kubeconfig() {
+    let (server, handle) = fake_api_server();
+    let (dir, kubeconfig) = kubeconfig_for(&server, "flag");
     let from_cluster =
         run_ok(&["plan", "--kubeconfig", kubeconfig.to_str().unwrap(), "--hostname", "onprem-1", "--now", NOW]);
     let requests = handle.join().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(requests[0].starts_with("GET /api/v1/nodes"), "{requests:?}");
-    assert!(requests[1].starts_with("GET /apis/kilo.squat.ai/v1alpha1/peers"), "{requests:?}");
+    assert_listed_the_cluster(&requests);
     let example = example();
     let from_files = run_ok(&["plan", "--nodes", &example, "--hostname", "onprem-1", "--now", NOW]);
     assert_eq!(from_cluster, from_files);
@@ -399,4 +409,119 @@ fn a_hijacking_peer_is_refused_with_a_warning_unless_allowed() {
 
 fn plan_warning_free(plan: &Value, name: &str) -> bool {
     plan["warnings"].as_array().unwrap().iter().all(|w| w["name"] != name)
+}
+
+/// Runs mesh-agent with `KUBECONFIG` set.
+fn run_with_kubeconfig(kubeconfig: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mesh-agent")).args(args).env("KUBECONFIG", kubeconfig).output().unwrap()
+}
+
+#[test]
+fn graph_reads_the_cluster_of_the_kubeconfig_environment_variable_as_kgctl_does() {
+    let (server, handle) = fake_api_server();
+    let (dir, kubeconfig) = kubeconfig_for(&server, "env");
+    let output = run_with_kubeconfig(&kubeconfig, &["graph", "--now", NOW]);
+    let requests = handle.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_listed_the_cluster(&requests);
+    let example = example();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), run_ok(&["graph", "--nodes", &example, "--now", NOW]));
+}
+
+#[test]
+fn files_given_win_over_the_kubeconfig_environment_variable() {
+    // Nothing listens there: reading the cluster would fail.
+    let dir = std::env::temp_dir().join(format!("mesh-agent-kubeconfig-unused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("config");
+    std::fs::write(&kubeconfig, "this is not a kubeconfig").unwrap();
+    let example = example();
+    let output =
+        run_with_kubeconfig(&kubeconfig, &["plan", "--nodes", &example, "--hostname", "onprem-1", "--now", NOW]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        run_ok(&["plan", "--nodes", &example, "--hostname", "onprem-1", "--now", NOW])
+    );
+}
+
+#[test]
+fn kubeconfig_is_accepted_before_the_subcommand_as_kgctl_takes_it() {
+    let (server, handle) = fake_api_server();
+    let (dir, kubeconfig) = kubeconfig_for(&server, "global");
+    let output = run(&["--kubeconfig", kubeconfig.to_str().unwrap(), "graph", "--now", NOW]);
+    let requests = handle.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_listed_the_cluster(&requests);
+    assert!(String::from_utf8(output.stdout).unwrap().starts_with("digraph"));
+}
+
+#[test]
+fn without_a_source_the_tools_name_every_way_to_give_one() {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_mesh-agent")).args(["graph"]).env_remove("KUBECONFIG").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--kubeconfig FILE, or set KUBECONFIG"), "{stderr}");
+}
+
+#[test]
+fn a_fatal_start_up_error_is_a_json_line_with_log_format_json() {
+    // A key file that cannot be created fails before the agent touches the network.
+    const KEY: &str = "--private-key-file=/proc/no-such-dir/key";
+    let output = run(&["--hostname", "a", KEY, "--log-format=json"]);
+    assert_eq!(output.status.code(), Some(3), "the agent failed to start");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let last = stderr.lines().last().unwrap_or_else(|| panic!("no output: {stderr:?}"));
+    let line: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    assert_eq!(line["level"], "ERROR", "{line}");
+    let message = line["fields"]["message"].as_str().unwrap();
+    assert!(message.contains("/proc/no-such-dir"), "{message}");
+    for line in stderr.lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    let text = run(&["--hostname", "a", KEY]);
+    let stderr = String::from_utf8(text.stderr).unwrap();
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("mesh-agent: failed to create directory /proc/no-such-dir"), "{stderr}");
+}
+
+#[test]
+fn doctor_is_silent_on_the_example_and_names_a_location_given_only_as_a_label() {
+    let example = example();
+    let healthy = run(&["doctor", "--nodes", &example, "--now", NOW, "-o", "json"]);
+    assert_eq!(healthy.status.code(), Some(0), "{}", String::from_utf8_lossy(&healthy.stdout));
+    let report: Value = serde_json::from_slice(&healthy.stdout).unwrap();
+    assert_eq!(report["problems"], 0);
+    let leaders: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|finding| finding["check"] == "leaders")
+        .map(|finding| finding["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(leaders, ["location:cloud-ams3", "location:cloud-fsn1", "location:onprem"]);
+
+    // The same cluster with ams3-a's location as a label.
+    let text = std::fs::read_to_string(&example).unwrap();
+    let mut objects: Value = serde_norway::from_str(&text).unwrap();
+    let ams3 =
+        objects["items"].as_array_mut().unwrap().iter_mut().find(|item| item["metadata"]["name"] == "ams3-a").unwrap();
+    let location = ams3["metadata"]["annotations"].as_object_mut().unwrap().remove("kilo.squat.ai/location").unwrap();
+    ams3["metadata"]["labels"]["kilo.squat.ai/location"] = location.clone();
+    let dir = std::env::temp_dir().join(format!("mesh-agent-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cluster.json");
+    std::fs::write(&file, objects.to_string()).unwrap();
+    let broken = run(&["doctor", "--nodes", file.to_str().unwrap(), "--now", NOW]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(broken.status.code(), Some(4));
+    let stdout = String::from_utf8(broken.stdout).unwrap();
+    assert!(stdout.contains("PROBLEM  location              node ams3-a: kilo.squat.ai/location="), "{stdout}");
+    let fix = format!("fix: kubectl annotate node ams3-a kilo.squat.ai/location={}", location.as_str().unwrap());
+    assert!(stdout.contains(&fix), "{stdout}");
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("doctor found 1 problem(s)"));
 }

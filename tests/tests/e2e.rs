@@ -33,7 +33,11 @@
 //! 1. `location`: every node reaches every other node's pod address, the external peer reaches
 //!    every pod address, and only the leaders (a1, b1, c1) hold WireGuard peers.
 //! 3. NAT: a1 and b1 publish C's endpoint as seen through the NAT (`discovered-endpoints`) and
-//!    send to it; A and B reach C's pod and back.
+//!    send to it; A and B reach C's pod and back. Then `/status` of a1 names each location's
+//!    leader and why, a1's role, its peers with C at its discovered endpoint and handshakes;
+//!    a2's says it follows a1. `mesh-agent doctor` finds no problem on a1, a2 and c1, and finds
+//!    each injected fault with its fix: forwarding off on a1, c1's keepalive missing, b2's
+//!    location only as a label.
 //! 4. No churn: across three resync periods no agent writes WireGuard (metrics), and no peer's
 //!    handshake or transfer counters go back.
 //! 2. The same as 1 after restarting the agents with `full`, then with `cross` (restarted with
@@ -729,6 +733,221 @@ impl Mesh {
         Ok(format!("c1 announces {published} (private); {}; A and B reach c1's pod and back", seen.join(", ")))
     }
 
+    /// `/status` of `node`'s agent, parsed.
+    fn status(&self, node: &str) -> Outcome<Value> {
+        let response = self.http_get(node, "/status")?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        serde_json::from_str(body).map_err(|error| format!("/status of {node}: {error}: {body}"))
+    }
+
+    /// 3b: `/status` names each location's leader and why, the role of a leader and of a
+    /// follower, and the leader's WireGuard peers with their endpoints and handshakes.
+    fn scenario_status(&self) -> Outcome<String> {
+        let segment = |node: &str| format!("location:{}", node_def(node).location.name);
+        let leader_status =
+            poll("a1's /status with handshakes", Duration::from_secs(20), Duration::from_millis(250), || {
+                let status = self.status("a1")?;
+                let peers = status["peers"].as_array().cloned().unwrap_or_default();
+                let shaken = peers.iter().filter(|peer| peer["latest_handshake_age_seconds"].is_u64()).count();
+                if status["healthy"] == true && shaken >= 2 { Ok(status) } else { Err(format!("a1: {status}")) }
+            })?;
+        let leaders: BTreeMap<String, String> = leader_status["leaders"]
+            .as_array()
+            .ok_or("no leaders in /status")?
+            .iter()
+            .map(|leader| {
+                (
+                    leader["segment"].as_str().unwrap_or_default().to_owned(),
+                    leader["node"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let expected: BTreeMap<String, String> =
+            ["a1", "b1", "c1"].iter().map(|leader| (segment(leader), (*leader).to_owned())).collect();
+        if leaders != expected {
+            return Err(format!("/status leaders {leaders:?}, expected {expected:?}"));
+        }
+        let role = &leader_status["role"];
+        let reason = role["reason"].as_str().unwrap_or_default();
+        if role["leader"] != true || !reason.contains("annotated kilo.squat.ai/leader") {
+            return Err(format!("a1's role: {role}"));
+        }
+        let peers = leader_status["peers"].as_array().ok_or("no peers")?;
+        let mut names: Vec<&str> = peers.iter().filter_map(|peer| peer["name"].as_str()).collect();
+        names.sort_unstable();
+        let mut wanted = vec![segment("b1"), segment("c1"), PEER.to_owned()];
+        wanted.sort();
+        if names != wanted {
+            return Err(format!("a1's /status peers {names:?}, expected {wanted:?}"));
+        }
+        let c = peers.iter().find(|peer| peer["name"] == segment("c1").as_str()).ok_or("no peer for C")?;
+        if !c["endpoint"].as_str().unwrap_or_default().starts_with(NAT_PUBLIC_IP) {
+            return Err(format!(
+                "a1's /status gives C's endpoint {} (expected the discovered {NAT_PUBLIC_IP})",
+                c["endpoint"]
+            ));
+        }
+        if leader_status["pending_plan"] != Value::Null {
+            return Err(format!("a converged leader has a pending plan: {}", leader_status["pending_plan"]));
+        }
+        let follower = self.status("a2")?;
+        let role = &follower["role"];
+        if role["leader"] != false || !role["reason"].as_str().unwrap_or_default().contains("a1 leads") {
+            return Err(format!("a2's role: {role}"));
+        }
+        if follower["peers"] != serde_json::json!([]) {
+            return Err(format!("a follower lists peers: {}", follower["peers"]));
+        }
+        Ok(format!(
+            "leaders {leaders:?}; a1: {reason}; C at {}; a2 follows a1",
+            c["endpoint"].as_str().unwrap_or_default()
+        ))
+    }
+
+    /// The cluster directory as one `List` file for `doctor --nodes`, after `edit` of each object.
+    fn cluster_list(&self, name: &str, edit: impl Fn(&mut Value)) -> Outcome<PathBuf> {
+        let mut items = Vec::new();
+        for kind in ["nodes", "peers"] {
+            let dir = self.cluster.join(kind);
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|error| format!("read {}: {error}", dir.display()))?
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .filter(|path| path.extension().is_some_and(|extension| extension == "yaml"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                let text =
+                    std::fs::read_to_string(&path).map_err(|error| format!("read {}: {error}", path.display()))?;
+                let mut object: Value =
+                    serde_norway::from_str(&text).map_err(|error| format!("parse {}: {error}", path.display()))?;
+                edit(&mut object);
+                items.push(object);
+            }
+        }
+        let path = self.world.dir.join(name);
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        world::write_file(&path, &list.to_string())?;
+        Ok(path)
+    }
+
+    /// `mesh-agent doctor -o json` in `node`'s namespace, with the agents' flags: its exit code and report.
+    fn doctor(&self, node: &str, cluster: &Path) -> Outcome<(Option<i32>, Value)> {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.ns(node)])
+            .arg(&self.agent)
+            .args(["doctor", "--nodes"])
+            .arg(cluster)
+            .args(["--hostname", node, "--interface", &self.iface(node), "--private-iface=loc0"])
+            .args(["--mesh-granularity=location", "--encapsulate=never", "--cni=false", "-o", "json"])
+            .args([format!("--status-url=http://127.0.0.1:{METRICS_PORT}/status")])
+            .output()
+            .map_err(|error| format!("cannot run doctor: {error}"))?;
+        let report = serde_json::from_slice(&output.stdout).map_err(|error| {
+            format!(
+                "doctor on {node}: {error}: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+        Ok((output.status.code(), report))
+    }
+
+    /// The problems of a doctor report, as `check subject: evidence`.
+    fn problems(report: &Value) -> Vec<String> {
+        report["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|finding| finding["verdict"] == "problem")
+            .map(|finding| {
+                format!(
+                    "{} {}: {} (fix: {})",
+                    finding["check"], finding["subject"], finding["evidence"], finding["fix"]
+                )
+            })
+            .collect()
+    }
+
+    /// The one problem `report` must hold: `check` about `subject`, with a fix containing `fix`.
+    fn expect_problem(report: &Value, code: Option<i32>, check: &str, subject: &str, fix: &str) -> Outcome<String> {
+        let problems = Self::problems(report);
+        let found = problems.iter().find(|problem| problem.starts_with(&format!("\"{check}\" \"{subject}\"")));
+        match (code, found) {
+            (Some(4), Some(problem)) if problem.contains(fix) => Ok(problem.clone()),
+            _ => Err(format!("doctor (exit {code:?}) did not report {check} of {subject} with {fix:?}: {problems:?}")),
+        }
+    }
+
+    /// 3c: `doctor` is silent on the healthy world and finds each injected fault with its fix:
+    /// forwarding off on a leader, keepalive missing behind NAT, location only as a label.
+    fn scenario_doctor(&self) -> Outcome<String> {
+        let healthy = self.cluster_list("doctor-healthy.json", |_| {})?;
+        let mut clean = Vec::new();
+        for node in ["a1", "a2", "c1"] {
+            let (code, report) = self.doctor(node, &healthy)?;
+            let problems = Self::problems(&report);
+            if code != Some(0) || !problems.is_empty() {
+                return Err(format!("doctor on the healthy {node} (exit {code:?}): {problems:?}"));
+            }
+            let findings = report["findings"].as_array().cloned().unwrap_or_default();
+            // The node checks ran: the data plane was observed and the agent's /status read.
+            for check in ["live-diff", "handshakes", "ip-forward", "interface"] {
+                if !findings.iter().any(|finding| finding["check"] == check && finding["verdict"] == "ok") {
+                    return Err(format!("doctor on {node} has no passed {check} check: {findings:?}"));
+                }
+            }
+            clean.push(format!("{node}: {} findings, 0 problems", findings.len()));
+        }
+
+        let forwarding = "/proc/sys/net/ipv4/ip_forward";
+        let set_forwarding =
+            |value: &str| world::sh(&format!("ip netns exec {} sh -c 'echo {value} > {forwarding}'", self.ns("a1")));
+        set_forwarding("0")?;
+        let result = self.doctor("a1", &healthy);
+        set_forwarding("1")?;
+        let (code, report) = result?;
+        let forwarding_off = Self::expect_problem(
+            &report,
+            code,
+            "ip-forward",
+            "net.ipv4.ip_forward",
+            "sysctl -w net.ipv4.ip_forward=1",
+        )?;
+
+        let no_keepalive = self.cluster_list("doctor-no-keepalive.json", |object| {
+            if object["metadata"]["name"] == "c1"
+                && let Some(annotations) = object["metadata"]["annotations"].as_object_mut()
+            {
+                annotations.remove("kilo.squat.ai/persistent-keepalive");
+            }
+        })?;
+        let (code, report) = self.doctor("a1", &no_keepalive)?;
+        let nat =
+            Self::expect_problem(&report, code, "nat-keepalive", "node c1", "kilo.squat.ai/persistent-keepalive=25")?;
+
+        let label_only = self.cluster_list("doctor-label.json", |object| {
+            if object["metadata"]["name"] == "b2" {
+                let location =
+                    object["metadata"]["annotations"].as_object_mut().and_then(|a| a.remove("kilo.squat.ai/location"));
+                if let (Some(location), Some(labels)) = (location, object["metadata"]["labels"].as_object_mut()) {
+                    labels.insert("kilo.squat.ai/location".into(), location);
+                }
+            }
+        })?;
+        let (code, report) = self.doctor("a1", &label_only)?;
+        let label = Self::expect_problem(
+            &report,
+            code,
+            "location",
+            "node b2",
+            "kubectl annotate node b2 kilo.squat.ai/location=",
+        )?;
+        Ok(format!(
+            "healthy: {}; forwarding off: {forwarding_off}; no keepalive: {nat}; label only: {label}",
+            clean.join(", ")
+        ))
+    }
+
     /// WireGuard writes per node and kind, and reconciles per node.
     fn counters(&self) -> Outcome<BTreeMap<String, Counters>> {
         let mut counters = BTreeMap::new();
@@ -963,6 +1182,8 @@ fn netns_e2e_multi_location_mesh_with_nat_peer_failover_and_clean_up() {
     if step(&mut rows, "0 build the world", || mesh.build()) {
         step(&mut rows, "1 location: all paths, only leaders hold peers", || mesh.scenario_location());
         step(&mut rows, "3 NAT: C reached at its discovered endpoint", || mesh.scenario_nat());
+        step(&mut rows, "3b /status: leaders and why, roles, peers and handshakes", || mesh.scenario_status());
+        step(&mut rows, "3c doctor: silent when healthy, finds each injected fault", || mesh.scenario_doctor());
         step(&mut rows, "4 no churn across 3 resync periods", || mesh.scenario_no_churn());
         step(&mut rows, "2 switch to full: all paths", || mesh.switch("full", false));
         step(&mut rows, "2 switch to cross: all paths", || mesh.switch("cross", false));

@@ -2,8 +2,9 @@
 //!
 //! Exit codes: 0 success, 1 usage error, 2 input error (unreadable or malformed files, unknown
 //! node or peer, a cluster the topology cannot be computed for), 3 the agent failed to start
-//! (key file, network discovery, cluster connection).
+//! (key file, network discovery, cluster connection), 4 `doctor` found a problem.
 
+mod doctor;
 mod graph;
 pub mod input;
 mod plan;
@@ -57,22 +58,75 @@ pub struct Source {
     /// A file of Peer objects (same formats).
     #[arg(long)]
     pub peers: Option<PathBuf>,
-    /// Read Nodes and Peers from the cluster of this kubeconfig instead of files.
+    /// Read Nodes and Peers from the cluster of this kubeconfig instead of files. Without
+    /// `--nodes`, `--peers` or `--kubeconfig`, the cluster of `$KUBECONFIG` is read, as kgctl does.
     #[arg(long, conflicts_with_all = ["nodes", "peers"])]
     pub kubeconfig: Option<PathBuf>,
 }
 
 impl Source {
     async fn load(&self) -> Result<Objects, CliError> {
+        match self.origin(std::env::var_os("KUBECONFIG").is_some_and(|value| !value.is_empty()))? {
+            Origin::Kubeconfig(path) => Objects::from_cluster(Some(path)).await,
+            // kube's inference reads `$KUBECONFIG`, with its list of files merged as kubectl does.
+            Origin::Environment => Objects::from_cluster(None).await,
+            Origin::Files(paths) => Objects::from_files(&paths),
+        }
+    }
+
+    /// Where the objects come from: files given win over `$KUBECONFIG`, so `plan --nodes F`
+    /// works the same in a shell that has a cluster configured.
+    fn origin(&self, kubeconfig_in_environment: bool) -> Result<Origin<'_>, CliError> {
         if let Some(kubeconfig) = &self.kubeconfig {
-            return Objects::from_cluster(Some(kubeconfig)).await;
+            return Ok(Origin::Kubeconfig(kubeconfig));
         }
         let paths: Vec<&std::path::Path> = self.nodes.iter().chain(&self.peers).map(PathBuf::as_path).collect();
-        if paths.is_empty() {
-            return Err(CliError::usage("give --nodes FILE (and optionally --peers FILE), or --kubeconfig FILE"));
+        match (paths.is_empty(), kubeconfig_in_environment) {
+            (false, _) => Ok(Origin::Files(paths)),
+            (true, true) => Ok(Origin::Environment),
+            (true, false) => Err(CliError::usage(
+                "give --nodes FILE (and optionally --peers FILE), or --kubeconfig FILE, or set KUBECONFIG",
+            )),
         }
-        Objects::from_files(&paths)
     }
+}
+
+/// The origin [`Source::load`] reads from.
+#[derive(Debug, PartialEq)]
+enum Origin<'a> {
+    Kubeconfig(&'a std::path::Path),
+    Environment,
+    Files(Vec<&'a std::path::Path>),
+}
+
+/// Moves a `--kubeconfig F` given before an offline subcommand behind it, so that
+/// `mesh-agent --kubeconfig F graph` works as `kgctl --kubeconfig F graph` does. Arguments
+/// without such a subcommand (the agent's own `--kubeconfig`) are left as they are.
+///
+/// ```
+/// use mesh_agent::cli::hoist_kubeconfig;
+/// let args = |list: &[&str]| list.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+/// assert_eq!(hoist_kubeconfig(args(&["mesh-agent", "--kubeconfig", "k", "graph"])),
+///            args(&["mesh-agent", "graph", "--kubeconfig", "k"]));
+/// assert_eq!(hoist_kubeconfig(args(&["mesh-agent", "--kubeconfig=k", "--hostname", "a"])),
+///            args(&["mesh-agent", "--kubeconfig=k", "--hostname", "a"]));
+/// ```
+pub fn hoist_kubeconfig(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const OFFLINE: [&str; 4] = ["plan", "showconf", "graph", "doctor"];
+    let text: Vec<Option<&str>> = args.iter().map(|arg| arg.to_str()).collect();
+    let (flag_len, subcommand) = match text.get(1..) {
+        Some([Some("--kubeconfig"), Some(_), Some(subcommand), ..]) => (2, *subcommand),
+        Some([Some(flag), Some(subcommand), ..]) if flag.starts_with("--kubeconfig=") => (1, *subcommand),
+        _ => return args,
+    };
+    if !OFFLINE.contains(&subcommand) {
+        return args;
+    }
+    let mut args = args;
+    let flag: Vec<_> = args.drain(1..=flag_len).collect();
+    // The subcommand is now at index 1; the flag goes right after it.
+    args.splice(2..2, flag);
+    args
 }
 
 /// The cluster as the core sees it, with what translation had to say about it.
@@ -165,6 +219,7 @@ struct KgctlArgs {
 /// `--subnet` is given).
 #[derive(Debug)]
 struct KgctlView {
+    objects: Objects,
     cluster: Cluster,
     granularity: Granularity,
     subnet: IpNet,
@@ -177,7 +232,7 @@ impl KgctlView {
         let cluster = Cluster::translate(&objects, &args.mesh.topology_label, args.now.unwrap_or_else(unix_now));
         let granularity = cluster.granularity(choice)?;
         let subnet = args.mesh.subnet.unwrap_or_else(|| cluster.announced_subnet());
-        Ok(KgctlView { cluster, granularity, subnet })
+        Ok(KgctlView { objects, cluster, granularity, subnet })
     }
 
     /// The mesh from `host`'s point of view.
@@ -201,7 +256,7 @@ fn default_subnet() -> IpNet {
     args_conflicts_with_subcommands = true,
     after_help = "Exit codes: 0 success, 1 usage error, 2 input error (unreadable or malformed files, \
                   unknown node or peer, a cluster the mesh cannot be computed for), 3 the agent failed to \
-                  start (key file, network discovery, cluster connection)."
+                  start (key file, network discovery, cluster connection), 4 doctor found a problem."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -220,6 +275,9 @@ enum Command {
     Showconf(showconf::ShowconfArgs),
     /// Print the mesh as a Graphviz DOT graph, as `kgctl graph`.
     Graph(graph::GraphArgs),
+    /// Check the cluster (and with --hostname this node) for what breaks the mesh: each check
+    /// says ok or problem, the evidence and the fix; exit status 4 on a problem.
+    Doctor(doctor::DoctorArgs),
     /// Print the Peer CustomResourceDefinition (deploy/base/crds.yaml).
     Crd,
     /// Print the version.
@@ -227,6 +285,15 @@ enum Command {
 }
 
 impl Cli {
+    /// `--log-format` of the agent; the offline tools write plain text.
+    pub fn log_format(&self) -> &str {
+        match &self.command {
+            None => self.agent.log_format(),
+            Some(Command::Run(agent)) => agent.log_format(),
+            Some(_) => "text",
+        }
+    }
+
     /// Runs the command, writing its output to `out`.
     pub async fn run(self, out: &mut dyn std::io::Write) -> Result<(), CliError> {
         let command = self.command.unwrap_or(Command::Run(self.agent));
@@ -238,6 +305,7 @@ impl Cli {
             Command::Plan(args) => plan::run(args, out).await,
             Command::Showconf(args) => showconf::run(args, out).await,
             Command::Graph(args) => graph::run(args, out).await,
+            Command::Doctor(args) => doctor::run(args, out).await,
             Command::Crd => write(out, &mesh_kube::crd::crd_yaml()),
             Command::Version => write(out, concat!(env!("CARGO_PKG_VERSION"), "\n")),
         }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::iptables_operations::IptablesOperation;
 use ipnet::IpNet;
 use mesh_core::backend::{BackendError, LocalAnnouncement};
 use mesh_core::time::Backoff;
@@ -172,7 +173,8 @@ pub enum Report {
     ClusterEnded,
     /// A pass was due but no snapshot has arrived yet.
     NoSnapshotYet,
-    /// The local node is not in the snapshot: nothing to do yet.
+    /// The local node is not in the snapshot: nothing to do yet (reported once until it
+    /// appears, as it usually means a wrong `--hostname`).
     LocalNodeMissing {
         /// The agent's hostname.
         hostname: String,
@@ -218,6 +220,9 @@ pub enum Report {
         /// Peers left out.
         skipped_peers: usize,
     },
+    /// A pass computed the mesh and its plan (empty in steady state): leaders, handshakes and
+    /// the plan, for `/status`. A plan not followed by [`Report::Applied`] is still pending.
+    Planned(Arc<super::status::PassStatus>),
     /// A non-empty plan goes to the data plane (the plan itself is in the [`Action::Apply`]).
     Applying {
         /// How many operations it has.
@@ -227,6 +232,12 @@ pub enum Report {
     Applied {
         /// [`mesh_core::Operation::kind`] of each operation.
         operations: Vec<&'static str>,
+    },
+    /// The applied plan edited the firewall: the iptables calls Kilo's agent would have made
+    /// for it (for `kilo_iptables_operations_total`).
+    IptablesApplied {
+        /// The calls, in order.
+        operations: Vec<IptablesOperation>,
     },
     /// The mesh computed by a successful pass (for `/graph`).
     Topology(Arc<Topology>),

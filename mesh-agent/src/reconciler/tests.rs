@@ -380,6 +380,28 @@ fn without_the_local_node_nothing_is_applied_or_announced() {
 }
 
 #[test]
+fn a_missing_local_node_is_reported_once_until_it_appears() {
+    let (mut reconciler, mut world, now) = start();
+    let mut cluster = snapshot();
+    cluster.nodes.remove(0);
+    let missing = |world: &mut World| {
+        world.take_reports().iter().filter(|report| matches!(report, Report::LocalNodeMissing { .. })).count()
+    };
+    reconciler.handle_event(Event::Snapshot(cluster.clone()), now);
+    world.serve(&mut reconciler, now);
+    assert_eq!(missing(&mut world), 1);
+    reconciler.handle_event(Event::Snapshot(cluster.clone()), now);
+    world.serve(&mut reconciler, now);
+    assert_eq!(missing(&mut world), 0, "a wrong --hostname warns once, not every pass");
+    reconciler.handle_event(Event::Snapshot(snapshot()), now);
+    world.serve(&mut reconciler, now);
+    assert_eq!(missing(&mut world), 0);
+    reconciler.handle_event(Event::Snapshot(cluster), now);
+    world.serve(&mut reconciler, now);
+    assert_eq!(missing(&mut world), 1, "reported again after the node left");
+}
+
+#[test]
 fn a_snapshot_during_a_pass_runs_another_pass_after_it() {
     let (mut reconciler, mut world, now) = start();
     reconciler.handle_event(Event::Snapshot(snapshot()), now);
@@ -430,4 +452,32 @@ fn without_clean_up_the_end_of_the_cluster_stops_at_once() {
     assert!(reconciler.is_stopped());
     assert!(reconciler.poll_action().is_none());
     assert!(!reconciler.wants_snapshots());
+}
+
+#[test]
+fn the_iptables_calls_of_an_applied_firewall_edit_are_reported_and_a_failed_apply_reports_none() {
+    let iptables = |reports: &[Report]| -> Vec<crate::iptables_operations::IptablesOperation> {
+        reports
+            .iter()
+            .filter_map(|report| match report {
+                Report::IptablesApplied { operations } => Some(operations.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    let (mut reconciler, mut world, now) = start();
+    world.applies.push_back(Err(failure("apply the plan")));
+    reconciler.handle_event(Event::Snapshot(snapshot()), now);
+    world.serve(&mut reconciler, now);
+    assert_eq!(iptables(&world.take_reports()), [], "nothing was applied");
+    assert_eq!(World::applies(&world.take_actions()).len(), 1, "the failed apply");
+    let now = advance(&mut reconciler, &mut world, now, now.instant + Duration::from_secs(5));
+    let applied = World::applies(&world.take_actions()).into_iter().cloned().collect::<Vec<_>>();
+    let expected: Vec<_> = applied.iter().flat_map(crate::iptables_operations::of_plan).collect();
+    assert!(expected.iter().any(|call| call.chain == "KILO-NAT"), "the leader writes its NAT chain: {expected:?}");
+    assert_eq!(iptables(&world.take_reports()), expected);
+    reconciler.request_pass(now);
+    world.serve(&mut reconciler, now);
+    assert_eq!(iptables(&world.take_reports()), [], "a steady state edits nothing");
 }

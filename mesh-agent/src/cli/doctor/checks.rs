@@ -1,0 +1,534 @@
+//! The doctor's judgments: values in, findings out. Reading the cluster and the host is
+//! elsewhere ([`super::host`]), so every check is tested on values.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use k8s_openapi::api::core::v1::Node;
+use mesh_core::{ClusterSnapshot, ObjectKind, Plan, Skipped, Topology, Warning};
+use mesh_kube::annotations::{ALLOWED_LOCATION_IPS, LOCATION, PERSISTENT_KEEPALIVE};
+use serde::Serialize;
+
+use crate::reconciler::status::leaders;
+
+/// What a check concluded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Nothing to do.
+    Ok,
+    /// Something an operator must fix.
+    Problem,
+    /// The check could not run here (e.g. no agent answers `/status`).
+    Skipped,
+}
+
+/// One conclusion: the check, what it looked at, what it saw, and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The check's name (`location`, `nat-keepalive`, `ip-forward`, …).
+    pub check: &'static str,
+    /// Ok, problem or skipped.
+    pub verdict: Verdict,
+    /// The object or kernel state it is about (`node c1`, `kilo0`, `net.ipv4.ip_forward`).
+    pub subject: String,
+    /// What was seen: objects, annotations, values, counters.
+    pub evidence: String,
+    /// What to do about a problem.
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    /// A passed check.
+    pub fn ok(check: &'static str, subject: impl Into<String>, evidence: impl Into<String>) -> Self {
+        Finding { check, verdict: Verdict::Ok, subject: subject.into(), evidence: evidence.into(), fix: None }
+    }
+
+    /// A problem and its fix.
+    pub fn problem(
+        check: &'static str,
+        subject: impl Into<String>,
+        evidence: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Finding {
+            check,
+            verdict: Verdict::Problem,
+            subject: subject.into(),
+            evidence: evidence.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    /// A check that could not run, and why.
+    pub fn skipped(check: &'static str, subject: impl Into<String>, evidence: impl Into<String>) -> Self {
+        Finding { check, verdict: Verdict::Skipped, subject: subject.into(), evidence: evidence.into(), fix: None }
+    }
+}
+
+/// The label Cozystack's guide warns about: a zone without a region leaves the location empty.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// `kilo.squat.ai/location` must be an annotation: Kilo reads no such label, and falls back to
+/// `topology_label` (a region), not to the zone.
+pub fn location(nodes: &[Node], topology_label: &str) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for node in nodes {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let annotations = node.metadata.annotations.clone().unwrap_or_default();
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        if annotations.contains_key(LOCATION) {
+            continue;
+        }
+        let subject = format!("node {name}");
+        if let Some(value) = labels.get(LOCATION) {
+            let location = labels.get(topology_label).cloned().unwrap_or_default();
+            findings.push(Finding::problem(
+                "location",
+                subject,
+                format!(
+                    "{LOCATION}={value:?} is a label, not an annotation; the label is not read, so the node is in \
+                     location {location:?}"
+                ),
+                format!("kubectl annotate node {name} {LOCATION}={value}"),
+            ));
+        } else if let (None, Some(zone)) = (labels.get(topology_label), labels.get(ZONE_LABEL)) {
+            findings.push(Finding::problem(
+                "location",
+                subject,
+                format!(
+                    "no {LOCATION} annotation and no {topology_label} label; {ZONE_LABEL}={zone:?} is not read, so \
+                     the node is in the empty location \"\" with every other node that has none"
+                ),
+                format!("kubectl annotate node {name} {LOCATION}={zone}"),
+            ));
+        }
+    }
+    if findings.is_empty() {
+        findings.push(Finding::ok(
+            "location",
+            "nodes",
+            format!("every node's location comes from the {LOCATION} annotation or the {topology_label} label"),
+        ));
+    }
+    findings
+}
+
+/// A node that others reach at another address than it announces (they discovered it through
+/// NAT) needs `persistent-keepalive`, or the mesh keeps sending to the announced address.
+pub fn nat_keepalive(snapshot: &ClusterSnapshot) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for node in &snapshot.nodes {
+        let Some(key) = node.key else { continue };
+        let announced = node.endpoint.as_ref().and_then(mesh_core::Endpoint::socket_addr);
+        let seen: BTreeSet<(SocketAddr, &str)> = snapshot
+            .nodes
+            .iter()
+            .filter(|other| other.name != node.name)
+            .filter_map(|other| other.discovered_endpoints.get(&key).map(|addr| (*addr, other.name.as_str())))
+            .filter(|(addr, _)| Some(*addr) != announced)
+            .collect();
+        let Some((discovered, by)) = seen.first() else { continue };
+        if node.persistent_keepalive != 0 {
+            continue;
+        }
+        let announced = announced.map_or_else(|| "no endpoint".to_owned(), |addr| addr.to_string());
+        findings.push(Finding::problem(
+            "nat-keepalive",
+            format!("node {}", node.name),
+            format!(
+                "{by} sees it at {discovered} (kilo.squat.ai/discovered-endpoints) while it announces {announced}, \
+                 and it has no {PERSISTENT_KEEPALIVE}: it is behind NAT, and the mesh keeps sending to {announced} \
+                 (Kilo logs \"WireGuard configurations are different\" every 30 s)"
+            ),
+            format!("kubectl annotate node {} {PERSISTENT_KEEPALIVE}=25", node.name),
+        ));
+    }
+    if findings.is_empty() {
+        findings.push(Finding::ok(
+            "nat-keepalive",
+            "nodes",
+            "every node discovered behind NAT has a persistent keepalive",
+        ));
+    }
+    findings
+}
+
+/// Objects left out and values ignored, with the reason: `allowed-location-ips` dropped or
+/// overlapping, other annotations ignored, nodes left out, Peers skipped.
+pub fn diagnostics(skipped: &[Skipped], warnings: &[Warning]) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for warning in warnings {
+        let allowed = warning.annotation.as_deref() == Some(ALLOWED_LOCATION_IPS);
+        let subject = format!("{} {}", kind(warning.kind), warning.name);
+        let value = warning.value.as_deref().map_or_else(String::new, |value| format!("={value:?}"));
+        let annotation = warning.annotation.as_deref().unwrap_or("value");
+        let evidence = format!("{annotation}{value}: {}", warning.reason);
+        let fix = if allowed {
+            format!(
+                "correct or remove the CIDR in {ALLOWED_LOCATION_IPS} of {subject}: a CIDR may not overlap the pod, \
+                 WireGuard or private networks of the mesh, nor another location's"
+            )
+        } else {
+            format!("correct {annotation} of {subject}; until then the value is ignored")
+        };
+        findings.push(Finding::problem(
+            if allowed { "allowed-location-ips" } else { "annotations" },
+            subject,
+            evidence,
+            fix,
+        ));
+    }
+    for skip in skipped {
+        let (check, fix) = match skip.kind {
+            ObjectKind::Node if skip.reason.starts_with("not ready") => (
+                "nodes",
+                format!(
+                    "the agent on {} does not publish its heartbeat (kilo.squat.ai/last-seen): check that its pod \
+                     runs and its log (kubectl logs) for the error",
+                    skip.name
+                ),
+            ),
+            ObjectKind::Node => ("nodes", format!("correct node {} as the reason says", skip.name)),
+            ObjectKind::Peer => {
+                ("peers", format!("correct Peer {} as the reason says (kubectl edit peer {})", skip.name, skip.name))
+            }
+        };
+        findings.push(Finding::problem(check, format!("{} {}", kind(skip.kind), skip.name), skip.reason.clone(), fix));
+    }
+    for (check, what) in [
+        ("allowed-location-ips", "no allowed-location-ips dropped or overlapping"),
+        ("nodes", "no node left out"),
+        ("peers", "no Peer skipped"),
+    ] {
+        if !findings.iter().any(|finding| finding.check == check) {
+            findings.push(Finding::ok(check, "cluster", what));
+        }
+    }
+    findings
+}
+
+fn kind(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Node => "node",
+        ObjectKind::Peer => "Peer",
+    }
+}
+
+/// The leader of each location and why (Kilo's election order).
+pub fn leader_findings(snapshot: &ClusterSnapshot, topology: &Topology) -> Vec<Finding> {
+    leaders(snapshot, topology)
+        .into_iter()
+        .map(|leader| {
+            Finding::ok("leaders", leader.segment, format!("{} leads: {}", leader.node, leader.reason.describe()))
+        })
+        .collect()
+}
+
+/// `net.ipv4.ip_forward` on a leader: it forwards the location's traffic into WireGuard.
+pub fn ip_forward(leader: bool, value: Option<&str>) -> Finding {
+    const SUBJECT: &str = "net.ipv4.ip_forward";
+    match (leader, value.map(str::trim)) {
+        (_, Some("1")) => Finding::ok("ip-forward", SUBJECT, "1"),
+        (false, value) => Finding::ok(
+            "ip-forward",
+            SUBJECT,
+            format!("{} (this node does not lead its location)", value.unwrap_or("unreadable")),
+        ),
+        (true, value) => Finding::problem(
+            "ip-forward",
+            SUBJECT,
+            format!(
+                "{} on a leader: the location's traffic to other locations is dropped here",
+                value.unwrap_or("unreadable")
+            ),
+            "sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d); on a cloud VM also enable IP \
+             forwarding on its network interface (GCP canIpForward, AWS source/destination check off, Azure IP \
+             forwarding)",
+        ),
+    }
+}
+
+/// Strict reverse-path filtering (`rp_filter=1`) drops the replies that reach a leader on
+/// another interface than the route back (the kernel uses the larger of `all` and the interface's).
+pub fn rp_filter(leader: bool, interface: &str, all: Option<u8>, on_interface: Option<u8>) -> Finding {
+    let effective = all.max(on_interface);
+    let subject = format!("net.ipv4.conf.{{all,{interface}}}.rp_filter");
+    let evidence = format!(
+        "all={}, {interface}={}",
+        all.map_or("unreadable".into(), |v| v.to_string()),
+        on_interface.map_or("absent".into(), |v| v.to_string())
+    );
+    if leader && effective == Some(1) {
+        Finding::problem(
+            "rp-filter",
+            subject,
+            format!("{evidence}: strict reverse-path filtering on a leader drops traffic that returns asymmetrically"),
+            format!("sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{interface}.rp_filter=2 (loose)"),
+        )
+    } else {
+        Finding::ok("rp-filter", subject, evidence)
+    }
+}
+
+/// The WireGuard interface exists and its MTU leaves room for WireGuard's overhead.
+pub fn interface(name: &str, mtu: Option<u32>, largest: Option<u32>) -> Finding {
+    match (mtu, largest) {
+        (None, _) => Finding::problem(
+            "interface",
+            name,
+            format!("{name} does not exist"),
+            format!(
+                "start the agent on this node; with --create-interface=false create {name} first (e.g. wireguard-go {name})"
+            ),
+        ),
+        (Some(mtu), Some(largest)) if mtu > largest => Finding::problem(
+            "mtu",
+            name,
+            format!(
+                "MTU {mtu}, above {largest} (the underlay's MTU minus WireGuard's overhead): large packets are dropped"
+            ),
+            format!("run the agent with --mtu=auto or --mtu={largest}"),
+        ),
+        (Some(mtu), largest) => Finding::ok(
+            "interface",
+            name,
+            format!(
+                "present, MTU {mtu}{}",
+                largest.map_or_else(String::new, |largest| format!(" (at most {largest})"))
+            ),
+        ),
+    }
+}
+
+/// `--compatibility=cilium` needs Cilium's IPIP device: without it, Cilium runs without
+/// `enable-ipip-termination=true` and the agent fails with "cilium_tunl interface not found".
+pub fn cilium_tunl(present: bool) -> Finding {
+    if present {
+        Finding::ok("cilium-tunl", mesh_netlink::CILIUM_TUNNEL, "present")
+    } else {
+        Finding::problem(
+            "cilium-tunl",
+            mesh_netlink::CILIUM_TUNNEL,
+            format!("{} does not exist, and --compatibility=cilium routes through it", mesh_netlink::CILIUM_TUNNEL),
+            "enable IPIP termination in Cilium (Helm value enable-ipip-termination=true, Cozystack's \
+             cilium values) and restart the Cilium agent",
+        )
+    }
+}
+
+/// Handshakes older than this mean WireGuard cannot rekey: it rekeys every 2 minutes while
+/// traffic flows, and gives up on a session after 3.
+pub const STALE_HANDSHAKE_SECONDS: u64 = 180;
+
+/// The agent's `/status` peers: a peer without a recent handshake is unreachable over UDP.
+pub fn handshakes(status: &serde_json::Value, port: u16) -> Vec<Finding> {
+    let peers = status["peers"].as_array().cloned().unwrap_or_default();
+    if status["role"]["leader"] == false {
+        return vec![Finding::ok(
+            "handshakes",
+            "WireGuard",
+            "this node does not lead its location: it has no WireGuard peers",
+        )];
+    }
+    let mut findings = Vec::new();
+    for peer in &peers {
+        let name = peer["name"].as_str().unwrap_or_default();
+        let endpoint = peer["endpoint"].as_str();
+        let age = peer["latest_handshake_age_seconds"].as_u64();
+        let subject = format!("peer {name}");
+        match (age, endpoint) {
+            (Some(age), _) if age <= STALE_HANDSHAKE_SECONDS => {
+                findings.push(Finding::ok("handshakes", subject, format!("latest handshake {age} s ago")));
+            }
+            (_, None) => findings.push(Finding::ok(
+                "handshakes",
+                subject,
+                "no endpoint: it connects to this node (a roaming Peer); nothing to reach",
+            )),
+            (age, Some(endpoint)) => {
+                let seen = age.map_or_else(|| "no handshake".to_owned(), |age| format!("latest handshake {age} s ago"));
+                findings.push(Finding::problem(
+                    "handshakes",
+                    subject,
+                    format!("{seen} with {endpoint}: UDP {port} to {endpoint} looks blocked"),
+                    format!(
+                        "allow UDP {port} in both directions between this node and {endpoint} (cloud firewall, \
+                         security group, the router's iptables); if {name} is behind NAT, annotate it with \
+                         {PERSISTENT_KEEPALIVE}"
+                    ),
+                ));
+            }
+        }
+    }
+    if findings.is_empty() {
+        findings.push(Finding::ok("handshakes", "WireGuard", "no WireGuard peers"));
+    }
+    findings
+}
+
+/// What the agent would change now: empty when the node is configured as planned.
+pub fn live_diff(interface: &str, plan: &Plan) -> Finding {
+    if plan.is_empty() {
+        return Finding::ok("live-diff", interface, "the data plane is configured as planned: nothing to change");
+    }
+    let mut kinds: Vec<&str> = plan.operations.iter().map(mesh_core::Operation::kind).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    Finding::problem(
+        "live-diff",
+        interface,
+        format!(
+            "{} operations would change the data plane ({}): the agent is not running, is failing to apply \
+             (its log and /status say why), or someone else changes what it owns",
+            plan.operations.len(),
+            kinds.join(", ")
+        ),
+        "see `mesh-agent plan` for the desired state, and the agent's log and /status (pending_plan, \
+         last_reconcile) for apply errors",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use mesh_core::{Key, Operation};
+    use serde_json::json;
+
+    use super::*;
+
+    fn node(name: &str, annotations: &[(&str, &str)], labels: &[(&str, &str)]) -> Node {
+        let map = |pairs: &[(&str, &str)]| {
+            Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>())
+        };
+        let mut node = Node::default();
+        node.metadata.name = Some(name.to_owned());
+        node.metadata.annotations = map(annotations);
+        node.metadata.labels = map(labels);
+        node
+    }
+
+    fn problems(findings: &[Finding]) -> Vec<&Finding> {
+        findings.iter().filter(|finding| finding.verdict == Verdict::Problem).collect()
+    }
+
+    #[test]
+    fn location_only_as_a_label_or_a_zone_without_region_is_a_problem() {
+        let nodes = [
+            node("a", &[(LOCATION, "a")], &[]),
+            node("b", &[], &[(LOCATION, "fsn1")]),
+            node("c", &[], &[(ZONE_LABEL, "ams3-1")]),
+            node("d", &[], &[(ZONE_LABEL, "x"), ("topology.kubernetes.io/region", "eu")]),
+        ];
+        let findings = location(&nodes, "topology.kubernetes.io/region");
+        let found = problems(&findings);
+        assert_eq!(found.len(), 2, "{findings:#?}");
+        assert_eq!(found[0].subject, "node b");
+        assert!(found[0].evidence.contains("is a label, not an annotation"), "{}", found[0].evidence);
+        assert_eq!(found[0].fix.as_deref(), Some("kubectl annotate node b kilo.squat.ai/location=fsn1"));
+        assert_eq!(found[1].fix.as_deref(), Some("kubectl annotate node c kilo.squat.ai/location=ams3-1"));
+        assert_eq!(location(&nodes[..1], "topology.kubernetes.io/region")[0].verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn a_node_discovered_behind_nat_without_keepalive_is_a_problem() {
+        let mut snapshot = mesh_tests::two_locations(1_000);
+        let b_key = snapshot.nodes[1].key.unwrap();
+        snapshot.nodes[0].discovered_endpoints.insert(b_key, "203.0.113.5:4000".parse().unwrap());
+        let findings = nat_keepalive(&snapshot);
+        let found = problems(&findings);
+        assert_eq!(found.len(), 1, "{findings:#?}");
+        assert_eq!(found[0].subject, "node b");
+        assert!(found[0].evidence.contains("a sees it at 203.0.113.5:4000"), "{}", found[0].evidence);
+        assert!(found[0].evidence.contains("announces 198.51.100.1:51820"), "{}", found[0].evidence);
+        assert_eq!(found[0].fix.as_deref(), Some("kubectl annotate node b kilo.squat.ai/persistent-keepalive=25"));
+        snapshot.nodes[1].persistent_keepalive = 25;
+        assert!(problems(&nat_keepalive(&snapshot)).is_empty());
+        snapshot.nodes[1].persistent_keepalive = 0;
+        snapshot.nodes[0].discovered_endpoints.insert(b_key, "198.51.100.1:51820".parse().unwrap());
+        assert!(problems(&nat_keepalive(&snapshot)).is_empty(), "seen where it announces itself: no NAT");
+    }
+
+    #[test]
+    fn dropped_values_and_left_out_objects_are_problems_with_the_reason() {
+        let warning = Warning {
+            kind: ObjectKind::Node,
+            name: "b1".into(),
+            annotation: Some(ALLOWED_LOCATION_IPS.into()),
+            value: Some("10.42.0.0/16".into()),
+            reason: "overlaps the pod subnet of a1; dropped".into(),
+        };
+        let skipped = [
+            Skipped::node("c1", "not ready: last-seen 75 s ago (limit 60 s)"),
+            Skipped::peer("laptop", "no public key"),
+        ];
+        let findings = diagnostics(&skipped, &[warning]);
+        let checks: Vec<(&str, Verdict)> = findings.iter().map(|f| (f.check, f.verdict)).collect();
+        assert_eq!(
+            checks,
+            [("allowed-location-ips", Verdict::Problem), ("nodes", Verdict::Problem), ("peers", Verdict::Problem)]
+        );
+        assert!(findings[0].evidence.contains("\"10.42.0.0/16\": overlaps the pod subnet"), "{}", findings[0].evidence);
+        assert!(findings[1].fix.as_deref().unwrap().contains("kilo.squat.ai/last-seen"));
+        assert!(diagnostics(&[], &[]).iter().all(|finding| finding.verdict == Verdict::Ok));
+    }
+
+    #[test]
+    fn forwarding_and_reverse_path_filtering_matter_on_a_leader() {
+        assert_eq!(ip_forward(true, Some("0\n")).verdict, Verdict::Problem);
+        assert!(ip_forward(true, Some("0")).fix.unwrap().contains("sysctl -w net.ipv4.ip_forward=1"));
+        assert_eq!(ip_forward(false, Some("0")).verdict, Verdict::Ok);
+        assert_eq!(ip_forward(true, Some("1")).verdict, Verdict::Ok);
+        assert_eq!(rp_filter(true, "kilo0", Some(1), Some(0)).verdict, Verdict::Problem, "the larger value applies");
+        assert_eq!(rp_filter(true, "kilo0", Some(0), Some(2)).verdict, Verdict::Ok);
+        assert_eq!(rp_filter(false, "kilo0", Some(1), None).verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn the_interface_must_exist_with_room_for_wireguard() {
+        assert_eq!(interface("kilo0", None, Some(1420)).verdict, Verdict::Problem);
+        let too_big = interface("kilo0", Some(1500), Some(1420));
+        assert_eq!((too_big.check, too_big.verdict), ("mtu", Verdict::Problem));
+        assert_eq!(interface("kilo0", Some(1420), Some(1420)).verdict, Verdict::Ok);
+        let missing = cilium_tunl(false);
+        assert!(missing.fix.unwrap().contains("enable-ipip-termination=true"));
+        assert_eq!(cilium_tunl(true).verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn a_peer_without_a_recent_handshake_looks_blocked() {
+        let status = json!({
+            "role": {"leader": true},
+            "peers": [
+                {"name": "location:b", "endpoint": "198.51.100.21:51820", "latest_handshake_age_seconds": 5},
+                {"name": "location:c", "endpoint": "203.0.113.1:51820", "latest_handshake_age_seconds": null},
+                {"name": "location:d", "endpoint": "192.0.2.4:51820", "latest_handshake_age_seconds": 600},
+                {"name": "laptop", "endpoint": null, "latest_handshake_age_seconds": null},
+            ],
+        });
+        let findings = handshakes(&status, 51820);
+        let verdicts: Vec<Verdict> = findings.iter().map(|finding| finding.verdict).collect();
+        assert_eq!(verdicts, [Verdict::Ok, Verdict::Problem, Verdict::Problem, Verdict::Ok]);
+        assert!(
+            findings[1]
+                .evidence
+                .contains("no handshake with 203.0.113.1:51820: UDP 51820 to 203.0.113.1:51820 looks blocked")
+        );
+        assert!(findings[2].evidence.contains("latest handshake 600 s ago"));
+        let follower = handshakes(&json!({"role": {"leader": false}, "peers": []}), 51820);
+        assert_eq!(follower[0].verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn the_live_diff_is_a_problem_when_the_agent_would_change_something() {
+        assert_eq!(live_diff("kilo0", &Plan::default()).verdict, Verdict::Ok);
+        let plan = Plan {
+            operations: vec![Operation::SetMtu(1420), Operation::RemovePeer(Key::from_bytes([1; 32]))],
+            ..Plan::default()
+        };
+        let finding = live_diff("kilo0", &plan);
+        assert_eq!(finding.verdict, Verdict::Problem);
+        assert!(finding.evidence.starts_with("2 operations would change the data plane (remove_peer, set_mtu)"));
+    }
+}

@@ -1,0 +1,101 @@
+//! `/status`: what a running agent sees, as JSON, for an operator and for `mesh-agent doctor`.
+//!
+//! ```json
+//! {
+//!   "hostname": "a1",
+//!   "healthy": true,
+//!   "role": {"leader": true, "segment": "location:a", "reason": "annotated kilo.squat.ai/leader …"},
+//!   "leaders": [{"segment": "location:a", "node": "a1", "reason": "…"}],
+//!   "peers": [{"name": "location:b", "kind": "segment", "public_key": "…", "endpoint": "192.0.2.2:51820",
+//!              "latest_handshake_age_seconds": 12, "rx_bytes": 1024, "tx_bytes": 2048}],
+//!   "last_reconcile": {"healthy": true, "errors": []},
+//!   "skipped": [{"kind": "node", "name": "c1", "reason": "not ready: …"}],
+//!   "warnings": [],
+//!   "pending_plan": null
+//! }
+//! ```
+//!
+//! `pending_plan` lists the operations of the last computed plan while they have not reached
+//! the data plane (after a failed apply, or during one).
+
+use mesh_core::Topology;
+use mesh_core::state::PeerStats;
+use serde_json::{Value, json};
+
+use crate::metrics::Status;
+use crate::reconciler::status::PassStatus;
+
+/// The `/status` document of `status` at `now` (Unix seconds, for handshake ages).
+pub fn render(status: &Status, now: i64) -> Value {
+    let pass = status.pass.as_deref();
+    let topology = status.topology.as_deref();
+    json!({
+        "hostname": pass.map(|pass| pass.hostname.as_str()).or(topology.map(|t| t.hostname.as_str())),
+        "healthy": status.healthy,
+        "role": pass.map(role),
+        "leaders": pass.map_or_else(Vec::new, |pass| pass
+            .leaders
+            .iter()
+            .map(|leader| json!({"segment": leader.segment, "node": leader.node, "reason": leader.reason.describe()}))
+            .collect()),
+        "peers": peers(topology, pass, now),
+        "last_reconcile": {"healthy": status.healthy, "errors": status.errors},
+        "skipped": topology.map_or(Value::Array(Vec::new()), |t| json!(t.skipped)),
+        "warnings": topology.map_or(Value::Array(Vec::new()), |t| json!(t.warnings)),
+        "pending_plan": pass
+            .filter(|_| !status.plan_applied)
+            .map(|pass| json!({"operations": pass.plan.operations})),
+    })
+}
+
+/// This node's role and why.
+fn role(pass: &PassStatus) -> Value {
+    let own = pass.leaders.iter().find(|leader| leader.segment == pass.segment);
+    let reason = match own {
+        Some(leader) if pass.leader => leader.reason.describe().to_owned(),
+        Some(leader) => format!(
+            "{} leads {} ({}); this node sends its traffic to the other locations through it",
+            leader.node,
+            leader.segment,
+            leader.reason.describe()
+        ),
+        None => "not in the mesh".to_owned(),
+    };
+    json!({"leader": pass.leader, "segment": pass.segment, "reason": reason})
+}
+
+/// The WireGuard peers this node has: the other segments' leaders and the Peers (a follower
+/// has none), with what the data plane last said about each.
+fn peers(topology: Option<&Topology>, pass: Option<&PassStatus>, now: i64) -> Vec<Value> {
+    let Some(topology) = topology.filter(|topology| topology.leader) else { return Vec::new() };
+    let stats = |key| pass.and_then(|pass| pass.peer_stats.get(key)).copied().unwrap_or_default();
+    let entry = |name: &str, kind: &str, key, endpoint: Option<String>| {
+        let PeerStats { last_handshake, rx_bytes, tx_bytes } = stats(key);
+        json!({
+            "name": name,
+            "kind": kind,
+            "public_key": key,
+            "endpoint": endpoint,
+            "latest_handshake_age_seconds": last_handshake.map(|at| now.saturating_sub(at).max(0)),
+            "rx_bytes": rx_bytes,
+            "tx_bytes": tx_bytes,
+        })
+    };
+    let endpoint = |configured, key, keepalive| {
+        topology.effective_endpoint(configured, key, keepalive).map(|endpoint| endpoint.to_string())
+    };
+    let mut peers: Vec<Value> = topology
+        .segments
+        .iter()
+        .filter(|segment| !topology.is_local_location(segment))
+        .map(|segment| {
+            let endpoint = endpoint(segment.endpoint.as_ref(), &segment.key, segment.persistent_keepalive);
+            entry(&segment.name, "segment", &segment.key, endpoint)
+        })
+        .collect();
+    peers.extend(topology.peers.iter().map(|peer| {
+        let endpoint = endpoint(peer.endpoint.as_ref(), &peer.public_key, peer.persistent_keepalive);
+        entry(&peer.name, "peer", &peer.public_key, endpoint)
+    }));
+    peers
+}

@@ -102,6 +102,10 @@ pub struct Options {
     pub interface: String,
     /// `--mtu` when numeric; `None` leaves the MTU to the agent's detection.
     pub mtu: Option<u32>,
+    /// `--fast-failover`: elect leaders with failover claims when every ready node can (see
+    /// [`crate::failover`]). Off, the agent neither announces the capability nor probes, so
+    /// every agent of the cluster falls back to Kilo's election.
+    pub fast_failover: bool,
 }
 
 impl Default for Options {
@@ -119,6 +123,7 @@ impl Default for Options {
             service_cidrs: Vec::new(),
             interface: "kilo0".to_owned(),
             mtu: None,
+            fast_failover: true,
         }
     }
 }

@@ -325,6 +325,8 @@ fn options_template() -> impl Strategy<Value = (Option<u8>, Options)> {
                     service_cidrs,
                     interface: "kilo0".to_owned(),
                     mtu,
+                    // The generated nodes never announce the capability: Kilo's election throughout.
+                    fast_failover: true,
                 };
                 (hostname, options)
             },
@@ -385,6 +387,8 @@ fn build(
                 },
                 internal_ip: raw.internal_ip,
                 no_internal_ip: false,
+                failover_capable: false,
+                leader_unreachable: None,
                 cni_compatibility_ip: raw.cni_compatibility_ip,
                 last_seen: raw.age.map(|age| NOW - age),
                 leader: raw.leader,

@@ -49,6 +49,8 @@ pub struct Metrics {
     reconcile_seconds: Histogram,
     operations: Family<KindLabel, Counter>,
     skipped: Family<KindLabel, Gauge>,
+    leader_changes: Counter,
+    failovers: Counter,
 }
 
 impl Default for Metrics {
@@ -90,8 +92,32 @@ impl Metrics {
             operations.clone(),
         );
         registry.register("mesh_skipped_objects", "Nodes and peers left out of the mesh, by kind.", skipped.clone());
+        let leader_changes = Counter::default();
+        let failovers = Counter::default();
+        registry.register(
+            "mesh_leader_changes",
+            "Changes of a location's leader seen by this node.",
+            leader_changes.clone(),
+        );
+        registry.register(
+            "mesh_failovers",
+            "Failover claims this node made: its location's leader did not answer over the private network.",
+            failovers.clone(),
+        );
         registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
-        Metrics { registry, errors, leader, nodes, peers, reconciles, reconcile_seconds, operations, skipped }
+        Metrics {
+            registry,
+            errors,
+            leader,
+            nodes,
+            peers,
+            reconciles,
+            reconcile_seconds,
+            operations,
+            skipped,
+            leader_changes,
+            failovers,
+        }
     }
 
     /// Counts an error.
@@ -145,6 +171,12 @@ impl Metrics {
                 self.mesh(*leader, *nodes, *peers, *skipped_nodes, *skipped_peers);
             }
             Report::Applied { operations } => operations.iter().for_each(|kind| self.operation(kind)),
+            Report::LeaderChanged { .. } => {
+                self.leader_changes.inc();
+            }
+            Report::FailoverClaimed { .. } => {
+                self.failovers.inc();
+            }
             _ => {}
         }
     }
@@ -213,6 +245,13 @@ mod tests {
         metrics.reconciled(0.01);
         metrics.mesh(true, 3, 1, 2, 0);
         metrics.operation("add_route");
+        metrics.record(&Report::LeaderChanged {
+            segment: "location:a".into(),
+            from: Some("a1".into()),
+            to: "a2".into(),
+            reason: "failover claim".into(),
+        });
+        metrics.record(&Report::FailoverClaimed { leader: "a1".into(), misses: 3 });
         let text = metrics.render();
         for line in [
             "kilo_errors_total{event=\"apply\"} 1",
@@ -223,6 +262,8 @@ mod tests {
             "mesh_plan_operations_total{kind=\"add_route\"} 1",
             "mesh_skipped_objects{kind=\"node\"} 2",
             "mesh_reconcile_duration_seconds_count 1",
+            "mesh_leader_changes_total 1",
+            "mesh_failovers_total 1",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

@@ -167,6 +167,24 @@ struct LinuxHost {
 
 #[async_trait::async_trait]
 impl Host for LinuxHost {
+    fn probe(
+        &self,
+        ip: std::net::IpAddr,
+        timeout: std::time::Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'static>> {
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || crate::probe::echo(ip, timeout)).await {
+                Ok(Ok(answered)) => answered,
+                Ok(Err(error)) => {
+                    // A host that cannot probe must not depose anyone: count it as an answer.
+                    tracing::warn!(%ip, %error, "failed to probe the leader; fast failover cannot work on this node");
+                    true
+                }
+                Err(_) => true,
+            }
+        })
+    }
+
     async fn resolve(&mut self, mut snapshot: ClusterSnapshot) -> Resolution {
         // Cilium's cilium_host address can appear after the agent started, and the underlay's
         // MTU can change: look again every pass, as Kilo does.

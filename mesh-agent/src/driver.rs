@@ -325,6 +325,7 @@ fn log(report: &Report) {
         Report::LeaderChanged { segment, from, to, reason } => {
             info!(%segment, from = from.as_deref().unwrap_or("none"), %to, %reason, "the leader changed");
         }
+        Report::Probed { ip, reachable } => debug!(%ip, reachable, "failover probe"),
         Report::FailoverClaimed { leader, misses } => warn!(
             %leader, misses,
             "the leader does not answer over the private network; claiming it unreachable (failover)"

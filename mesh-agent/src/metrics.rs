@@ -51,6 +51,12 @@ pub struct Metrics {
     skipped: Family<KindLabel, Gauge>,
     leader_changes: Counter,
     failovers: Counter,
+    probes: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
 }
 
 impl Default for Metrics {
@@ -94,6 +100,12 @@ impl Metrics {
         registry.register("mesh_skipped_objects", "Nodes and peers left out of the mesh, by kind.", skipped.clone());
         let leader_changes = Counter::default();
         let failovers = Counter::default();
+        let probes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "mesh_failover_probes",
+            "Probes of the location's leader (or of a deposed one) over the private network, by result.",
+            probes.clone(),
+        );
         registry.register(
             "mesh_leader_changes",
             "Changes of a location's leader seen by this node.",
@@ -117,6 +129,7 @@ impl Metrics {
             skipped,
             leader_changes,
             failovers,
+            probes,
         }
     }
 
@@ -176,6 +189,10 @@ impl Metrics {
             }
             Report::FailoverClaimed { .. } => {
                 self.failovers.inc();
+            }
+            Report::Probed { reachable, .. } => {
+                let result = if *reachable { "answered" } else { "missed" };
+                self.probes.get_or_create(&ResultLabel { result }).inc();
             }
             _ => {}
         }
@@ -252,6 +269,7 @@ mod tests {
             reason: "failover claim".into(),
         });
         metrics.record(&Report::FailoverClaimed { leader: "a1".into(), misses: 3 });
+        metrics.record(&Report::Probed { ip: [192, 0, 2, 1].into(), reachable: false });
         let text = metrics.render();
         for line in [
             "kilo_errors_total{event=\"apply\"} 1",
@@ -264,6 +282,7 @@ mod tests {
             "mesh_reconcile_duration_seconds_count 1",
             "mesh_leader_changes_total 1",
             "mesh_failovers_total 1",
+            "mesh_failover_probes_total{result=\"missed\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

@@ -195,7 +195,12 @@ impl Failover {
         actions: &mut impl Extend<Action>,
         reports: &mut impl Extend<Report>,
     ) -> bool {
+        if !self.in_flight.contains(&ip) {
+            // Not asked for (or already answered): nothing to learn from it.
+            return false;
+        }
         self.in_flight.retain(|sent| *sent != ip);
+        reports.extend([Report::Probed { ip, reachable }]);
         let mut changed = false;
         if let Some(claim) = &mut self.claim
             && claim.leader.ip == ip

@@ -300,6 +300,13 @@ pub enum Report {
         /// Why it leads.
         reason: String,
     },
+    /// A probe of fast failover was answered or missed.
+    Probed {
+        /// The probed node's private IP.
+        ip: IpAddr,
+        /// Whether it answered in time.
+        reachable: bool,
+    },
     /// This node claimed its location's leader unreachable (a failover).
     FailoverClaimed {
         /// The deposed leader.

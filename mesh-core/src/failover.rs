@@ -75,10 +75,10 @@ pub struct Election {
 }
 
 impl Election {
-    /// Kilo's election (`findLeader`) over `candidates` sorted by name: the first annotated node
-    /// with a public endpoint, else the first annotated node, else the first node with a public
-    /// endpoint, else the first. `None` when there is no candidate.
-    pub fn kilo<'c>(candidates: impl Iterator<Item = (usize, &'c Candidate<'c>)> + Clone) -> Option<usize> {
+    /// Kilo's election (`findLeader`) over `candidates` sorted by name, as (index, candidate):
+    /// the first annotated node with a public endpoint, else the first annotated node, else the
+    /// first node with a public endpoint, else the first. `None` when there is no candidate.
+    pub fn kilo<'c>(candidates: impl Iterator<Item = (usize, Candidate<'c>)> + Clone) -> Option<usize> {
         let first = |wanted: fn(&Candidate<'_>) -> bool| candidates.clone().find(|(_, c)| wanted(c)).map(|(i, _)| i);
         first(|c| c.annotated && c.public_endpoint)
             .or_else(|| first(|c| c.annotated))
@@ -97,7 +97,7 @@ impl Election {
                 })
             })
             .collect();
-        let all = || members.iter().enumerate();
+        let all = || members.iter().copied().enumerate();
         let standing = || all().filter(|(index, _)| !deposed.contains(index));
         let leader = if standing().next().is_some() { Election::kilo(standing()) } else { Election::kilo(all()) };
         let leader = leader.unwrap_or(0);

@@ -432,12 +432,11 @@ pub fn deduplicate_peer_ips(peers: &mut [Peer]) {
 /// The election of a name-sorted segment (indices into `nodes`): Kilo's `findLeader` (§4.5), or
 /// with `fast_failover` the election with claims of [`crate::failover`]. Positions in `members`.
 fn elect(nodes: &[ReadyNode<'_>], members: &[usize], fast_failover: bool) -> Election {
-    let candidates: Vec<Candidate<'_>> =
-        members.iter().map(|index| Candidate::of(nodes[*index].spec, nodes[*index].has_public_endpoint())).collect();
+    let candidates = members.iter().map(|index| Candidate::of(nodes[*index].spec, nodes[*index].has_public_endpoint()));
     if fast_failover {
-        return Election::of(&candidates);
+        return Election::of(&candidates.collect::<Vec<_>>());
     }
-    Election { leader: Election::kilo(candidates.iter().enumerate()).unwrap_or(0), deposed: vec![], successor: None }
+    Election { leader: Election::kilo(candidates.enumerate()).unwrap_or(0), deposed: Vec::new(), successor: None }
 }
 
 /// With fast failover, a location keeps the `allowed-location-ips` of its members that are not

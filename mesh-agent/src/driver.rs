@@ -56,7 +56,9 @@
 //! ```
 
 use std::future::Future;
-use std::time::SystemTime;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use mesh_core::backend::{BackendError, ClusterBackend, Dataplane};
@@ -80,6 +82,14 @@ pub trait Host: Send {
     /// driver calls it right after). Heartbeat and discovered endpoints are the reconciler's.
     fn localize(&self, node: &mut NodeSpec) {
         let _ = node;
+    }
+
+    /// Sends one ICMP echo to `ip` and tells whether the reply came within `timeout` (fast
+    /// leader failover). The future runs beside the reconcile pass, so it owns what it needs.
+    /// The default says every node answers: a host that cannot probe never fails over early.
+    fn probe(&self, ip: IpAddr, timeout: Duration) -> Pin<Box<dyn Future<Output = bool> + Send + 'static>> {
+        let _ = (ip, timeout);
+        Box::pin(std::future::ready(true))
     }
 
     /// Sets the CNI configuration's pod range to `pod_cidr`; whether the file changed.
@@ -118,6 +128,8 @@ pub struct Driver<C, D, H, S = ()> {
     host: H,
     sink: S,
     reconciler: Reconciler,
+    /// Probes under way, each answering with its IP and whether it replied.
+    probes: tokio::task::JoinSet<(IpAddr, bool)>,
 }
 
 impl<C, D, H, S> std::fmt::Debug for Driver<C, D, H, S> {
@@ -129,15 +141,16 @@ impl<C, D, H, S> std::fmt::Debug for Driver<C, D, H, S> {
 impl<C: ClusterBackend, D: Dataplane, H: Host> Driver<C, D, H> {
     /// A driver over these backends; reports are logged only (see [`Driver::with_sink`]).
     pub fn new(cluster: C, dataplane: D, host: H, config: Config) -> Self {
-        Driver { cluster, dataplane, host, sink: (), reconciler: Reconciler::new(config, now().instant) }
+        let reconciler = Reconciler::new(config, now().instant);
+        Driver { cluster, dataplane, host, sink: (), reconciler, probes: tokio::task::JoinSet::new() }
     }
 }
 
 impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S> {
     /// Sends every report to `sink` as well.
     pub fn with_sink<T: ReportSink>(self, sink: T) -> Driver<C, D, H, T> {
-        let Driver { cluster, dataplane, host, reconciler, .. } = self;
-        Driver { cluster, dataplane, host, sink, reconciler }
+        let Driver { cluster, dataplane, host, reconciler, probes, .. } = self;
+        Driver { cluster, dataplane, host, sink, reconciler, probes }
     }
 
     /// The reconciler, to read its state.
@@ -195,6 +208,12 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
                     self.reconciler.handle_event(event, now());
                 }
                 () = sleep_until(timeout) => self.reconciler.handle_timeout(now()),
+                Some(probed) = self.probes.join_next(), if !self.probes.is_empty() => {
+                    // A probe task that panicked counts as no reply.
+                    if let Ok((ip, reachable)) = probed {
+                        self.reconciler.handle_event(Event::Probed { ip, reachable }, now());
+                    }
+                }
             }
         }
     }
@@ -204,6 +223,11 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
         loop {
             self.flush_reports();
             let Some(action) = self.reconciler.poll_action() else { return };
+            if let Action::Probe { ip, timeout } = action {
+                let probe = self.host.probe(ip, timeout);
+                self.probes.spawn(async move { (ip, probe.await) });
+                continue;
+            }
             let event = self.perform(action).await;
             self.reconciler.handle_event(event, now());
         }
@@ -226,6 +250,7 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
                 Event::Applied(self.dataplane.apply(&plan).await)
             }
             Action::Announce(announcement) => Event::Announced(self.cluster.announce(&announcement).await),
+            Action::Probe { ip, timeout } => Event::Probed { ip, reachable: self.host.probe(ip, timeout).await },
             Action::CleanUpDataplane => {
                 let timeout = self.reconciler.config().clean_up_timeout;
                 Event::CleanedUp(bounded(timeout, "clean up the data plane", self.dataplane.clean_up()).await)
@@ -305,5 +330,18 @@ fn log(report: &Report) {
         Report::Reconciled { duration, healthy } => debug!(?duration, healthy, "reconciled"),
         Report::CleaningUp => info!("caught shutdown; cleaning up"),
         Report::CleanUpFailed { what, error } => error!(%error, "failed to clean up the {what}"),
+        Report::LeaderChanged { segment, from, to, reason } => {
+            info!(%segment, from = from.as_deref().unwrap_or("none"), %to, %reason, "the leader changed");
+        }
+        Report::Probed { ip, reachable } => debug!(%ip, reachable, "failover probe"),
+        Report::FailoverClaimed { leader, misses } => warn!(
+            %leader, misses,
+            "the leader does not answer over the private network; claiming it unreachable (failover)"
+        ),
+        Report::FailoverClaimWithdrawn { leader, reason } => info!(%leader, %reason, "withdrawing the failover claim"),
+        Report::FailoverHeldBack { leader } => warn!(
+            %leader,
+            "the leader does not answer, but no other member of the location does either: not claiming"
+        ),
     }
 }

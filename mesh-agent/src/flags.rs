@@ -46,6 +46,11 @@ pub struct MeshFlags {
     /// comma-separated; 0.0.0.0/0,::/0 turns the check off).
     #[arg(long = "allowed-hijack-cidr", env = "KILO_ALLOWED_HIJACK_CIDR", value_delimiter = ',', value_parser = parse_cidr)]
     pub allowed_hijack_cidrs: Vec<IpNet>,
+    /// Fast leader failover: elect a location's leader with the claims of its nodes, which probe
+    /// the leader over the private network (used only while every ready node can). Off, this
+    /// agent neither announces the capability nor probes, so every agent uses Kilo's election.
+    #[arg(long = "fast-failover", env = "MESH_FAST_FAILOVER", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub fast_failover: bool,
     /// The node label used as location when `kilo.squat.ai/location` is absent.
     #[arg(long = "topology-label", env = "KILO_TOPOLOGY_LABEL", default_value = mesh_kube::annotations::DEFAULT_TOPOLOGY_LABEL)]
     pub topology_label: String,
@@ -98,6 +103,7 @@ impl MeshFlags {
             interface: self.interface.clone(),
             mtu: None,
             allowed_hijack_cidrs: self.allowed_hijack_cidrs.iter().map(IpNet::trunc).collect(),
+            fast_failover: self.fast_failover,
         }
     }
 }

@@ -38,6 +38,8 @@ pub mod local;
 pub mod logging;
 #[cfg(feature = "http")]
 pub mod metrics;
+#[cfg(feature = "cli")]
+pub mod probe;
 #[cfg(feature = "http")]
 pub mod process_metrics;
 pub mod reconciler;

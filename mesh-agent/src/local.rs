@@ -131,6 +131,9 @@ pub fn local_node(inputs: &LocalInputs<'_>) -> LocalNode {
         discovered_endpoints: inputs.discovered_endpoints.clone(),
         allowed_location_ips: node.allowed_location_ips.clone(),
         granularity: Some(inputs.granularity),
+        // The reconciler's: it sets the capability and its failover claim before announcing.
+        failover_capable: node.failover_capable,
+        leader_unreachable: node.leader_unreachable.clone(),
     };
     let announcement = LocalAnnouncement::of(&spec, inputs.granularity, inputs.now);
     LocalNode { spec, announcement, endpoint_source, internal_ip_source }
@@ -207,6 +210,8 @@ mod tests {
                 discovered_endpoints: BTreeMap::new(),
                 allowed_location_ips: vec![net("192.168.100.0/24")],
                 granularity: Some(Granularity::Location),
+                failover_capable: false,
+                leader_unreachable: None,
             }
         );
         assert_eq!(
@@ -221,6 +226,8 @@ mod tests {
                 discovered_endpoints: BTreeMap::new(),
                 granularity: Granularity::Location,
                 cni_compatibility_ip: None,
+                failover_capable: false,
+                leader_unreachable: None,
             }
         );
         assert!(local.spec.readiness(NOW).is_ok());

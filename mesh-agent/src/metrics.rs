@@ -62,6 +62,14 @@ pub struct Metrics {
     operations: Family<KindLabel, Counter>,
     iptables: Family<IptablesLabels, Counter>,
     skipped: Family<KindLabel, Gauge>,
+    leader_changes: Counter,
+    failovers: Counter,
+    probes: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
 }
 
 impl Default for Metrics {
@@ -105,8 +113,40 @@ impl Metrics {
         );
         registry.register("kilo_iptables_operations", "Number of iptables operations.", iptables.clone());
         registry.register("mesh_skipped_objects", "Nodes and peers left out of the mesh, by kind.", skipped.clone());
+        let leader_changes = Counter::default();
+        let failovers = Counter::default();
+        let probes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "mesh_failover_probes",
+            "Probes of the location's leader (or of a deposed one) over the private network, by result.",
+            probes.clone(),
+        );
+        registry.register(
+            "mesh_leader_changes",
+            "Changes of a location's leader seen by this node.",
+            leader_changes.clone(),
+        );
+        registry.register(
+            "mesh_failovers",
+            "Failover claims this node made: its location's leader did not answer over the private network.",
+            failovers.clone(),
+        );
         registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
-        Metrics { registry, errors, leader, nodes, peers, reconciles, reconcile_seconds, operations, iptables, skipped }
+        Metrics {
+            registry,
+            errors,
+            leader,
+            nodes,
+            peers,
+            reconciles,
+            reconcile_seconds,
+            operations,
+            iptables,
+            skipped,
+            leader_changes,
+            failovers,
+            probes,
+        }
     }
 
     /// Counts an error.
@@ -172,6 +212,16 @@ impl Metrics {
             }
             Report::Applied { operations } => operations.iter().for_each(|kind| self.operation(kind)),
             Report::IptablesApplied { operations } => operations.iter().for_each(|call| self.iptables_operation(call)),
+            Report::LeaderChanged { .. } => {
+                self.leader_changes.inc();
+            }
+            Report::FailoverClaimed { .. } => {
+                self.failovers.inc();
+            }
+            Report::Probed { reachable, .. } => {
+                let result = if *reachable { "answered" } else { "missed" };
+                self.probes.get_or_create(&ResultLabel { result }).inc();
+            }
             _ => {}
         }
     }
@@ -270,6 +320,14 @@ mod tests {
         metrics.reconciled(0.01);
         metrics.mesh(true, 3, 1, 2, 0);
         metrics.operation("add_route");
+        metrics.record(&Report::LeaderChanged {
+            segment: "location:a".into(),
+            from: Some("a1".into()),
+            to: "a2".into(),
+            reason: "failover claim".into(),
+        });
+        metrics.record(&Report::FailoverClaimed { leader: "a1".into(), misses: 3 });
+        metrics.record(&Report::Probed { ip: [192, 0, 2, 1].into(), reachable: false });
         let text = metrics.render();
         for line in [
             "kilo_errors_total{event=\"apply\"} 1",
@@ -280,6 +338,9 @@ mod tests {
             "mesh_plan_operations_total{kind=\"add_route\"} 1",
             "mesh_skipped_objects{kind=\"node\"} 2",
             "mesh_reconcile_duration_seconds_count 1",
+            "mesh_leader_changes_total 1",
+            "mesh_failovers_total 1",
+            "mesh_failover_probes_total{result=\"missed\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

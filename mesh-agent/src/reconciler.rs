@@ -75,9 +75,11 @@ use mesh_core::backend::{BackendError, LocalAnnouncement};
 use mesh_core::plan::KeepReason;
 use mesh_core::{ClusterSnapshot, DesiredState, Key, NodeSpec, ObjectKind, ObservedState, Plan, Topology, Warning};
 
+mod failover;
 mod messages;
 pub mod status;
 
+pub use failover::FailoverTiming;
 pub use messages::{Action, Config, ErrorEvent, Event, Now, Report, Resolution};
 
 /// A repeating timer that skips the ticks it missed.
@@ -190,6 +192,7 @@ pub struct Reconciler {
     shutdown: Shutdown,
     actions: VecDeque<Action>,
     reports: VecDeque<Report>,
+    failover: failover::Failover,
 }
 
 impl Reconciler {
@@ -197,6 +200,7 @@ impl Reconciler {
     /// first pass comes with the first snapshot.
     pub fn new(config: Config, now: Instant) -> Self {
         Reconciler {
+            failover: failover::Failover::new(config.failover),
             resync: Periodic::new(config.resync_period, now),
             check_in: Periodic::new(config.check_in_period, now),
             config,
@@ -240,6 +244,17 @@ impl Reconciler {
         self.announced.as_ref()
     }
 
+    /// Each location's leader as this node computed it at the last successful pass, by segment
+    /// name (`/status` has the reasons: [`status::leaders`]).
+    pub fn leaders(&self) -> &BTreeMap<String, String> {
+        self.failover.leaders()
+    }
+
+    /// The leader this node claims unreachable (fast failover), if any.
+    pub fn failover_claim(&self) -> Option<&str> {
+        self.failover.claim()
+    }
+
     /// Whether the cluster should be read now (not while reading pauses after an error, nor
     /// once stopping).
     pub fn wants_snapshots(&self) -> bool {
@@ -276,6 +291,7 @@ impl Reconciler {
             Some(self.check_in.next),
             self.retry.and_then(|retry| retry.at),
             self.cluster_paused_until,
+            self.failover.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -311,6 +327,7 @@ impl Reconciler {
             retry.at = None;
             self.pass_due = true;
         }
+        self.failover.handle_timeout(now.instant, &mut self.actions);
         self.start_due_pass(now);
     }
 
@@ -340,6 +357,12 @@ impl Reconciler {
             Event::Applied(result) => self.applied(result, now),
             Event::Announced(result) => self.announced_result(result, now),
             Event::CleanedUp(result) => self.cleaned_up(result),
+            Event::Probed { ip, reachable } => {
+                if self.failover.on_probed(ip, reachable, now.instant, &mut self.actions, &mut self.reports) {
+                    // The claim changed: elect anew and announce it.
+                    self.pass_due = true;
+                }
+            }
         }
         self.start_due_pass(now);
     }
@@ -419,6 +442,9 @@ impl Reconciler {
         self.local_missing_reported = false;
         local.last_seen = Some(snapshot.now);
         local.discovered_endpoints = discovered;
+        // The node elects with its own claim at once, before the cluster echoes it back.
+        local.failover_capable = self.config.options.fast_failover;
+        local.leader_unreachable = self.failover.claim().map(str::to_owned);
         let local = local.clone();
         match local.pod_subnet {
             Some(pod_cidr) if self.config.update_cni => {
@@ -561,6 +587,7 @@ impl Reconciler {
     fn pass_succeeded(&mut self, topology: Option<Topology>, now: Now) {
         self.retry = None;
         if let Some(topology) = topology {
+            self.failover.on_topology(&topology, now.instant, &mut self.reports);
             self.reports.push_back(Report::Topology(Arc::new(topology)));
         }
         self.pass_ended(true, now);

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -182,10 +184,36 @@ struct LinuxHost {
     cni_path: PathBuf,
     /// `--mtu auto`: the MTU detected at the last pass; `None` with a fixed `--mtu`.
     auto_mtu: Option<u32>,
+    /// A probe failed for want of a raw socket, and it was said once.
+    probe_failed: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
 impl Host for LinuxHost {
+    fn probe(
+        &self,
+        ip: std::net::IpAddr,
+        timeout: std::time::Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'static>> {
+        let failed = Arc::clone(&self.probe_failed);
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || crate::probe::echo(ip, timeout)).await {
+                Ok(Ok(answered)) => answered,
+                Ok(Err(error)) => {
+                    // A host that cannot probe must not depose anyone: count it as an answer.
+                    if !failed.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            %ip, %error,
+                            "failed to probe the leader (needs CAP_NET_RAW); fast failover cannot work on this node"
+                        );
+                    }
+                    true
+                }
+                Err(_) => true,
+            }
+        })
+    }
+
     async fn resolve(&mut self, mut snapshot: ClusterSnapshot) -> Resolution {
         // Cilium's cilium_host address can appear after the agent started, and the underlay's
         // MTU can change: look again every pass, as Kilo does.
@@ -289,6 +317,7 @@ impl AgentFlags {
             resolver: ResolverCache::new(),
             cni_path: self.cni_path.clone(),
             auto_mtu: (self.mtu == Mtu::Auto).then_some(mtu),
+            probe_failed: Arc::new(AtomicBool::new(false)),
         };
         let mut config = Config::new(options);
         config.update_cni = self.mesh.cni;

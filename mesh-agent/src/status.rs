@@ -36,7 +36,7 @@ pub fn render(status: &Status, now: i64) -> Value {
         "leaders": pass.map_or_else(Vec::new, |pass| pass
             .leaders
             .iter()
-            .map(|leader| json!({"segment": leader.segment, "node": leader.node, "reason": leader.reason.describe()}))
+            .map(|leader| json!({"segment": leader.segment, "node": leader.node, "reason": leader.reason.describe(), "deposed": leader.deposed}))
             .collect()),
         "peers": peers(topology, pass, now),
         "last_reconcile": {"healthy": status.healthy, "errors": status.errors},

@@ -50,11 +50,16 @@ pub struct LocalAnnouncement {
     pub granularity: Granularity,
     /// The CNI-compatibility IP (Cilium's `cilium_host` address).
     pub cni_compatibility_ip: Option<IpNet>,
+    /// The agent takes part in fast leader failover (the `failover-v1` capability).
+    pub failover_capable: bool,
+    /// The leader this node found unreachable over the data path (its failover claim).
+    pub leader_unreachable: Option<String>,
 }
 
 impl LocalAnnouncement {
     /// What `node` (the local node as this agent runs it) publishes: its key, endpoint,
-    /// internal, WireGuard and CNI-compatibility IPs and discovered endpoints, with a heartbeat
+    /// internal, WireGuard and CNI-compatibility IPs, discovered endpoints, failover capability
+    /// and claim, with a heartbeat
     /// at `last_seen` and the agent's granularity.
     pub fn of(node: &NodeSpec, granularity: Granularity, last_seen: i64) -> Self {
         LocalAnnouncement {
@@ -67,6 +72,8 @@ impl LocalAnnouncement {
             discovered_endpoints: node.discovered_endpoints.clone(),
             granularity,
             cni_compatibility_ip: node.cni_compatibility_ip,
+            failover_capable: node.failover_capable,
+            leader_unreachable: node.leader_unreachable.clone(),
         }
     }
 }

@@ -44,6 +44,7 @@
 pub mod backend;
 mod diagnostics;
 mod endpoint;
+pub mod failover;
 pub mod firewall;
 mod graph;
 mod hijack;

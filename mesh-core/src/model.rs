@@ -52,6 +52,13 @@ pub struct NodeSpec {
     pub allowed_location_ips: Vec<IpNet>,
     /// The granularity the node's agent announced (`granularity`), read only by `auto` in tools.
     pub granularity: Option<Granularity>,
+    /// The node's agent takes part in fast leader failover (it announced the `failover-v1`
+    /// capability). A ready node without it (Kilo, or an agent with the fast path off) makes
+    /// every agent use Kilo's election alone.
+    pub failover_capable: bool,
+    /// The node this node's agent found unreachable over the data path while it led this node's
+    /// location: a claim that deposes that leader (see [`crate::failover`]).
+    pub leader_unreachable: Option<String>,
 }
 
 /// One `Peer` object (`kilo.squat.ai/v1alpha1`): a WireGuard client outside the cluster.

@@ -107,6 +107,10 @@ pub struct Options {
     /// node's addresses, the WireGuard subnet, a service CIDR). Empty: every such range is
     /// refused with a warning (see [`Topology::compute`](crate::Topology::compute)).
     pub allowed_hijack_cidrs: Vec<IpNet>,
+    /// `--fast-failover`: elect leaders with failover claims when every ready node can (see
+    /// [`crate::failover`]). Off, the agent neither announces the capability nor probes, so
+    /// every agent of the cluster falls back to Kilo's election.
+    pub fast_failover: bool,
 }
 
 impl Default for Options {
@@ -125,6 +129,7 @@ impl Default for Options {
             interface: "kilo0".to_owned(),
             mtu: None,
             allowed_hijack_cidrs: Vec::new(),
+            fast_failover: true,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::diagnostics::{ObjectKind, Skipped, Warning};
+use crate::failover::{Candidate, Election};
 use crate::ip::{Allocator, intersect, is_public, one_address_cidr, trunc};
 use crate::tuned::groups::{Groups, KnownAddresses, SegmentKey};
 use crate::{ClusterSnapshot, Endpoint, Granularity, Key, NodeSpec, Options, PeerSpec, PresharedKey};
@@ -80,6 +81,11 @@ pub struct Segment {
     pub allowed_location_ips: Vec<IpNet>,
     /// The WireGuard IP allocated to the segment's leader.
     pub wireguard_ip: IpAddr,
+    /// Indices in `members` of the nodes deposed by a failover claim (empty without fast failover).
+    pub deposed: Vec<usize>,
+    /// Index in `members` of the node that takes over from the leader, and so probes it; `None`
+    /// without fast failover or without another candidate.
+    pub successor: Option<usize>,
 }
 
 /// A ready `Peer`, with its allowed IPs de-duplicated against earlier peers.
@@ -133,6 +139,9 @@ pub struct Topology {
     pub skipped: Vec<Skipped>,
     /// Values that were ignored (overlapping allowed-location IPs, …).
     pub warnings: Vec<Warning>,
+    /// Leaders were elected with failover claims ([`crate::failover`]): the option is on, the
+    /// granularity is `location` and every ready node announced the capability.
+    pub fast_failover: bool,
 }
 
 /// A node that passed the readiness check, with its required fields unwrapped.
@@ -196,17 +205,23 @@ impl Topology {
             (node.spec.name.as_str(), location)
         }));
         let mut leader = options.granularity != Granularity::Location;
+        let fast_failover = by_location && options.fast_failover && nodes.iter().all(|n| n.spec.failover_capable);
+        let retained = if fast_failover { retained_location_ips(snapshot, &nodes) } else { BTreeMap::new() };
         let mut segments = Vec::with_capacity(groups.segments.len());
         let mut local_segment = 0;
         for (key, members) in &groups.segments {
             let members = &groups.members[members.clone()];
             // `nodes` is sorted by name, so every group already is.
-            let leader_index = find_leader(&nodes, members);
+            let election = elect(&nodes, members, fast_failover);
             if members.contains(&local_index) {
                 local_segment = segments.len();
-                leader |= members[leader_index] == local_index;
+                leader |= members[election.leader] == local_index;
             }
-            segments.push(build_segment(*key, options.granularity, &nodes, members, leader_index));
+            let retained: &[&NodeSpec] = match key {
+                (false, location) => retained.get(location).map_or(&[], Vec::as_slice),
+                (true, _) => &[],
+            };
+            segments.push(build_segment(*key, options.granularity, &nodes, members, &election, retained));
         }
 
         let peers = ready_peers(snapshot, &mut skipped);
@@ -244,9 +259,16 @@ impl Topology {
             .enumerate()
             .flat_map(|(index, segment)| segment.allowed_location_ips.iter().map(move |ip| (index, *ip)))
             .collect();
-        for (index, (_, members)) in groups.segments.iter().enumerate() {
+        for (index, ((is_node_key, key), members)) in groups.segments.iter().enumerate() {
             if !segments[index].allowed_location_ips.is_empty() {
-                let members = groups.members[members.clone()].iter().map(|node| nodes[*node].spec);
+                let retained = match retained.get(key).filter(|_| !is_node_key) {
+                    Some(retained) => retained.as_slice(),
+                    None => &[],
+                };
+                let members = groups.members[members.clone()]
+                    .iter()
+                    .map(|node| nodes[*node].spec)
+                    .chain(retained.iter().copied());
                 let filtered = filter_allowed_location_ips(
                     &segments,
                     index,
@@ -277,6 +299,7 @@ impl Topology {
             discovered_endpoints,
             skipped,
             warnings,
+            fast_failover,
         };
         // Last, so that what other nodes must agree on stays Kilo's: refusing is local.
         crate::hijack::refuse_hijacks(&mut topology, snapshot, options);
@@ -416,16 +439,34 @@ pub fn deduplicate_peer_ips(peers: &mut [Peer]) {
     }
 }
 
-/// Kilo's `findLeader` (§4.5) over a name-sorted segment (indices into `nodes`): the first annotated
-/// node with a public endpoint, else the first annotated node, else the first node with a
-/// public endpoint, else the first.
-fn find_leader(nodes: &[ReadyNode<'_>], members: &[usize]) -> usize {
-    let members = || members.iter().map(|index| &nodes[*index]);
-    members()
-        .position(|n| n.spec.leader && n.has_public_endpoint())
-        .or_else(|| members().position(|n| n.spec.leader))
-        .or_else(|| members().position(|n| n.has_public_endpoint()))
-        .unwrap_or(0)
+/// The election of a name-sorted segment (indices into `nodes`): Kilo's `findLeader` (§4.5), or
+/// with `fast_failover` the election with claims of [`crate::failover`]. Positions in `members`.
+fn elect(nodes: &[ReadyNode<'_>], members: &[usize], fast_failover: bool) -> Election {
+    let candidates = members.iter().map(|index| Candidate::of(nodes[*index].spec, nodes[*index].has_public_endpoint()));
+    if fast_failover {
+        return Election::of(&candidates.collect::<Vec<_>>());
+    }
+    Election { leader: Election::kilo(candidates.enumerate()).unwrap_or(0), deposed: Vec::new(), successor: None }
+}
+
+/// With fast failover, a location keeps the `allowed-location-ips` of its members that are not
+/// ready (the ranges an operator put on a leader that died move to the new leader): the nodes of
+/// the snapshot that are not among the ready ones, with a private IP, by location.
+fn retained_location_ips<'a>(
+    snapshot: &'a ClusterSnapshot,
+    ready: &[ReadyNode<'_>],
+) -> BTreeMap<&'a str, Vec<&'a NodeSpec>> {
+    let mut retained: BTreeMap<&str, Vec<&NodeSpec>> = BTreeMap::new();
+    for node in &snapshot.nodes {
+        let is_ready = ready.binary_search_by(|r| r.spec.name.as_str().cmp(&node.name)).is_ok();
+        if !is_ready && node.internal_ip.is_some() && !node.allowed_location_ips.is_empty() {
+            retained.entry(node.location.as_str()).or_default().push(node);
+        }
+    }
+    for nodes in retained.values_mut() {
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    retained
 }
 
 fn build_segment(
@@ -433,8 +474,10 @@ fn build_segment(
     granularity: Granularity,
     nodes: &[ReadyNode<'_>],
     members: &[usize],
-    leader: usize,
+    election: &Election,
+    retained: &[&NodeSpec],
 ) -> Segment {
+    let leader = election.leader;
     let prefix = if is_node_key { "node:" } else { "location:" };
     let mut name = String::with_capacity(prefix.len() + key.len());
     name.push_str(prefix);
@@ -447,6 +490,9 @@ fn build_segment(
         if let Some(internal) = node.spec.internal_ip {
             allowed_ips.push(one_address_cidr(internal.addr()));
         }
+    }
+    for node in retained {
+        allowed_location_ips.extend_from_slice(&node.allowed_location_ips);
     }
     // Kilo sorts by the CIDR text; keep that order so renderers print what kgctl prints. Equal
     // networks have equal texts, so the repeats end up side by side.
@@ -475,6 +521,8 @@ fn build_segment(
         allowed_ips,
         allowed_location_ips,
         wireguard_ip: IpAddr::from([0, 0, 0, 0]),
+        deposed: election.deposed.clone(),
+        successor: election.successor,
     }
 }
 

@@ -330,6 +330,8 @@ fn options_template() -> impl Strategy<Value = (Option<u8>, Options)> {
                     // The reference model is Kilo's, which routes every range; the refusal
                     // of hijacks has its own properties (tests/hijack.rs).
                     allowed_hijack_cidrs: vec![net(v4(0, 0, 0, 0), 0), net(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)],
+                    // The generated nodes never announce the capability: Kilo's election throughout.
+                    fast_failover: true,
                 };
                 (hostname, options)
             },
@@ -390,6 +392,8 @@ fn build(
                 },
                 internal_ip: raw.internal_ip,
                 no_internal_ip: false,
+                failover_capable: false,
+                leader_unreachable: None,
                 cni_compatibility_ip: raw.cni_compatibility_ip,
                 last_seen: raw.age.map(|age| NOW - age),
                 leader: raw.leader,

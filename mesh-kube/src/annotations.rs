@@ -37,6 +37,13 @@ pub const GRANULARITY: &str = "kilo.squat.ai/granularity";
 /// The CNI-compatibility IP (Cilium's `cilium_host` address) as a CIDR, or `""`. Written by the agent.
 pub const CNI_COMPATIBILITY_IP: &str = "kilo.squat.ai/cni-compatibility-ip";
 
+/// The capabilities of the node's agent, comma separated (`failover-v1`: fast leader failover),
+/// or `""`. Ours, not Kilo's: Kilo neither reads nor removes it. Written by the agent.
+pub const CAPABILITIES: &str = "mesh.kilo-rs/capabilities";
+/// The leader of the node's location that the node found unreachable over the data path (its
+/// failover claim), or `""`. Ours, not Kilo's. Written by the agent.
+pub const LEADER_UNREACHABLE: &str = "mesh.kilo-rs/leader-unreachable";
+
 /// The Node label that gives the location when there is no [`LOCATION`] annotation (Kilo's
 /// `--topology-label` default).
 pub const DEFAULT_TOPOLOGY_LABEL: &str = "topology.kubernetes.io/region";
@@ -44,15 +51,25 @@ pub const DEFAULT_TOPOLOGY_LABEL: &str = "topology.kubernetes.io/region";
 /// Every annotation [`announcement_annotations`] writes, which clean-up removes again.
 ///
 /// Kilo's clean-up removes the first seven and forgets [`CNI_COMPATIBILITY_IP`], which then
-/// lingers on the Node after the agent is gone; we remove it too.
-pub const OWNED_ANNOTATIONS: &[&str] =
-    &[ENDPOINT, INTERNAL_IP, KEY, LAST_SEEN, WIREGUARD_IP, DISCOVERED_ENDPOINTS, GRANULARITY, CNI_COMPATIBILITY_IP];
+/// lingers on the Node after the agent is gone; we remove it too, and our own two.
+pub const OWNED_ANNOTATIONS: &[&str] = &[
+    ENDPOINT,
+    INTERNAL_IP,
+    KEY,
+    LAST_SEEN,
+    WIREGUARD_IP,
+    DISCOVERED_ENDPOINTS,
+    GRANULARITY,
+    CNI_COMPATIBILITY_IP,
+    CAPABILITIES,
+    LEADER_UNREACHABLE,
+];
 
 /// The annotations a node publishes about itself, in Kilo's exact formats.
 ///
 /// Every key of [`OWNED_ANNOTATIONS`] is present. Absent values are written as Kilo writes them:
 /// `""` for the endpoint, key, internal IP, WireGuard IP and CNI-compatibility IP, and `{}` for no
-/// discovered endpoints.
+/// discovered endpoints; our own capabilities and failover claim are `""` when absent.
 ///
 /// ```
 /// use mesh_core::backend::LocalAnnouncement;
@@ -84,6 +101,11 @@ pub fn announcement_annotations(announcement: &LocalAnnouncement) -> BTreeMap<St
         (DISCOVERED_ENDPOINTS.to_owned(), discovered_endpoints_json(announcement)),
         (GRANULARITY.to_owned(), announcement.granularity.as_str().to_owned()),
         (CNI_COMPATIBILITY_IP.to_owned(), cidr_or_empty(announcement.cni_compatibility_ip)),
+        (
+            CAPABILITIES.to_owned(),
+            if announcement.failover_capable { mesh_core::failover::CAPABILITY } else { "" }.to_owned(),
+        ),
+        (LEADER_UNREACHABLE.to_owned(), announcement.leader_unreachable.clone().unwrap_or_default()),
     ])
 }
 
@@ -127,6 +149,8 @@ mod tests {
             ]),
             granularity: Granularity::Cross,
             cni_compatibility_ip: Some("10.0.1.1/32".parse().unwrap()),
+            failover_capable: true,
+            leader_unreachable: Some("b".into()),
         };
         let written = announcement_annotations(&announcement);
         assert_eq!(written.keys().map(String::as_str).collect::<Vec<_>>().len(), OWNED_ANNOTATIONS.len());

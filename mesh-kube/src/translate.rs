@@ -24,8 +24,9 @@ use mesh_core::{
 };
 
 use crate::annotations::{
-    ALLOWED_LOCATION_IPS, CNI_COMPATIBILITY_IP, DISCOVERED_ENDPOINTS, ENDPOINT, FORCE_ENDPOINT, FORCE_INTERNAL_IP,
-    GRANULARITY, INTERNAL_IP, KEY, LAST_SEEN, LEADER, LOCATION, PERSISTENT_KEEPALIVE, WIREGUARD_IP,
+    ALLOWED_LOCATION_IPS, CAPABILITIES, CNI_COMPATIBILITY_IP, DISCOVERED_ENDPOINTS, ENDPOINT, FORCE_ENDPOINT,
+    FORCE_INTERNAL_IP, GRANULARITY, INTERNAL_IP, KEY, LAST_SEEN, LEADER, LEADER_UNREACHABLE, LOCATION,
+    PERSISTENT_KEEPALIVE, WIREGUARD_IP,
 };
 use crate::crd;
 
@@ -178,6 +179,20 @@ pub fn node(node: &Node, topology_label: &str) -> TranslatedNode {
         parsed
     });
 
+    // Capabilities this agent does not know are newer agents' and are ignored without a word.
+    let failover_capable = get(CAPABILITIES)
+        .is_some_and(|text| text.split(',').any(|capability| capability.trim() == mesh_core::failover::CAPABILITY));
+    let leader_unreachable = match get(LEADER_UNREACHABLE) {
+        None | Some("") => None,
+        Some(text) => match mesh_core::dns1123_subdomain_errors(text).first() {
+            None => Some(text.to_owned()),
+            Some(error) => {
+                reader.warn(LEADER_UNREACHABLE, text, format!("not a node name ({error}); the claim is ignored"));
+                None
+            }
+        },
+    };
+
     let cni_compatibility_ip = reader.optional_cidr(CNI_COMPATIBILITY_IP, get(CNI_COMPATIBILITY_IP));
 
     let pod_cidr = node.spec.as_ref().and_then(|spec| spec.pod_cidr.as_deref()).unwrap_or_default();
@@ -209,6 +224,8 @@ pub fn node(node: &Node, topology_label: &str) -> TranslatedNode {
             discovered_endpoints,
             allowed_location_ips,
             granularity,
+            failover_capable,
+            leader_unreachable,
         },
         warnings: reader.warnings,
     }

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mesh_core::{Endpoint, Host, Key, NodeSpec, ObjectKind, PeerSpec, PresharedKey, Warning};
 
 use super::*;
-use crate::annotations::DEFAULT_TOPOLOGY_LABEL as REGION;
+use crate::annotations::{self, DEFAULT_TOPOLOGY_LABEL as REGION};
 use crate::crd::{DnsOrIp, Peer, PeerEndpoint, PeerSpec as CrdPeerSpec};
 
 /// Kilo's `fooKey` is generated; any valid non-zero key does.
@@ -823,4 +823,48 @@ fn valid_peers_with_odd_values() {
     let translated = peer(&peer_object("laptop", spec)).unwrap();
     assert_eq!(translated.spec.name, "laptop");
     assert_eq!(translated.spec.allowed_ips, vec![cidr("10.5.0.1/24")]);
+}
+
+#[test]
+fn failover_capability_and_claim_are_read_and_bad_claims_are_ignored_with_a_warning() {
+    let translated = |annotations: &[(&str, &str)]| node(&kube_node("a", annotations, &[], "10.2.1.0/24"), REGION);
+    let plain = translated(&[]);
+    assert!(!plain.spec.failover_capable && plain.spec.leader_unreachable.is_none());
+
+    let capable = translated(&[
+        (annotations::CAPABILITIES, "future-v9, failover-v1"),
+        (annotations::LEADER_UNREACHABLE, "node-b"),
+    ]);
+    assert!(capable.spec.failover_capable);
+    assert_eq!(capable.spec.leader_unreachable.as_deref(), Some("node-b"));
+    assert!(capable.warnings.is_empty(), "{:?}", capable.warnings);
+
+    let empty = translated(&[(annotations::CAPABILITIES, ""), (annotations::LEADER_UNREACHABLE, "")]);
+    assert!(!empty.spec.failover_capable && empty.spec.leader_unreachable.is_none() && empty.warnings.is_empty());
+
+    let bad = translated(&[(annotations::LEADER_UNREACHABLE, "Not_A_Node")]);
+    assert_eq!(bad.spec.leader_unreachable, None);
+    assert_eq!(bad.warnings.len(), 1);
+    assert_eq!(bad.warnings[0].annotation.as_deref(), Some(annotations::LEADER_UNREACHABLE));
+    assert!(bad.warnings[0].reason.ends_with("the claim is ignored"), "{}", bad.warnings[0].reason);
+}
+
+#[test]
+fn the_announcement_round_trips_capability_and_claim() {
+    let announcement = mesh_core::backend::LocalAnnouncement {
+        hostname: "a".into(),
+        failover_capable: true,
+        leader_unreachable: Some("b".into()),
+        ..Default::default()
+    };
+    let written = annotations::announcement_annotations(&announcement);
+    assert_eq!(written[annotations::CAPABILITIES], "failover-v1");
+    assert_eq!(written[annotations::LEADER_UNREACHABLE], "b");
+    let pairs: Vec<(&str, &str)> = written.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let read = node(&kube_node("a", &pairs, &[], "10.2.1.0/24"), REGION).spec;
+    assert!(read.failover_capable);
+    assert_eq!(read.leader_unreachable.as_deref(), Some("b"));
+
+    let quiet = annotations::announcement_annotations(&mesh_core::backend::LocalAnnouncement::default());
+    assert_eq!((quiet[annotations::CAPABILITIES].as_str(), quiet[annotations::LEADER_UNREACHABLE].as_str()), ("", ""));
 }

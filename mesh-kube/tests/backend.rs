@@ -301,6 +301,8 @@ async fn announce_sends_one_merge_patch_of_the_owned_annotations() {
         discovered_endpoints: BTreeMap::from([(key(2), "5.5.5.5:3333".parse().unwrap())]),
         granularity: Granularity::Full,
         cni_compatibility_ip: None,
+        failover_capable: true,
+        leader_unreachable: Some("node-b".into()),
     };
     within_timeout(async {
         let (result, received) = tokio::join!(
@@ -321,6 +323,8 @@ async fn announce_sends_one_merge_patch_of_the_owned_annotations() {
                     format!(r#"{{"{}":{{"IP":"5.5.5.5","Port":3333,"Zone":""}}}}"#, key(2).to_base64()),
                 "kilo.squat.ai/granularity": "full",
                 "kilo.squat.ai/cni-compatibility-ip": "",
+                "mesh.kilo-rs/capabilities": "failover-v1",
+                "mesh.kilo-rs/leader-unreachable": "node-b",
             }}})
         );
 
@@ -409,6 +413,8 @@ async fn clean_up_removes_every_owned_annotation_in_one_patch() {
                     "kilo.squat.ai/key": null,
                     "kilo.squat.ai/last-seen": null,
                     "kilo.squat.ai/wireguard-ip": null,
+                    "mesh.kilo-rs/capabilities": null,
+                    "mesh.kilo-rs/leader-unreachable": null,
                 }}})
             );
         });

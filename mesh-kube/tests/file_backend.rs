@@ -367,6 +367,8 @@ fn announcement(hostname: &str, last_seen: i64) -> LocalAnnouncement {
         discovered_endpoints: [(key(8), "203.0.113.8:4444".parse().unwrap())].into(),
         granularity: Granularity::Full,
         cni_compatibility_ip: Some("10.1.0.1/32".parse().unwrap()),
+        failover_capable: true,
+        leader_unreachable: Some("b".into()),
     }
 }
 

@@ -207,6 +207,8 @@ async fn requests_of_an_agent_life() -> BTreeSet<Access> {
             discovered_endpoints: BTreeMap::new(),
             granularity: Granularity::Location,
             cni_compatibility_ip: None,
+            failover_capable: true,
+            leader_unreachable: None,
         };
         backend.announce(&announcement).await.expect("the announcement");
         let second = backend.next_snapshot().await.expect("the watch").expect("a snapshot");

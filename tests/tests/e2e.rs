@@ -42,9 +42,13 @@
 //!    handshake or transfer counters go back.
 //! 2. The same as 1 after restarting the agents with `full`, then with `cross` (restarted with
 //!    `--clean-up=false`, as a rolling update keeps the published state; see [`Mesh::switch`]).
-//! 5. Failover (back in `location`, agents with clean-up): a1's agent is killed and its
-//!    WireGuard port dropped; the time until b1 and b2 reach a2's and a3's pods through a2 is
-//!    printed; past 120 s the scenario fails.
+//! 5. Failover (back in `location`, agents with clean-up), in two parts. 5a, agent crash: a1's
+//!    agent alone is killed while its kernel and wireguard-go still forward; for 10 s every path
+//!    between B and a2/a3 answers, a2's probes of a1 are all answered, and a2 never claims (no
+//!    leader switch). 5b, fast failover: a1 dies hard (agent and wireguard-go killed, links down);
+//!    the time until b1/b2 and a2/a3 reach each other's pods again (through a2) is printed, past
+//!    15 s the scenario fails; b1 then reaches an address in a1's `allowed-location-ips` (held by
+//!    a2).
 //! 6. Graceful shutdown (a1's agent restarted first): SIGTERM leaves no table-1107 or proto-107
 //!    route or rule, no KILO chain in any namespace, and no owned annotation in any Node file.
 //!
@@ -87,7 +91,7 @@ const METRICS_PORT: u16 = 1107;
 /// The WireGuard writes `mesh_plan_operations_total{kind}` counts.
 const WIREGUARD_WRITES: [&str; 4] = ["add_peer", "remove_peer", "update_peer", "set_listen_port"];
 /// The annotations an agent owns and must remove when it cleans up (mesh-kube's list).
-const OWNED_ANNOTATIONS: [&str; 8] = [
+const OWNED_ANNOTATIONS: [&str; 10] = [
     "kilo.squat.ai/endpoint",
     "kilo.squat.ai/internal-ip",
     "kilo.squat.ai/key",
@@ -96,9 +100,17 @@ const OWNED_ANNOTATIONS: [&str; 8] = [
     "kilo.squat.ai/discovered-endpoints",
     "kilo.squat.ai/granularity",
     "kilo.squat.ai/cni-compatibility-ip",
+    "mesh.kilo-rs/capabilities",
+    "mesh.kilo-rs/leader-unreachable",
 ];
-/// Failover baseline: the test fails past this.
-const FAILOVER_LIMIT: Duration = Duration::from_secs(120);
+/// Fast failover (the figure itself goes to benches/README.md): the test fails past this.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(15);
+/// How long the agent-only crash of a1 is watched for a (wrong) leader switch.
+const AGENT_CRASH_WINDOW: Duration = Duration::from_secs(10);
+/// `kilo.squat.ai/allowed-location-ips` of a1 only, as Cozystack's page suggests for a leader.
+const A_EXTRA_RANGE: &str = "10.99.0.0/24";
+/// An address in that range, held by a2 (on its pod bridge): reachable once a2 leads.
+const A_EXTRA_ADDRESS: &str = "10.99.0.2";
 
 /// One node of the world.
 #[derive(Clone, Copy, Debug)]
@@ -279,6 +291,9 @@ impl Mesh {
             if node.location.bridge.is_none() {
                 script.push_str("ip route add default via 10.0.30.1; ");
             }
+            if node.name == "a2" {
+                script.push_str(&format!("ip addr add {A_EXTRA_ADDRESS}/32 dev kube-bridge; "));
+            }
             in_ns(&namespace, &script)?;
         }
 
@@ -335,7 +350,13 @@ impl Mesh {
 
         // The cluster: one Node file per node, the Peer, and a directory for the agents' keys.
         for node in &NODES {
-            let yaml = world::node_yaml(node.name, node.location.name, node.leader, node.keepalive, node.pod_cidr);
+            let mut yaml = world::node_yaml(node.name, node.location.name, node.leader, node.keepalive, node.pod_cidr);
+            if node.name == "a1" {
+                yaml = yaml.replace(
+                    "  annotations:\n",
+                    &format!("  annotations:\n    kilo.squat.ai/allowed-location-ips: {A_EXTRA_RANGE}\n"),
+                );
+            }
             world::write_file(&self.cluster.join("nodes").join(format!("{}.yaml", node.name)), &yaml)?;
         }
         std::fs::create_dir_all(self.world.dir.join("keys")).map_err(|error| format!("create keys dir: {error}"))?;
@@ -1028,64 +1049,139 @@ impl Mesh {
         ))
     }
 
-    /// 5: location A's leader stops and goes dark; how long until B reaches A's other pods.
-    fn scenario_failover(&mut self) -> Outcome<String> {
+    /// B's nodes to a2's and a3's pods and back: the paths location A's leader carries.
+    fn cross_location_probes(&self) -> Vec<Probe> {
+        let mut probes: Vec<Probe> =
+            ["b1", "b2"].iter().flat_map(|from| ["a2", "a3"].map(|to| self.probe(from, to))).collect();
+        probes.extend(["a2", "a3"].iter().flat_map(|from| ["b1", "b2"].map(|to| self.probe(from, to))));
+        probes
+    }
+
+    fn counter(&self, node: &str, name: &str) -> Outcome<f64> {
+        Ok(series(&self.metrics(node)?, name))
+    }
+
+    /// `node`'s failover probes so far: (answered, missed).
+    fn probe_counts(&self, node: &str) -> Outcome<(f64, f64)> {
+        let metrics = self.metrics(node)?;
+        Ok((
+            series(&metrics, "mesh_failover_probes_total{result=\"answered\"}"),
+            series(&metrics, "mesh_failover_probes_total{result=\"missed\"}"),
+        ))
+    }
+
+    /// 5a: a1's agent alone crashes (its kernel and WireGuard still forward): a2 keeps probing
+    /// a1 and gets answers, so nobody claims, the leader stays and no path is lost.
+    fn scenario_agent_crash(&mut self) -> Outcome<String> {
         let mut detail = String::new();
         if self.granularity != "location" || !self.clean_up {
             // The last agents of the run clean up when they stop (scenario 6).
             let switched = self.switch("location", true)?;
             detail.push_str(&format!("back to location ({}); ", switched.split(';').next().unwrap_or_default()));
         }
-        if series(&self.metrics("a1")?, "kilo_leader") != 1.0 {
+        if self.counter("a1", "kilo_leader")? != 1.0 {
+            return Err("a1 does not lead location A".into());
+        }
+        let failovers_before = self.counter("a2", "mesh_failovers_total")?;
+        let (answered_before, missed_before) = self.probe_counts("a2")?;
+        self.world.signal(&Self::agent_label("a1"), Signal::SIGKILL)?;
+        self.world.wait_exit(&Self::agent_label("a1"), Duration::from_secs(5))?;
+        let killed = Instant::now();
+        let probes = self.cross_location_probes();
+        let mut rounds = 0;
+        while killed.elapsed() < AGENT_CRASH_WINDOW {
+            reach(&probes, Duration::from_secs(2)).map_err(|error| format!("{detail}a path broke: {error}"))?;
+            if self.counter("a2", "kilo_leader")? != 0.0
+                || self.counter("a2", "mesh_failovers_total")? != failovers_before
+            {
+                return Err(format!("{detail}a2 took over while a1's kernel still answers"));
+            }
+            rounds += 1;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let (answered, missed) = self.probe_counts("a2")?;
+        let answered = answered - answered_before;
+        if missed != missed_before || answered < AGENT_CRASH_WINDOW.as_secs_f64() {
+            return Err(format!(
+                "{detail}a2's probes of a1 during the crash: {answered} answered, {} missed",
+                missed - missed_before
+            ));
+        }
+        self.start_agent(node_def("a1"))?;
+        poll("a1's agent to reconcile", Duration::from_secs(20), Duration::from_millis(250), || {
+            if self.counter("a1", "kilo_reconciles_total")? >= 1.0 { Ok(()) } else { Err("no reconcile yet".into()) }
+        })?;
+        Ok(format!(
+            "{detail}a1's agent killed for {:.0}s: {rounds} rounds of {} paths all answered; a2's probes of a1: \
+             {answered} answered, none missed; a2 never claimed (mesh_failovers_total unchanged); a1's agent \
+             restarted",
+            AGENT_CRASH_WINDOW.as_secs_f64(),
+            probes.len()
+        ))
+    }
+
+    /// 5b: a1 dies hard (agent and wireguard-go killed, links down); how long until B and A's
+    /// remaining nodes reach each other again, through a2, and B reaches the range of a1's
+    /// `allowed-location-ips` at a2.
+    fn scenario_failover(&mut self) -> Outcome<String> {
+        if self.counter("a1", "kilo_leader")? != 1.0 {
             return Err("a1 does not lead location A".into());
         }
         let a2_key = self.node_key("a2")?;
         let a1_key = self.node_key("a1")?;
+        let probes = self.cross_location_probes();
+        reach(&probes, Duration::from_secs(30))?;
         let last_seen: i64 = self
             .annotations("a1")?
             .get("kilo.squat.ai/last-seen")
             .and_then(|value| value.parse().ok())
             .ok_or("a1 has no last-seen")?;
-        self.world.signal(&Self::agent_label("a1"), Signal::SIGKILL)?;
-        let stopped = Instant::now();
         let heartbeat_age = unix_now() - last_seen;
+        self.world.signal(&Self::agent_label("a1"), Signal::SIGKILL)?;
+        self.world.signal("wg-a1", Signal::SIGKILL)?;
+        in_ns(&self.ns("a1"), "ip link set loc0 down; ip link set inet0 down")?;
+        let stopped = Instant::now();
         self.world.wait_exit(&Self::agent_label("a1"), Duration::from_secs(5))?;
-        in_ns(
-            &self.ns("a1"),
-            "iptables -I INPUT -p udp --dport 51820 -j DROP; iptables -I OUTPUT -p udp --sport 51820 -j DROP",
-        )?;
-        progress(&format!("a1's agent killed (last heartbeat {heartbeat_age}s old); waiting for B to reach A via a2"));
-        let probes: Vec<Probe> =
-            ["b1", "b2"].iter().flat_map(|from| ["a2", "a3"].map(|to| self.probe(from, to))).collect();
+        self.world.wait_exit("wg-a1", Duration::from_secs(5))?;
+        progress("a1 killed hard (agent, wireguard-go, links); waiting for B and A to reach each other via a2");
         let mut new_leader_after = None;
         let reached = loop {
-            if new_leader_after.is_none()
-                && self.metrics("a2").is_ok_and(|metrics| series(&metrics, "kilo_leader") == 1.0)
-            {
+            if new_leader_after.is_none() && self.counter("a2", "kilo_leader").is_ok_and(|leader| leader == 1.0) {
                 new_leader_after = Some(stopped.elapsed());
-                progress(&format!("a2 leads location A after {:.1}s", stopped.elapsed().as_secs_f64()));
             }
             if reach(&probes, Duration::ZERO).is_ok() {
                 break stopped.elapsed();
             }
             if stopped.elapsed() > FAILOVER_LIMIT {
                 return Err(format!(
-                    "{detail}B does not reach A's remaining pods {FAILOVER_LIMIT:?} after a1 stopped (a1's last \
-                     heartbeat was {heartbeat_age}s old; a2 leader after {new_leader_after:?})"
+                    "B and A's remaining nodes do not reach each other {FAILOVER_LIMIT:?} after a1 died (a2 leader \
+                     after {new_leader_after:?})"
                 ));
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(100));
         };
-        progress(&format!("FAILOVER: B reaches A's remaining pods {:.1}s after a1 stopped", reached.as_secs_f64()));
+        progress(&format!("FAILOVER: paths restored {:.1}s after a1 died", reached.as_secs_f64()));
         let b1_peers: Vec<String> = self.wg_peers(&self.iface("b1"))?.into_iter().map(|peer| peer.key).collect();
         if !b1_peers.contains(&a2_key) || b1_peers.contains(&a1_key) {
-            return Err(format!("{detail}b1 does not go through a2: its peers are {b1_peers:?}"));
+            return Err(format!("b1 does not go through a2: its peers are {b1_peers:?}"));
+        }
+        let extra = Probe {
+            from: "b1".into(),
+            namespace: self.ns("b1"),
+            to: format!("{A_EXTRA_ADDRESS} (a1's allowed-location-ips)"),
+            address: A_EXTRA_ADDRESS.into(),
+            source: None,
+        };
+        reach(&[extra], Duration::from_secs(5))?;
+        let claim = self.annotations("a2")?.get("mesh.kilo-rs/leader-unreachable").cloned().unwrap_or_default();
+        if claim != "a1" {
+            return Err(format!("a2 publishes leader-unreachable {claim:?}, not a1"));
         }
         Ok(format!(
-            "{detail}failover took {:.1}s: B reaches a2's and a3's pods through a2 (a1's last heartbeat was {}s \
-             old when it stopped; a2 led A after {}; limit {}s)",
+            "FAILOVER paths restored in {:.1}s (b1,b2 <-> a2,a3; a2 led A after {}; limit {}s; a1's heartbeat \
+             was {heartbeat_age}s old); a2 claims a1 unreachable; b1 reaches {A_EXTRA_ADDRESS} in a1's \
+             allowed-location-ips {A_EXTRA_RANGE} through a2",
             reached.as_secs_f64(),
-            heartbeat_age,
             new_leader_after.map_or("?".into(), |after| format!("{:.1}s", after.as_secs_f64())),
             FAILOVER_LIMIT.as_secs()
         ))
@@ -1117,10 +1213,21 @@ impl Mesh {
         let mut detail = String::new();
         if !self.world.is_running(&Self::agent_label("a1")) {
             // a1 was killed by the failover scenario: bring it back, so that it can clean up.
-            let _ = in_ns(
-                &self.ns("a1"),
-                "iptables -D INPUT -p udp --dport 51820 -j DROP; iptables -D OUTPUT -p udp --sport 51820 -j DROP",
-            );
+            in_ns(&self.ns("a1"), "ip link set loc0 up; ip link set inet0 up")?;
+            if !self.world.is_running("wg-a1") {
+                let interface = self.iface("a1");
+                self.world.spawn_with_env(
+                    "wg-a1",
+                    &self.ns("a1"),
+                    Path::new("wireguard-go"),
+                    &["-f".to_owned(), interface.clone()],
+                    &[("WG_PROCESS_FOREGROUND", "1")],
+                )?;
+                let socket = PathBuf::from(format!("/var/run/wireguard/{interface}.sock"));
+                poll("a1's UAPI socket", Duration::from_secs(10), Duration::from_millis(50), || {
+                    if socket.exists() { Ok(()) } else { Err(format!("{} missing", socket.display())) }
+                })?;
+            }
             self.start_agent(node_def("a1"))?;
             poll("a1's agent to reconcile", Duration::from_secs(20), Duration::from_millis(250), || {
                 let reconciles = series(&self.metrics("a1")?, "kilo_reconciles_total");
@@ -1187,7 +1294,8 @@ fn netns_e2e_multi_location_mesh_with_nat_peer_failover_and_clean_up() {
         step(&mut rows, "4 no churn across 3 resync periods", || mesh.scenario_no_churn());
         step(&mut rows, "2 switch to full: all paths", || mesh.switch("full", false));
         step(&mut rows, "2 switch to cross: all paths", || mesh.switch("cross", false));
-        step(&mut rows, "5 leader failover (baseline)", || mesh.scenario_failover());
+        step(&mut rows, "5a leader's agent alone crashes: no switch", || mesh.scenario_agent_crash());
+        step(&mut rows, "5b leader dies hard: fast failover", || mesh.scenario_failover());
         step(&mut rows, "6 graceful shutdown cleans up", || mesh.scenario_clean_up());
     }
 

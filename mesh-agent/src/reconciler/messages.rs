@@ -1,7 +1,7 @@
 //! The reconciler's vocabulary: the time it is given, its configuration, the actions it asks
 //! for, the events it takes and the reports it emits.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,8 @@ use ipnet::IpNet;
 use mesh_core::backend::{BackendError, LocalAnnouncement};
 use mesh_core::time::Backoff;
 use mesh_core::{ClusterSnapshot, ObservedState, Options, Plan, Topology, Warning};
+
+use super::failover::FailoverTiming;
 
 #[cfg(doc)]
 use super::Reconciler;
@@ -57,6 +59,8 @@ pub struct Config {
     pub clean_up: bool,
     /// How long each clean-up step may take (enforced by the driver).
     pub clean_up_timeout: Duration,
+    /// Probe timing of fast leader failover (with [`Options::fast_failover`]).
+    pub failover: FailoverTiming,
 }
 
 impl Config {
@@ -71,6 +75,7 @@ impl Config {
             update_cni: false,
             clean_up: true,
             clean_up_timeout: Duration::from_secs(8),
+            failover: FailoverTiming::default(),
         }
     }
 }
@@ -93,6 +98,15 @@ pub enum Action {
     Apply(Plan),
     /// Publish the local node. Answer: [`Event::Announced`].
     Announce(LocalAnnouncement),
+    /// Send one ICMP echo to `ip` and wait at most `timeout` for the reply. Unlike the other
+    /// actions, the answer ([`Event::Probed`]) may come later, after other actions: a probe
+    /// runs beside the pass and never holds it up.
+    Probe {
+        /// The node's private IP.
+        ip: IpAddr,
+        /// How long to wait for the reply.
+        timeout: Duration,
+    },
     /// Remove what the mesh created in the data plane. Answer: [`Event::CleanedUp`].
     CleanUpDataplane,
     /// Remove what the node published. Answer: [`Event::CleanedUp`].
@@ -141,6 +155,13 @@ pub enum Event {
     Announced(Result<(), BackendError>),
     /// Answer to [`Action::CleanUpDataplane`] and [`Action::CleanUpCluster`].
     CleanedUp(Result<(), BackendError>),
+    /// Answer to [`Action::Probe`]: whether `ip` replied in time.
+    Probed {
+        /// The probed IP.
+        ip: IpAddr,
+        /// A reply came in time.
+        reachable: bool,
+    },
     /// Stop: finish the pass in flight, clean up if configured, then [`Reconciler::is_stopped`].
     ShutdownRequested,
 }
@@ -279,6 +300,44 @@ pub enum Report {
     },
     /// The reconciler stopped; nothing more will be asked.
     Stopped,
+    /// A location's leader changed in this node's view.
+    LeaderChanged {
+        /// The segment (`location:NAME` or `node:NAME`).
+        segment: String,
+        /// The previous leader.
+        from: Option<String>,
+        /// The new leader.
+        to: String,
+        /// Why it leads.
+        reason: String,
+    },
+    /// A probe of fast failover was answered or missed.
+    Probed {
+        /// The probed node's private IP.
+        ip: IpAddr,
+        /// Whether it answered in time.
+        reachable: bool,
+    },
+    /// This node claimed its location's leader unreachable (a failover).
+    FailoverClaimed {
+        /// The deposed leader.
+        leader: String,
+        /// Probes missed in a row.
+        misses: u32,
+    },
+    /// This node withdrew its claim.
+    FailoverClaimWithdrawn {
+        /// The leader that was deposed.
+        leader: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The leader missed its probes but no other member answered either: this node may be the
+    /// one cut off, so it does not claim.
+    FailoverHeldBack {
+        /// The leader that missed its probes.
+        leader: String,
+    },
 }
 
 impl Report {

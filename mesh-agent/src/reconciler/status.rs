@@ -47,8 +47,11 @@ pub struct SegmentLeader {
     pub segment: String,
     /// The leader's node name.
     pub node: String,
-    /// Why it leads.
+    /// Why it leads, among the members not deposed.
     pub reason: LeaderReason,
+    /// Members deposed by a fast-failover claim (unreachable over the private network), which
+    /// Kilo's election would otherwise consider first.
+    pub deposed: Vec<String>,
 }
 
 /// The leader of every segment of `topology`, with the reason read from the leader's node in
@@ -72,7 +75,8 @@ pub fn leaders(snapshot: &ClusterSnapshot, topology: &Topology) -> Vec<SegmentLe
                 (false, true) => LeaderReason::PublicEndpoint,
                 (false, false) => LeaderReason::FirstByName,
             };
-            SegmentLeader { segment: segment.name.clone(), node, reason }
+            let deposed = segment.deposed.iter().map(|index| segment.members[*index].name.clone()).collect();
+            SegmentLeader { segment: segment.name.clone(), node, reason, deposed }
         })
         .collect()
 }

@@ -220,7 +220,19 @@ pub fn leader_findings(snapshot: &ClusterSnapshot, topology: &Topology) -> Vec<F
     leaders(snapshot, topology)
         .into_iter()
         .map(|leader| {
-            Finding::ok("leaders", leader.segment, format!("{} leads: {}", leader.node, leader.reason.describe()))
+            Finding::ok(
+                "leaders",
+                leader.segment,
+                match leader.deposed.as_slice() {
+                    [] => format!("{} leads: {}", leader.node, leader.reason.describe()),
+                    deposed => format!(
+                        "{} leads: {}; {} deposed by a failover claim (unreachable over the private network)",
+                        leader.node,
+                        leader.reason.describe(),
+                        deposed.join(", ")
+                    ),
+                },
+            )
         })
         .collect()
 }

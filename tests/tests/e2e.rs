@@ -905,11 +905,22 @@ impl Mesh {
         let healthy = self.cluster_list("doctor-healthy.json", |_| {})?;
         let mut clean = Vec::new();
         for node in ["a1", "a2", "c1"] {
-            let (code, report) = self.doctor(node, &healthy)?;
-            let problems = Self::problems(&report);
-            if code != Some(0) || !problems.is_empty() {
-                return Err(format!("doctor on the healthy {node} (exit {code:?}): {problems:?}"));
-            }
+            // Polled: a peer that learns another's endpoint from discovered-endpoints (the laptop,
+            // seen through a1) handshakes a few seconds after the paths answer, and doctor
+            // rightly reports a peer without a handshake until then.
+            let report = poll(
+                &format!("doctor to pass on the healthy {node}"),
+                Duration::from_secs(30),
+                Duration::from_secs(1),
+                || {
+                    let (code, report) = self.doctor(node, &healthy)?;
+                    let problems = Self::problems(&report);
+                    if code != Some(0) || !problems.is_empty() {
+                        return Err(format!("doctor on the healthy {node} (exit {code:?}): {problems:?}"));
+                    }
+                    Ok(report)
+                },
+            )?;
             let findings = report["findings"].as_array().cloned().unwrap_or_default();
             // The node checks ran: the data plane was observed and the agent's /status read.
             for check in ["live-diff", "handshakes", "ip-forward", "interface"] {

@@ -15,7 +15,8 @@
 //! One reconcile pass: `Resolve` (DNS, the host's MTU, the local node as this agent runs it) →
 //! `Observe` → `UpdateCni` (with [`Config::update_cni`]) → compute the topology and the plan →
 //! `Apply` (only a non-empty plan) → `Announce` (when what the node says changed, or at
-//! check-in). A pass runs on every snapshot, on the resync period, at check-in and when a failed
+//! check-in; also after a failed apply, which the data plane makes partial: the parts that
+//! could be applied are, and the node must stay in the mesh while the rest is retried). A pass runs on every snapshot, on the resync period, at check-in and when a failed
 //! pass is retried (bounded exponential [`Backoff`](mesh_core::time::Backoff)). At check-in, if the pass could not publish
 //! (a failed apply), the last announcement goes out again with a fresh `last-seen`: the node is
 //! alive and must not be dropped by the others while it retries.
@@ -143,6 +144,9 @@ struct Pass {
     started: Instant,
     /// The pass runs because of a check-in.
     check_in: bool,
+    /// The apply of this pass failed (in part): the pass goes on to announce the node, then
+    /// fails and is retried.
+    apply_error: Option<String>,
     stage: Stage,
 }
 
@@ -374,7 +378,7 @@ impl Reconciler {
         };
         let snapshot = ClusterSnapshot { now: now.unix, ..snapshot.clone() };
         self.actions.push_back(Action::Resolve(snapshot));
-        self.pass = Some(Pass { started: now.instant, check_in, stage: Stage::Resolving });
+        self.pass = Some(Pass { started: now.instant, check_in, apply_error: None, stage: Stage::Resolving });
     }
 
     fn resolved(&mut self, resolution: Resolution) {
@@ -494,10 +498,13 @@ impl Reconciler {
         else {
             unreachable!("matched above")
         };
-        if let Err(error) = result {
-            return self.pass_failed(error.to_string(), now);
+        match result {
+            // What could be applied is applied (the data plane goes on past a failed part): the
+            // node still announces itself, so that one failing part (the firewall) does not
+            // take it out of the mesh; the pass then fails and the rest is retried.
+            Err(error) => pass.apply_error = Some(error.to_string()),
+            Ok(()) => self.reports.push_back(Report::Applied { operations }),
         }
-        self.reports.push_back(Report::Applied { operations });
         self.announce(local, topology, now);
     }
 
@@ -544,6 +551,9 @@ impl Reconciler {
     }
 
     fn pass_succeeded(&mut self, topology: Option<Topology>, now: Now) {
+        if let Some(error) = self.pass.as_mut().and_then(|pass| pass.apply_error.take()) {
+            return self.pass_failed(error, now);
+        }
         self.retry = None;
         if let Some(topology) = topology {
             self.reports.push_back(Report::Topology(Arc::new(topology)));

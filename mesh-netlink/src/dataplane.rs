@@ -253,12 +253,29 @@ impl LinuxDataplane {
     }
 
     /// Applies the plan's operations in order (see [`Dataplane::apply`]).
+    ///
+    /// One failing part of the data plane must not take the node out of the mesh: when an
+    /// operation fails, the rest of its [`Part`] is skipped (its order matters within the part)
+    /// and the other parts are still applied. A firewall that cannot be written costs neither
+    /// WireGuard peers nor routes. Every failure is returned, in order; the caller retries
+    /// what is left with the next plan.
     pub async fn apply_plan(&mut self, plan: &Plan) -> Result<()> {
         let mut links = Links::default();
+        let mut failed: Vec<(Part, Error)> = Vec::new();
         for operation in &plan.operations {
-            self.apply_operation(operation, &mut links).await?;
+            let part = Part::of(operation);
+            if failed.iter().any(|(failed, _)| *failed == part) {
+                continue;
+            }
+            if let Err(error) = self.apply_operation(operation, &mut links).await {
+                failed.push((part, error));
+            }
         }
-        Ok(())
+        match failed.len() {
+            0 => Ok(()),
+            1 => Err(failed.remove(0).1),
+            _ => Err(Error::PartlyApplied { failures: failed.into_iter().map(|(_, error)| error).collect() }),
+        }
     }
 
     /// Makes sure the WireGuard interface exists (creating it when allowed) and holds the
@@ -616,6 +633,37 @@ impl LinuxDataplane {
 
     fn rule_text(&self, rule: &Rule) -> String {
         rule.to_ip_rule(&self.names)
+    }
+}
+
+/// The parts of the data plane that fail independently: a failure skips the rest of its part
+/// only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Interface,
+    Peers,
+    Tunnel,
+    RoutesAndRules,
+    Firewall,
+}
+
+impl Part {
+    fn of(operation: &Operation) -> Part {
+        match operation {
+            Operation::SetMtu(_)
+            | Operation::RemoveAddress(_)
+            | Operation::AddAddress(_)
+            | Operation::SetLinkUp(_)
+            | Operation::SetListenPort(_) => Part::Interface,
+            Operation::RemovePeer(_) | Operation::UpdatePeer(_) | Operation::AddPeer(_) => Part::Peers,
+            Operation::SetTunnelAddress(_) => Part::Tunnel,
+            Operation::DeleteRule(_)
+            | Operation::DeleteRoute(_)
+            | Operation::AddRoute(_)
+            | Operation::ReplaceRoute(_)
+            | Operation::AddRule(_) => Part::RoutesAndRules,
+            Operation::EditFirewall(_) => Part::Firewall,
+        }
     }
 }
 

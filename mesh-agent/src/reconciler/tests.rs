@@ -192,7 +192,11 @@ fn a_failed_apply_is_retried_with_doubling_bounded_delays_until_it_succeeds() {
     reconciler.handle_event(Event::Snapshot(snapshot()), start);
     world.serve(&mut reconciler, start);
     assert!(!reconciler.is_healthy());
-    assert!(World::announcements(&world.take_actions()).is_empty(), "nothing is published before the apply");
+    assert_eq!(
+        World::announcements(&world.take_actions()).len(),
+        1,
+        "a failed (partial) apply does not keep the node out of the mesh"
+    );
     let mut delays = vec![reconciler.retry_delay()];
     let mut now = start;
     for _ in 0..4 {
@@ -213,7 +217,33 @@ fn a_failed_apply_is_retried_with_doubling_bounded_delays_until_it_succeeds() {
         })
         .collect();
     assert_eq!(failed, [1, 2, 4, 4].map(Duration::from_secs));
-    assert_eq!(World::announcements(&world.take_actions()).len(), 1, "announced once the apply succeeded");
+    assert!(World::announcements(&world.take_actions()).is_empty(), "nothing new to announce");
+}
+
+/// With the firewall unwritable, the node is announced and the pass retried until the part
+/// that failed is applied; each failure is reported.
+#[test]
+fn a_partly_failed_apply_announces_the_node_and_retries_the_rest() {
+    let (mut reconciler, mut world, start) = start();
+    world.applies = [Err(failure("failed to apply the plan: failed to apply IPv4 firewall rules"))].into();
+    reconciler.handle_event(Event::Snapshot(snapshot()), start);
+    world.serve(&mut reconciler, start);
+    let actions = world.take_actions();
+    assert_eq!(World::announcements(&actions).len(), 1, "announced although the apply failed");
+    assert_eq!(reconciler.announced().map(|a| a.hostname.as_str()), Some("a"));
+    assert!(!reconciler.is_healthy());
+    let failed = World::applies(&actions)[0].clone();
+    let reports = world.take_reports();
+    assert!(reports.iter().any(|r| matches!(r, Report::PassFailed { error, retry_in }
+        if error.contains("firewall") && *retry_in == Duration::from_secs(1))));
+
+    let retry = reconciler.poll_timeout().unwrap();
+    assert_eq!(retry, start.instant + Duration::from_secs(1));
+    advance(&mut reconciler, &mut world, start, retry);
+    let actions = world.take_actions();
+    assert_eq!(World::applies(&actions), [&failed], "the retry applies what failed");
+    assert!(reconciler.is_healthy());
+    assert!(World::announcements(&actions).is_empty(), "the announcement is not repeated");
 }
 
 #[test]

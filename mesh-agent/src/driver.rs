@@ -188,7 +188,10 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
                 () = &mut shutdown => self.reconciler.handle_event(Event::ShutdownRequested, now()),
                 next = self.cluster.next_snapshot(), if wants_snapshots => {
                     let event = match next {
-                        Ok(Some(snapshot)) => Event::Snapshot(snapshot),
+                        Ok(Some(snapshot)) => {
+                            self.reconciler.handle_event(Event::BackendDiagnostics(self.cluster.diagnostics()), now());
+                            Event::Snapshot(snapshot)
+                        }
                         Ok(None) => Event::ClusterEnded,
                         Err(error) => Event::ClusterReadFailed(error),
                     };

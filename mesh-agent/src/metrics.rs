@@ -49,6 +49,7 @@ pub struct Metrics {
     reconcile_seconds: Histogram,
     operations: Family<KindLabel, Counter>,
     skipped: Family<KindLabel, Gauge>,
+    warnings: Gauge,
 }
 
 impl Default for Metrics {
@@ -69,6 +70,7 @@ impl Metrics {
         let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let operations = Family::<KindLabel, Counter>::default();
         let skipped = Family::<KindLabel, Gauge>::default();
+        let warnings = Gauge::default();
         // prometheus-client adds `_total` to counters, giving Kilo's names.
         registry.register(
             "kilo_errors",
@@ -89,9 +91,18 @@ impl Metrics {
             "Data-plane operations applied, by kind (add_route, update_peer, ...).",
             operations.clone(),
         );
-        registry.register("mesh_skipped_objects", "Nodes and peers left out of the mesh, by kind.", skipped.clone());
+        registry.register(
+            "mesh_skipped_objects",
+            "Nodes and peers left out of the mesh (invalid, unreadable or not ready), by kind.",
+            skipped.clone(),
+        );
+        registry.register(
+            "mesh_ignored_values",
+            "Values ignored while their node or peer stayed in the mesh (invalid annotations, unresolvable endpoints).",
+            warnings.clone(),
+        );
         registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
-        Metrics { registry, errors, leader, nodes, peers, reconciles, reconcile_seconds, operations, skipped }
+        Metrics { registry, errors, leader, nodes, peers, reconciles, reconcile_seconds, operations, skipped, warnings }
     }
 
     /// Counts an error.
@@ -141,8 +152,9 @@ impl Metrics {
         }
         match report {
             Report::Reconciled { duration, .. } => self.reconciled(duration.as_secs_f64()),
-            Report::Mesh { leader, nodes, peers, skipped_nodes, skipped_peers } => {
+            Report::Mesh { leader, nodes, peers, skipped_nodes, skipped_peers, warnings } => {
                 self.mesh(*leader, *nodes, *peers, *skipped_nodes, *skipped_peers);
+                self.warnings.set(i64::try_from(*warnings).unwrap_or(i64::MAX));
             }
             Report::Applied { operations } => operations.iter().for_each(|kind| self.operation(kind)),
             _ => {}

@@ -71,9 +71,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh_core::backend::{BackendError, LocalAnnouncement};
+use mesh_core::backend::{BackendError, LocalAnnouncement, SnapshotDiagnostics};
 use mesh_core::plan::KeepReason;
-use mesh_core::{ClusterSnapshot, DesiredState, Key, NodeSpec, ObjectKind, ObservedState, Plan, Topology, Warning};
+use mesh_core::{
+    ClusterSnapshot, DesiredState, Key, NodeSpec, ObjectKind, ObservedState, Plan, Skipped, Topology, Warning,
+};
 
 mod messages;
 
@@ -182,6 +184,8 @@ pub struct Reconciler {
     announced: Option<LocalAnnouncement>,
     /// Roamed endpoints already reported, so each change is reported once.
     roamed: BTreeMap<Key, SocketAddr>,
+    /// What the cluster backend left out of or ignored in the snapshot.
+    backend_diagnostics: SnapshotDiagnostics,
     /// Diagnostic lines already reported, so each is reported once per change.
     reported: Vec<String>,
     cni_error: Option<String>,
@@ -209,6 +213,7 @@ impl Reconciler {
             check_in_pass_due: false,
             announced: None,
             roamed: BTreeMap::new(),
+            backend_diagnostics: SnapshotDiagnostics::default(),
             reported: Vec::new(),
             cni_error: None,
             healthy: false,
@@ -231,6 +236,13 @@ impl Reconciler {
     /// The delay before the retry of the last failed pass, while passes fail.
     pub fn retry_delay(&self) -> Option<Duration> {
         self.retry.map(|retry| self.config.retry.delay(retry.failures.saturating_sub(1)))
+    }
+
+    /// What is wrong with the cluster's objects as of the last pass, one line each, sorted:
+    /// objects left out (by the backend or the mesh) and values ignored. Each was reported once
+    /// as [`Report::Diagnostic`].
+    pub fn diagnostics(&self) -> &[String] {
+        &self.reported
     }
 
     /// The last announcement the cluster accepted.
@@ -320,6 +332,7 @@ impl Reconciler {
                 self.snapshot = Some(snapshot);
                 self.pass_due = true;
             }
+            Event::BackendDiagnostics(diagnostics) => self.backend_diagnostics = diagnostics,
             Event::ClusterReadFailed(error) => {
                 // Back off, so a backend that fails at once cannot make the loop spin.
                 let retry_in = self.config.retry.delay(self.cluster_failures);
@@ -468,16 +481,19 @@ impl Reconciler {
             }
         };
         let (desired, state_warnings) = DesiredState::from_topology(&topology, options);
+        warnings.extend(self.backend_diagnostics.warnings.iter().cloned());
         warnings.extend(topology.warnings.iter().cloned());
         warnings.extend(state_warnings);
-        self.report_diagnostics(&topology, &warnings);
-        let skipped = |kind| topology.skipped.iter().filter(|s| s.kind == kind).count();
+        let skipped: Vec<Skipped> = self.backend_diagnostics.skipped.iter().chain(&topology.skipped).cloned().collect();
+        self.report_diagnostics(&skipped, &warnings);
+        let skipped_of = |kind| skipped.iter().filter(|s| s.kind == kind).count();
         self.reports.push_back(Report::Mesh {
             leader: topology.leader,
             nodes: topology.segments.iter().map(|s| s.members.len()).sum(),
             peers: topology.peers.len(),
-            skipped_nodes: skipped(ObjectKind::Node),
-            skipped_peers: skipped(ObjectKind::Peer),
+            skipped_nodes: skipped_of(ObjectKind::Node),
+            skipped_peers: skipped_of(ObjectKind::Peer),
+            warnings: warnings.len(),
         });
         let plan = Plan::between(observed, &desired);
         self.report_roamed(&plan, snapshot);
@@ -603,9 +619,8 @@ impl Reconciler {
     }
 
     /// Reports skipped objects and warnings once per change, not at every resync.
-    fn report_diagnostics(&mut self, topology: &Topology, warnings: &[Warning]) {
-        let mut lines: Vec<String> = topology
-            .skipped
+    fn report_diagnostics(&mut self, skipped: &[Skipped], warnings: &[Warning]) {
+        let mut lines: Vec<String> = skipped
             .iter()
             .map(|s| format!("{:?} {} is left out of the mesh: {}", s.kind, s.name, s.reason))
             .chain(warnings.iter().map(|w| {

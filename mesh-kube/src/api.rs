@@ -15,7 +15,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
-use mesh_core::backend::{BackendError, ClusterBackend, LocalAnnouncement};
+use mesh_core::backend::{BackendError, ClusterBackend, LocalAnnouncement, SnapshotDiagnostics};
 use mesh_core::time::{Backoff, unix_seconds};
 use mesh_core::{ClusterSnapshot, Skipped};
 use tokio::time::{Instant, sleep, sleep_until};
@@ -263,6 +263,10 @@ impl ClusterBackend for KubeBackend {
             self.last = Some(current);
             return Ok(Some(snapshot));
         }
+    }
+
+    fn diagnostics(&self) -> SnapshotDiagnostics {
+        self.diagnostics.for_agent()
     }
 
     async fn announce(&mut self, announcement: &LocalAnnouncement) -> Result<(), BackendError> {

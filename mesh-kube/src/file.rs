@@ -62,7 +62,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use mesh_core::backend::{BackendError, ClusterBackend, LocalAnnouncement};
+use mesh_core::backend::{BackendError, ClusterBackend, LocalAnnouncement, SnapshotDiagnostics};
 use mesh_core::time::unix_seconds;
 use mesh_core::{ClusterSnapshot, ObjectKind, Skipped, Warning};
 use serde::Deserialize;
@@ -374,6 +374,10 @@ impl ClusterBackend for FileBackend {
                 return Ok(Some(self.publish(built)));
             }
         }
+    }
+
+    fn diagnostics(&self) -> SnapshotDiagnostics {
+        self.diagnostics.for_agent()
     }
 
     async fn announce(&mut self, announcement: &LocalAnnouncement) -> Result<(), BackendError> {

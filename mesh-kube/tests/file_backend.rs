@@ -228,6 +228,9 @@ async fn the_first_snapshot_is_the_cluster_as_it_is() {
     assert_eq!((skipped.kind, skipped.name.as_str()), (ObjectKind::Peer, "broken"));
     assert_eq!(skipped.reason, "WireGuard public key has invalid length");
     assert!(diagnostics.files.is_empty(), "{diagnostics:?}");
+    // What the running agent receives with the snapshot.
+    let for_agent = mesh_core::backend::ClusterBackend::diagnostics(&backend);
+    assert_eq!((&for_agent.skipped, &for_agent.warnings), (&diagnostics.skipped, &diagnostics.warnings));
     assert_eq!(backend.local_node().map(|node| node.spec.key), Some(Some(key(1))));
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use mesh_core::backend::{BackendError, LocalAnnouncement};
+use mesh_core::backend::{BackendError, LocalAnnouncement, SnapshotDiagnostics};
 use mesh_core::time::Backoff;
 use mesh_core::{ClusterSnapshot, ObservedState, Options, Plan, Topology, Warning};
 
@@ -124,6 +124,9 @@ impl Resolution {
 pub enum Event {
     /// The cluster backend has a new snapshot.
     Snapshot(ClusterSnapshot),
+    /// What the cluster backend left out of or ignored in its last snapshot (send it with
+    /// each snapshot): reported with the mesh's own diagnostics, once per change.
+    BackendDiagnostics(SnapshotDiagnostics),
     /// Reading the cluster failed; the reconciler pauses reading ([`Reconciler::wants_snapshots`]).
     ClusterReadFailed(BackendError),
     /// The cluster backend ended: the reconciler stops.
@@ -217,6 +220,8 @@ pub enum Report {
         skipped_nodes: usize,
         /// Peers left out.
         skipped_peers: usize,
+        /// Values ignored while their object stayed in the mesh.
+        warnings: usize,
     },
     /// A non-empty plan goes to the data plane (the plan itself is in the [`Action::Apply`]).
     Applying {

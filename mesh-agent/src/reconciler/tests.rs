@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use mesh_core::backend::{BackendError, LocalAnnouncement};
+use mesh_core::backend::{BackendError, LocalAnnouncement, SnapshotDiagnostics};
 use mesh_core::time::Backoff;
 use mesh_core::{ClusterSnapshot, Endpoint, ObservedState, Options, Plan};
 
@@ -340,6 +340,53 @@ fn diagnostics_are_reported_once_per_change() {
     reconciler.handle_event(Event::Snapshot(cluster), now);
     world.serve(&mut reconciler, now);
     assert_eq!(diagnostics(world.take_reports()), first, "said again when it comes back");
+}
+
+/// What the backend left out or ignored (an invalid Peer, a bad annotation value) is
+/// reported once per change with the mesh's own diagnostics, counted, and readable.
+#[test]
+fn backend_diagnostics_are_reported_once_counted_and_readable() {
+    let (mut reconciler, mut world, start) = start();
+    let backend = SnapshotDiagnostics {
+        skipped: vec![Skipped { kind: ObjectKind::Peer, name: "laptop".into(), reason: "no valid public key".into() }],
+        warnings: vec![Warning {
+            kind: ObjectKind::Node,
+            name: "b".into(),
+            annotation: Some("kilo.squat.ai/persistent-keepalive".into()),
+            value: Some("soon".into()),
+            reason: "not a number of seconds; ignored".into(),
+        }],
+    };
+    reconciler.handle_event(Event::BackendDiagnostics(backend.clone()), start);
+    reconciler.handle_event(Event::Snapshot(snapshot()), start);
+    world.serve(&mut reconciler, start);
+    let reports = world.take_reports();
+    let lines: Vec<&String> = reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::Diagnostic(line) => Some(line),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("Peer laptop is left out of the mesh: no valid public key")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("persistent-keepalive=\"soon\"")), "{lines:?}");
+    assert!(reports.iter().any(|r| matches!(r, Report::Mesh { skipped_peers: 1, warnings: 1, .. })), "{reports:?}");
+    assert_eq!(reconciler.diagnostics().len(), 2, "readable for /status");
+
+    // The same diagnostics with the next snapshot and at resync: not reported again.
+    let later = start.after(Duration::from_secs(10));
+    reconciler.handle_event(Event::BackendDiagnostics(backend), later);
+    reconciler.handle_event(Event::Snapshot(snapshot()), later);
+    world.serve(&mut reconciler, later);
+    advance(&mut reconciler, &mut world, later, later.instant + Duration::from_secs(30));
+    assert!(!world.take_reports().iter().any(|r| matches!(r, Report::Diagnostic(_))));
+
+    // Fixed in the cluster: nothing left to show.
+    reconciler.handle_event(Event::BackendDiagnostics(SnapshotDiagnostics::default()), later);
+    reconciler.handle_event(Event::Snapshot(snapshot()), later);
+    world.serve(&mut reconciler, later);
+    assert!(reconciler.diagnostics().is_empty());
 }
 
 #[test]

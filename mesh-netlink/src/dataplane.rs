@@ -255,8 +255,9 @@ impl LinuxDataplane {
     /// Applies the plan's operations in order (see [`Dataplane::apply`]).
     ///
     /// One failing part of the data plane must not take the node out of the mesh: when an
-    /// operation fails, the rest of its [`Part`] is skipped (its order matters within the part)
-    /// and the other parts are still applied. A firewall that cannot be written costs neither
+    /// operation fails, the rest of its part (interface, peers, tunnel, routes and rules,
+    /// firewall) is skipped, as order matters within a part, and the other parts are still
+    /// applied. A firewall that cannot be written costs neither
     /// WireGuard peers nor routes. Every failure is returned, in order; the caller retries
     /// what is left with the next plan.
     pub async fn apply_plan(&mut self, plan: &Plan) -> Result<()> {

@@ -22,6 +22,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::annotations::{OWNED_ANNOTATIONS, announcement_annotations};
 use crate::crd::Peer;
+use crate::pacing::{PacedWatches, WatchPacing};
 use crate::translate::{self, TranslatedNode, TranslatedPeer};
 use crate::{Diagnostics, Error, Result, Translated};
 
@@ -56,7 +57,12 @@ impl RetryPolicy {
     /// not hammer the API server in step.
     pub fn delay(&self, failure: u32) -> Duration {
         let random = RandomState::new().hash_one(std::time::Instant::now());
-        Backoff::new(self.initial, self.max).jittered(failure, random)
+        self.backoff().jittered(failure, random)
+    }
+
+    /// The delays without jitter.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.initial, self.max)
     }
 }
 
@@ -82,6 +88,7 @@ pub struct KubeBackend {
     dirty: bool,
     debounce: Duration,
     retry: RetryPolicy,
+    watch_pacing: WatchPacing,
     last: Option<Translated>,
     diagnostics: Diagnostics,
 }
@@ -110,13 +117,16 @@ impl KubeBackend {
     pub fn new(client: Client, hostname: impl Into<String>, topology_label: impl Into<String>) -> Self {
         let topology_label = topology_label.into();
         let nodes_api: Api<Node> = Api::all(client.clone());
-        let peers_api: Api<Peer> = Api::all(client.clone());
         let retry = RetryPolicy::default();
+        // The watchers' client paces watches that the API server ends at once.
+        let watch_pacing = WatchPacing::new(retry.backoff());
+        let watch_client = PacedWatches::client(client.clone(), watch_pacing.clone());
+        let peers_api: Api<Peer> = Api::all(watch_client.clone());
         KubeBackend {
             hostname: hostname.into(),
             nodes: Reflector::new(
                 "nodes",
-                nodes_api.clone(),
+                Api::all(watch_client),
                 Box::new(move |node: &Node| translate::node(node, &topology_label)),
                 retry.clone(),
             ),
@@ -126,6 +136,7 @@ impl KubeBackend {
             dirty: false,
             debounce: Self::DEFAULT_DEBOUNCE,
             retry,
+            watch_pacing,
             last: None,
             diagnostics: Diagnostics::default(),
         }
@@ -143,6 +154,7 @@ impl KubeBackend {
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
         self.nodes.retry = retry.clone();
         self.peers.retry = retry.clone();
+        self.watch_pacing.set_backoff(retry.backoff());
         self.retry = retry;
         self
     }
@@ -386,8 +398,12 @@ where
         let stream = self.stream.get_mut().unwrap_or_else(PoisonError::into_inner);
         match stream.next().await {
             Some(Ok(event)) => {
-                self.failures = 0;
-                self.last_error = None;
+                // `Init` comes before every list attempt, also the ones that fail: only
+                // progress (objects or the end of a list) resets the backoff.
+                if !matches!(event, Event::Init) {
+                    self.failures = 0;
+                    self.last_error = None;
+                }
                 self.apply(event)
             }
             Some(Err(error)) => {

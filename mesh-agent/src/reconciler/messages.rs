@@ -56,11 +56,16 @@ pub struct Config {
     pub clean_up: bool,
     /// How long each clean-up step may take (enforced by the driver).
     pub clean_up_timeout: Duration,
+    /// How long publishing the node may take, retries included (enforced by the driver): a
+    /// hanging API server must not hold up the next reconcile.
+    pub announce_timeout: Duration,
+    /// How long observing or applying the data plane may take (enforced by the driver).
+    pub dataplane_timeout: Duration,
 }
 
 impl Config {
     /// Kilo's timing: resync every 30 s, check-in every 30 s, retries from 1 s doubling to 30 s,
-    /// clean-up on, no CNI file.
+    /// clean-up on, no CNI file; an announcement may take 10 s, a data-plane step 60 s.
     pub fn new(options: Options) -> Self {
         Config {
             options,
@@ -70,6 +75,8 @@ impl Config {
             update_cni: false,
             clean_up: true,
             clean_up_timeout: Duration::from_secs(8),
+            announce_timeout: Duration::from_secs(10),
+            dataplane_timeout: Duration::from_secs(60),
         }
     }
 }

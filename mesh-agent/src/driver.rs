@@ -320,6 +320,15 @@ fn log(report: &Report) {
             warn!(%error, ?retry_in, "failed to read the cluster; the data plane stays as it is");
         }
         Report::ClusterEnded => info!("the cluster backend ended"),
+        Report::ClusterLost { reason, since } => warn!(
+            reason,
+            last_seen_unix = since,
+            "cannot see the cluster: failing static, the data plane stays as it is and no peer is removed \
+             for being not ready until the cluster is seen again"
+        ),
+        Report::ClusterRegained { outage } => {
+            info!(?outage, "sees the cluster again; judging readiness again");
+        }
         Report::NoSnapshotYet => debug!("no cluster snapshot yet"),
         Report::LocalNodeMissing { hostname } => debug!(%hostname, "the local node is not in the cluster yet"),
         Report::MtuChanged { mtu, previous } => {

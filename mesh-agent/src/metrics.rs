@@ -50,6 +50,7 @@ pub struct Metrics {
     operations: Family<KindLabel, Counter>,
     skipped: Family<KindLabel, Gauge>,
     warnings: Gauge,
+    cluster_visible: Gauge,
 }
 
 impl Default for Metrics {
@@ -71,6 +72,8 @@ impl Metrics {
         let operations = Family::<KindLabel, Counter>::default();
         let skipped = Family::<KindLabel, Gauge>::default();
         let warnings = Gauge::default();
+        let cluster_visible = Gauge::default();
+        cluster_visible.set(1);
         // prometheus-client adds `_total` to counters, giving Kilo's names.
         registry.register(
             "kilo_errors",
@@ -101,8 +104,25 @@ impl Metrics {
             "Values ignored while their node or peer stayed in the mesh (invalid annotations, unresolvable endpoints).",
             warnings.clone(),
         );
+        registry.register(
+            "mesh_cluster_visible",
+            "1 while the agent sees the cluster; 0 while it fails static (reads fail or its heartbeat cannot be written).",
+            cluster_visible.clone(),
+        );
         registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
-        Metrics { registry, errors, leader, nodes, peers, reconciles, reconcile_seconds, operations, skipped, warnings }
+        Metrics {
+            registry,
+            errors,
+            leader,
+            nodes,
+            peers,
+            reconciles,
+            reconcile_seconds,
+            operations,
+            skipped,
+            warnings,
+            cluster_visible,
+        }
     }
 
     /// Counts an error.
@@ -157,6 +177,12 @@ impl Metrics {
                 self.warnings.set(i64::try_from(*warnings).unwrap_or(i64::MAX));
             }
             Report::Applied { operations } => operations.iter().for_each(|kind| self.operation(kind)),
+            Report::ClusterLost { .. } => {
+                self.cluster_visible.set(0);
+            }
+            Report::ClusterRegained { .. } => {
+                self.cluster_visible.set(1);
+            }
             _ => {}
         }
     }

@@ -78,6 +78,7 @@ use mesh_core::{
 };
 
 mod messages;
+mod view;
 
 pub use messages::{Action, Config, ErrorEvent, Event, Now, Report, Resolution};
 
@@ -171,6 +172,10 @@ pub struct Reconciler {
     resync: Periodic,
     check_in: Periodic,
     retry: Option<Retry>,
+    /// Whether the cluster can be seen (fail static while not).
+    view: view::ClusterView,
+    /// While the heartbeat cannot be written: failures in a row, and when it is tried again.
+    heartbeat_retry: Option<Retry>,
     /// Failed cluster reads in a row, and until when reading pauses.
     cluster_failures: u32,
     cluster_paused_until: Option<Instant>,
@@ -205,6 +210,8 @@ impl Reconciler {
             config,
             snapshot: None,
             retry: None,
+            view: view::ClusterView::default(),
+            heartbeat_retry: None,
             cluster_failures: 0,
             cluster_paused_until: None,
             pass: None,
@@ -250,6 +257,18 @@ impl Reconciler {
         self.announced.as_ref()
     }
 
+    /// Whether the agent sees the cluster. While it does not (reads fail, or its heartbeat
+    /// cannot be written), it fails static: the data plane stays as it is, and readiness is
+    /// judged as of [`Reconciler::cluster_lost_since`].
+    pub fn sees_cluster(&self) -> bool {
+        self.view.is_visible()
+    }
+
+    /// Since when (Unix seconds) the agent has not seen the cluster, while it does not.
+    pub fn cluster_lost_since(&self) -> Option<i64> {
+        self.view.lost_since()
+    }
+
     /// Whether the cluster should be read now (not while reading pauses after an error, nor
     /// once stopping).
     pub fn wants_snapshots(&self) -> bool {
@@ -285,6 +304,7 @@ impl Reconciler {
             Some(self.resync.next),
             Some(self.check_in.next),
             self.retry.and_then(|retry| retry.at),
+            self.heartbeat_retry.and_then(|retry| retry.at),
             self.cluster_paused_until,
         ]
         .into_iter()
@@ -321,6 +341,13 @@ impl Reconciler {
             retry.at = None;
             self.pass_due = true;
         }
+        if let Some(retry) = &mut self.heartbeat_retry
+            && retry.at.is_some_and(|at| at <= now.instant)
+        {
+            retry.at = None;
+            self.pass_due = true;
+            self.check_in_pass_due = true;
+        }
         self.start_due_pass(now);
     }
 
@@ -331,14 +358,18 @@ impl Reconciler {
                 self.cluster_failures = 0;
                 self.snapshot = Some(snapshot);
                 self.pass_due = true;
+                let change = self.view.seen(view::Blindness::ReadFailed, now.unix, self.forgiveness());
+                self.view_changed(change, view::Blindness::ReadFailed);
             }
             Event::BackendDiagnostics(diagnostics) => self.backend_diagnostics = diagnostics,
             Event::ClusterReadFailed(error) => {
                 // Back off, so a backend that fails at once cannot make the loop spin.
-                let retry_in = self.config.retry.delay(self.cluster_failures);
+                let retry_in = self.config.read_retry.delay(self.cluster_failures);
                 self.cluster_failures = self.cluster_failures.saturating_add(1);
                 self.cluster_paused_until = Some(now.instant + retry_in);
                 self.reports.push_back(Report::ClusterReadFailed { error: error.to_string(), retry_in });
+                let change = self.view.blind(view::Blindness::ReadFailed, now.unix);
+                self.view_changed(change, view::Blindness::ReadFailed);
             }
             Event::ClusterEnded => {
                 self.reports.push_back(Report::ClusterEnded);
@@ -389,7 +420,8 @@ impl Reconciler {
             self.reports.push_back(Report::NoSnapshotYet);
             return;
         };
-        let snapshot = ClusterSnapshot { now: now.unix, ..snapshot.clone() };
+        // Readiness is judged when the cluster was last seen while it cannot be seen.
+        let snapshot = ClusterSnapshot { now: self.view.readiness_time(now.unix), ..snapshot.clone() };
         self.actions.push_back(Action::Resolve(snapshot));
         self.pass = Some(Pass { started: now.instant, check_in, apply_error: None, stage: Stage::Resolving });
     }
@@ -528,7 +560,8 @@ impl Reconciler {
     fn announce(&mut self, local: NodeSpec, topology: Topology, now: Now) {
         let published = NodeSpec { wireguard_ip: topology.leader.then_some(topology.wireguard_cidr), ..local };
         let announcement =
-            LocalAnnouncement::of(&published, self.config.options.granularity, published.last_seen.unwrap_or_default());
+            // The heartbeat carries the time now, also while readiness is judged at another time.
+            LocalAnnouncement::of(&published, self.config.options.granularity, now.unix);
         let changed = self.announced.as_ref().is_none_or(|previous| {
             LocalAnnouncement { last_seen: 0, ..previous.clone() }
                 != LocalAnnouncement { last_seen: 0, ..announcement.clone() }
@@ -545,24 +578,71 @@ impl Reconciler {
         let Some(pass) = &mut self.pass else { return };
         match std::mem::replace(&mut pass.stage, Stage::Resolving) {
             Stage::Announcing { announcement, topology } => {
-                self.publication(announcement, result, false);
+                self.publication(announcement, result, false, now);
                 self.pass_succeeded(Some(topology), now);
             }
             Stage::Heartbeat { announcement } => {
-                self.publication(announcement, result, true);
+                self.publication(announcement, result, true, now);
                 self.pass = None;
             }
             other => pass.stage = other,
         }
     }
 
-    fn publication(&mut self, announcement: LocalAnnouncement, result: Result<(), BackendError>, heartbeat: bool) {
+    fn publication(
+        &mut self,
+        announcement: LocalAnnouncement,
+        result: Result<(), BackendError>,
+        heartbeat: bool,
+        now: Now,
+    ) {
         match result {
             Ok(()) => {
                 self.announced = Some(announcement);
                 self.check_in_due = false;
+                self.heartbeat_retry = None;
+                let change = self.view.seen(view::Blindness::HeartbeatFailed, now.unix, self.forgiveness());
+                self.view_changed(change, view::Blindness::HeartbeatFailed);
             }
-            Err(error) => self.reports.push_back(Report::AnnounceFailed { error: error.to_string(), heartbeat }),
+            Err(error) => {
+                self.reports.push_back(Report::AnnounceFailed { error: error.to_string(), heartbeat });
+                // Others will soon judge this node not ready: try again soon, not at the next
+                // check-in, and keep the data plane meanwhile.
+                let failures = self.heartbeat_retry.map_or(0, |retry| retry.failures);
+                let retry_in = self.config.read_retry.delay(failures);
+                self.heartbeat_retry =
+                    Some(Retry { failures: failures.saturating_add(1), at: Some(now.instant + retry_in) });
+                let change = self.view.blind(view::Blindness::HeartbeatFailed, now.unix);
+                self.view_changed(change, view::Blindness::HeartbeatFailed);
+            }
+        }
+    }
+
+    /// How long the outage stays forgiven once the cluster is seen again: two check-ins, so
+    /// every node had time to publish a fresh heartbeat.
+    fn forgiveness(&self) -> Duration {
+        self.config.check_in_period * 2
+    }
+
+    fn view_changed(&mut self, change: Option<view::Change>, why: view::Blindness) {
+        match change {
+            Some(view::Change::Lost { since }) => {
+                let reason = match why {
+                    view::Blindness::ReadFailed => "reading the cluster failed",
+                    view::Blindness::HeartbeatFailed => "the heartbeat could not be written",
+                };
+                self.reports.push_back(Report::ClusterLost { reason, since });
+            }
+            Some(view::Change::Regained { outage }) => {
+                let outage = Duration::from_secs(u64::try_from(outage).unwrap_or(0));
+                self.reports.push_back(Report::ClusterRegained { outage });
+                if why == view::Blindness::ReadFailed {
+                    // Tell the others at once that this node is alive.
+                    self.pass_due = true;
+                    self.check_in_pass_due = true;
+                }
+            }
+            None => {}
         }
     }
 

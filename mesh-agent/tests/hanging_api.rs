@@ -90,8 +90,9 @@ async fn a_hanging_announcement_does_not_hold_up_repairs_of_the_data_plane() {
     };
     tokio::time::timeout(Duration::from_secs(600), agent.run(wipe)).await.expect("the agent hung on the announcement");
     let applies = applies.lock().unwrap().clone();
-    assert_eq!(applies.len(), 2, "the first apply, then the repair at the resync: {applies:?}");
-    assert_eq!(applies[1] - start, Duration::from_secs(30), "repaired at the first resync");
+    assert_eq!(applies.len(), 2, "the first apply, then the repair: {applies:?}");
+    let repaired = applies[1] - start;
+    assert!(repaired > Duration::from_secs(15) && repaired <= Duration::from_secs(30), "repaired at {repaired:?}");
     assert!(*failed.lock().unwrap() >= 1, "the timed-out announcement is reported");
 }
 

@@ -49,6 +49,10 @@ pub struct Config {
     /// Delays before retrying a failed pass, and before reading the cluster again after a read
     /// error.
     pub retry: Backoff,
+    /// Pauses between cluster reads after read errors, and between heartbeat retries while the
+    /// heartbeat cannot be written: short, so the agent sees the cluster again within seconds
+    /// of its return (the backends pace their own requests).
+    pub read_retry: Backoff,
     /// Keep the CNI configuration's pod range equal to the node's pod CIDR (`--cni`): ask for
     /// [`Action::UpdateCni`] at every pass.
     pub update_cni: bool,
@@ -72,6 +76,7 @@ impl Config {
             resync_period: Duration::from_secs(30),
             check_in_period: Duration::from_secs(30),
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            read_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(4)),
             update_cni: false,
             clean_up: true,
             clean_up_timeout: Duration::from_secs(8),
@@ -180,6 +185,20 @@ pub enum Report {
     },
     /// The cluster backend ended.
     ClusterEnded,
+    /// The agent cannot see the cluster: the data plane stays as it is (fail static) and the
+    /// readiness of the other nodes is judged as of `since` until the cluster is seen again.
+    ClusterLost {
+        /// Why: `reading the cluster failed` or `the heartbeat could not be written`.
+        reason: &'static str,
+        /// Unix seconds when the cluster was last seen.
+        since: i64,
+    },
+    /// The agent sees the cluster again; readiness is judged again (the outage is forgiven
+    /// until every node had time to publish a fresh heartbeat).
+    ClusterRegained {
+        /// How long the cluster could not be seen.
+        outage: Duration,
+    },
     /// A pass was due but no snapshot has arrived yet.
     NoSnapshotYet,
     /// The local node is not in the snapshot: nothing to do yet.

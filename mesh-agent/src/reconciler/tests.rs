@@ -508,3 +508,105 @@ fn without_clean_up_the_end_of_the_cluster_stops_at_once() {
     assert!(reconciler.poll_action().is_none());
     assert!(!reconciler.wants_snapshots());
 }
+
+/// Every operation that removes a peer or a route.
+fn removals(actions: &[Action]) -> Vec<String> {
+    World::applies(actions)
+        .iter()
+        .flat_map(|plan| &plan.operations)
+        .filter(|operation| matches!(operation.kind(), "remove_peer" | "delete_route" | "delete_rule"))
+        .map(|operation| format!("{operation:?}"))
+        .collect()
+}
+
+/// Fail static: through 3 minutes of failed reads, every peer and route stays; the agent says
+/// so; once the cluster is seen again it recovers at once, and a node that really is gone is
+/// removed after the grace period.
+#[test]
+fn an_outage_of_the_cluster_keeps_every_peer_and_route_and_recovers_at_once() {
+    let (mut reconciler, mut world, start) = start();
+    reconciler.handle_event(Event::Snapshot(snapshot()), start);
+    world.serve(&mut reconciler, start);
+    let peers = world.dataplane.state.peers.clone();
+    let routes = world.dataplane.state.routes.clone();
+    assert!(!peers.is_empty() && !routes.is_empty());
+    world.take_actions();
+    world.take_reports();
+
+    // The API server answers 500 (or refuses connections) from 5 s on, for 3 minutes: every
+    // read the agent tries fails.
+    let mut now = start.after(Duration::from_secs(5));
+    let outage_end = start.instant + Duration::from_secs(5 + 180);
+    reconciler.handle_event(Event::ClusterReadFailed(failure("failed to list nodes")), now);
+    world.serve(&mut reconciler, now);
+    assert!(!reconciler.sees_cluster());
+    assert_eq!(reconciler.cluster_lost_since(), Some(START_UNIX));
+    while now.instant < outage_end {
+        let next = reconciler.poll_timeout().unwrap().min(outage_end);
+        now = advance(&mut reconciler, &mut world, now, next);
+        if reconciler.wants_snapshots() && now.instant < outage_end {
+            reconciler.handle_event(Event::ClusterReadFailed(failure("failed to list nodes")), now);
+            world.serve(&mut reconciler, now);
+        }
+    }
+    let actions = world.take_actions();
+    assert!(World::applies(&actions).is_empty() && removals(&actions).is_empty(), "{:?}", removals(&actions));
+    assert_eq!((&world.dataplane.state.peers, &world.dataplane.state.routes), (&peers, &routes));
+    assert!(World::announcements(&actions).len() >= 5, "heartbeats go on");
+    assert!(reconciler.is_healthy(), "/health stays 200");
+    let reports = world.take_reports();
+    let lost: Vec<&Report> = reports.iter().filter(|r| matches!(r, Report::ClusterLost { .. })).collect();
+    assert_eq!(lost, [&Report::ClusterLost { reason: "reading the cluster failed", since: START_UNIX }]);
+    let pauses: Vec<Duration> = reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::ClusterReadFailed { retry_in, .. } => Some(*retry_in),
+            _ => None,
+        })
+        .collect();
+    assert!(pauses.iter().all(|pause| *pause <= Duration::from_secs(4)), "reads retried within seconds");
+
+    // The cluster is back; b's heartbeat is as old as the outage (b died during it, or has not
+    // published yet).
+    let mut back = snapshot();
+    back.now = now.unix;
+    reconciler.handle_event(Event::Snapshot(back.clone()), now);
+    world.serve(&mut reconciler, now);
+    assert!(reconciler.sees_cluster());
+    let reports = world.take_reports();
+    assert!(reports.contains(&Report::ClusterRegained { outage: Duration::from_secs(185) }), "{reports:?}");
+    let actions = world.take_actions();
+    assert!(removals(&actions).is_empty(), "the outage is forgiven: {:?}", removals(&actions));
+    assert_eq!(World::announcements(&actions).last().map(|a| a.last_seen), Some(now.unix), "a heartbeat at once");
+
+    // b gets the grace period to publish a heartbeat; it never does, so it is removed then.
+    let grace_end = now.instant + Duration::from_secs(60);
+    advance(&mut reconciler, &mut world, now, grace_end - Duration::from_secs(1));
+    assert!(removals(&world.take_actions()).is_empty(), "b keeps its grace period");
+    advance(&mut reconciler, &mut world, now, grace_end + Duration::from_secs(30));
+    assert!(!removals(&world.take_actions()).is_empty(), "a node that is really gone is removed");
+}
+
+/// Fail static too when the node's own heartbeat cannot be written; the heartbeat is retried
+/// within seconds, and a success ends it.
+#[test]
+fn a_heartbeat_that_cannot_be_written_fails_static_and_is_retried_soon() {
+    let (mut reconciler, mut world, start) = start();
+    reconciler.handle_event(Event::Snapshot(snapshot()), start);
+    world.serve(&mut reconciler, start);
+    let peers = world.dataplane.state.peers.clone();
+    world.take_actions();
+    world.announces = (0..100).map(|_| Err(failure("failed to patch node a"))).collect();
+    let now = advance(&mut reconciler, &mut world, start, start.instant + Duration::from_secs(30));
+    assert!(!reconciler.sees_cluster());
+    let now = advance(&mut reconciler, &mut world, now, start.instant + Duration::from_secs(200));
+    let actions = world.take_actions();
+    assert!(removals(&actions).is_empty());
+    assert_eq!(world.dataplane.state.peers, peers);
+    assert!(World::announcements(&actions).len() > 40, "retried every few seconds, not every 30 s");
+    world.announces.clear();
+    let retry = reconciler.poll_timeout().unwrap();
+    assert!(retry - now.instant <= Duration::from_secs(4));
+    advance(&mut reconciler, &mut world, now, retry);
+    assert!(reconciler.sees_cluster());
+}

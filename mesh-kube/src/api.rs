@@ -44,10 +44,11 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 5 tries, 200 ms doubling to at most 30 s, jittered: a write gives up after about 3 s; a
-    /// watcher facing a long outage settles at one try per 15 to 30 s, like client-go's.
+    /// 5 tries, 200 ms doubling to at most 4 s, jittered: a write gives up after about 3 s; a
+    /// watcher facing a long outage settles at one try per 2 to 4 s per resource, so the agent
+    /// sees the cluster again within seconds of its return (under one request per second).
     fn default() -> Self {
-        RetryPolicy { attempts: 5, initial: Duration::from_millis(200), max: Duration::from_secs(30) }
+        RetryPolicy { attempts: 5, initial: Duration::from_millis(200), max: Duration::from_secs(4) }
     }
 }
 
@@ -73,11 +74,12 @@ impl RetryPolicy {
 /// change seen by a cancelled call is delivered by the next one.
 ///
 /// Failure handling: a failed list or watch is retried with jittered exponential backoff
-/// ([`RetryPolicy`]); a `410 Gone` relists at once (kube's watcher, and a restart of the watcher
-/// when the API server answers the watch request itself with 410). Until the first complete
-/// list of both Nodes and Peers, and whenever the API server is unreachable afterwards,
-/// `next_snapshot` keeps waiting: it never returns an empty or partial cluster because of an
-/// error, so the data plane is never torn down by an API outage.
+/// ([`RetryPolicy`]); a `410 Gone` relists at once (kube's watcher,
+/// and a restart of the watcher when the API server answers the watch request itself with 410).
+/// Each failure is returned once by `next_snapshot` (the agent then fails static); it never
+/// returns an empty or partial cluster because of an error. The first complete list after a
+/// failure, or the first watch established after it, is returned as a snapshot even if
+/// nothing changed.
 pub struct KubeBackend {
     hostname: String,
     nodes_api: Api<Node>,
@@ -89,6 +91,9 @@ pub struct KubeBackend {
     debounce: Duration,
     retry: RetryPolicy,
     watch_pacing: WatchPacing,
+    /// After a read error: the number of watches established then (see
+    /// [`WatchPacing::established`]); cleared by the next one.
+    blind_since: Option<u64>,
     last: Option<Translated>,
     diagnostics: Diagnostics,
 }
@@ -137,6 +142,7 @@ impl KubeBackend {
             debounce: Self::DEFAULT_DEBOUNCE,
             retry,
             watch_pacing,
+            blind_since: None,
             last: None,
             diagnostics: Diagnostics::default(),
         }
@@ -245,6 +251,18 @@ impl KubeBackend {
         self.dirty |= changed;
     }
 
+    /// A list or watch failed since the last call: the agent must know it cannot see the
+    /// cluster (it fails static). The next complete list is returned as a snapshot even if
+    /// nothing changed, so the agent learns at once that it sees the cluster again.
+    fn fail_on_read_error(&mut self) -> Result<(), BackendError> {
+        let Some(error) = self.nodes.fresh_error.take().or_else(|| self.peers.fresh_error.take()) else {
+            return Ok(());
+        };
+        self.last = None;
+        self.blind_since = Some(self.watch_pacing.established());
+        Err(BackendError::new("failed to read the cluster", error))
+    }
+
     fn build(&self) -> Translated {
         Translated::collect(self.nodes.store.values(), self.peers.store.values(), Diagnostics::default())
     }
@@ -255,15 +273,27 @@ impl ClusterBackend for KubeBackend {
     /// Waits until both Nodes and Peers are listed and something changed, lets further changes
     /// arrive for the debounce window, and returns the cluster as of then. A change that leaves
     /// every translated Node, Peer and diagnostic as it was (a status update, a relist that
-    /// finds nothing new) does not produce a snapshot. Never returns `Ok(None)` or an error.
+    /// finds nothing new) does not produce a snapshot. Never returns `Ok(None)`; returns each
+    /// failed list or watch once as an error.
     async fn next_snapshot(&mut self) -> Result<Option<ClusterSnapshot>, BackendError> {
         loop {
             while !(self.is_synced() && self.dirty) {
-                self.step(None).await;
+                // While blind, look every half second whether a watch got through again: a
+                // watch that starts brings no event until something changes.
+                let deadline = self.blind_since.map(|_| Instant::now() + Duration::from_millis(500));
+                self.step(deadline).await;
+                self.fail_on_read_error()?;
+                if let Some(mark) = self.blind_since
+                    && self.watch_pacing.established() > mark
+                {
+                    self.blind_since = None;
+                    self.dirty = true;
+                }
             }
             let deadline = Instant::now() + self.debounce;
             while Instant::now() < deadline {
                 self.step(Some(deadline)).await;
+                self.fail_on_read_error()?;
             }
             self.dirty = false;
             let current = self.build();
@@ -357,6 +387,8 @@ struct Reflector<K: Resource + 'static, V> {
     failures: u32,
     resume_at: Option<Instant>,
     last_error: Option<String>,
+    /// A failure not yet reported by `next_snapshot`.
+    fresh_error: Option<String>,
 }
 
 impl<K, V> Reflector<K, V>
@@ -376,6 +408,7 @@ where
             failures: 0,
             resume_at: None,
             last_error: None,
+            fresh_error: None,
         }
     }
 
@@ -462,6 +495,7 @@ where
         self.failures = self.failures.saturating_add(1);
         tracing::warn!(resource = self.resource, %error, retry_in = ?delay, "failed to watch; keeping the last known state");
         self.last_error = Some(format!("failed to watch {}: {error}", self.resource));
+        self.fresh_error.clone_from(&self.last_error);
         self.resume_at = Some(Instant::now() + delay);
     }
 }

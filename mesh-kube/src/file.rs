@@ -345,8 +345,9 @@ impl FileBackend {
 impl ClusterBackend for FileBackend {
     /// The first call returns the cluster as it is. Later calls wait until a file change alters
     /// a translated Node or Peer or a diagnostic, let a burst of writes settle, and return the
-    /// cluster as of then. Never returns `Ok(None)` or an error; while the directories cannot
-    /// be listed, it keeps waiting (see [`FileBackend::last_scan_error`]).
+    /// cluster as of then. Never returns `Ok(None)`. When the directories cannot be listed any
+    /// more, it returns the error once; the next call waits until they can and returns them
+    /// (see [`FileBackend::last_scan_error`]).
     async fn next_snapshot(&mut self) -> Result<Option<ClusterSnapshot>, BackendError> {
         if self.last.is_none() {
             while self.poll().await.is_none() {
@@ -359,7 +360,17 @@ impl ClusterBackend for FileBackend {
         loop {
             while !self.dirty {
                 sleep(self.poll_interval).await;
-                self.poll().await;
+                if self.poll().await.is_none() {
+                    // The agent must know it cannot see the cluster (it fails static). The
+                    // next call waits for the directories and returns them as a snapshot,
+                    // which tells the agent it sees the cluster again.
+                    self.last = None;
+                    let error = self.scan_error.clone().unwrap_or_else(|| "unreadable".to_owned());
+                    return Err(BackendError::new(
+                        format!("failed to read the cluster in {}", self.dir.display()),
+                        error,
+                    ));
+                }
             }
             let deadline = Instant::now() + MAX_SETTLE;
             loop {

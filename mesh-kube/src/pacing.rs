@@ -36,6 +36,8 @@ struct WatchHistory {
 struct PacingState {
     backoff: Backoff,
     paths: BTreeMap<String, WatchHistory>,
+    /// Watch requests the API server accepted.
+    established: u64,
 }
 
 /// The pacing of one backend's watches, shared by its client and the backend (which sets the
@@ -46,12 +48,23 @@ pub(crate) struct WatchPacing(Arc<Mutex<PacingState>>);
 impl WatchPacing {
     /// Pacing with `backoff` between watches that end at once.
     pub(crate) fn new(backoff: Backoff) -> Self {
-        WatchPacing(Arc::new(Mutex::new(PacingState { backoff, paths: BTreeMap::new() })))
+        WatchPacing(Arc::new(Mutex::new(PacingState { backoff, paths: BTreeMap::new(), established: 0 })))
     }
 
     /// Sets the backoff between watches that end at once.
     pub(crate) fn set_backoff(&self, backoff: Backoff) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).backoff = backoff;
+    }
+
+    /// How many watch requests the API server accepted so far: a watch that starts brings no
+    /// event, but it shows the API server answers again.
+    pub(crate) fn established(&self) -> u64 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).established
+    }
+
+    fn accepted(&self) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        state.established = state.established.saturating_add(1);
     }
 
     /// The wait before a watch of `path` starting `now`, and the start recorded.
@@ -104,12 +117,10 @@ impl tower_service::Service<Request<Body>> for PacedWatches {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let wait = if is_watch(&request) {
-            self.pacing.wait_before(request.uri().path(), Instant::now())
-        } else {
-            Duration::ZERO
-        };
+        let watch = is_watch(&request);
+        let wait = if watch { self.pacing.wait_before(request.uri().path(), Instant::now()) } else { Duration::ZERO };
         let client = self.client.clone();
+        let pacing = self.pacing.clone();
         Box::pin(async move {
             if !wait.is_zero() {
                 tracing::debug!(
@@ -119,7 +130,11 @@ impl tower_service::Service<Request<Body>> for PacedWatches {
                 );
                 tokio::time::sleep(wait).await;
             }
-            client.send(request).await
+            let response = client.send(request).await;
+            if watch && response.as_ref().is_ok_and(|response| response.status().is_success()) {
+                pacing.accepted();
+            }
+            response
         })
     }
 }

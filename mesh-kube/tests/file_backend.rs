@@ -538,20 +538,25 @@ async fn malformed_files_are_reported_and_the_backend_goes_on() {
 }
 
 #[tokio::test]
-async fn a_vanished_nodes_directory_keeps_the_cluster() {
+async fn a_vanished_nodes_directory_keeps_the_cluster_and_says_so() {
     let dir = TempDir::new("vanished");
     put(&dir.node("a.yaml"), &kubectl_node("a", key(1), 1_700_000_000));
     let mut backend = backend(&dir, "a");
-    next_within(&mut backend, NOTICE).await;
+    let before = next_within(&mut backend, NOTICE).await;
 
     let aside = dir.path().join("nodes-aside");
     fs::rename(dir.path().join("nodes"), &aside).unwrap();
+    // Reported once as an error (the agent fails static), never as an empty cluster.
+    let error = timeout(NOTICE, backend.next_snapshot()).await.expect("the failure is reported").unwrap_err();
+    assert!(error.to_string().contains(&dir.path().join("nodes").display().to_string()), "{error}");
     assert_no_snapshot(&mut backend).await;
-    let error = backend.last_scan_error().expect("the failure is reported");
+    let error = backend.last_scan_error().expect("the failure is readable");
     assert!(error.contains(&dir.path().join("nodes").display().to_string()), "{error}");
 
+    // Back: the same cluster comes as a snapshot, so the agent knows it sees it again.
     fs::rename(&aside, dir.path().join("nodes")).unwrap();
-    assert_no_snapshot(&mut backend).await;
+    let after = next_within(&mut backend, NOTICE).await;
+    assert_eq!(after.nodes, before.nodes);
     assert_eq!(backend.last_scan_error(), None);
 }
 

@@ -808,7 +808,14 @@ fn edit_annotations(path: &Path, edit: impl FnOnce(&mut Map<String, Value>) -> b
     };
     let json = is_json(&path);
     let invalid = |message: String| Error::ParseNodeFile { path: path.clone(), message };
-    let (_, mut node) = read_document(&text, json, "Node").map_err(|error| invalid(error.message))?;
+    let mut node = if text.trim().is_empty() {
+        // An emptied file: the node restores what it owns (its annotations) rather than stop
+        // its heartbeat and drop out of the mesh; the rest is the operator's to write again.
+        let name = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+        serde_json::json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": name } })
+    } else {
+        read_document(&text, json, "Node").map_err(|error| invalid(error.message))?.1
+    };
     let annotations = mapping_at(&mut node, &["metadata", "annotations"]).map_err(invalid)?;
     if !edit(annotations) {
         return Ok(Some(false));

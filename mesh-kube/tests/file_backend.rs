@@ -438,6 +438,20 @@ async fn announce_needs_the_node_file() {
     assert_eq!(fs::read_to_string(dir.node("ghost.yaml")).unwrap(), "metadata: [\n");
 }
 
+/// A node whose own file was emptied restores its annotations with the next heartbeat
+/// instead of stopping it (and dropping out of the mesh after 60 s).
+#[tokio::test]
+async fn an_emptied_own_node_file_gets_the_annotations_back() {
+    let dir = TempDir::new("announce-emptied");
+    put(&dir.node("e.yaml"), "");
+    let mut backend = backend(&dir, "e");
+    backend.announce(&LocalAnnouncement { key: Some(key(3)), last_seen: 42, ..announcement("e", 0) }).await.unwrap();
+    let text = fs::read_to_string(dir.node("e.yaml")).unwrap();
+    assert!(text.contains("name: e") && text.contains("kind: Node"), "{text}");
+    assert!(text.contains(&key(3).to_base64()), "the key is restored: {text}");
+    assert!(text.contains("kilo.squat.ai/last-seen") && text.contains("42"), "the heartbeat is restored: {text}");
+}
+
 #[tokio::test]
 async fn announce_keeps_a_json_file_json() {
     let dir = TempDir::new("announce-json");

@@ -187,10 +187,19 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
 
     /// Runs until `shutdown` completes or the cluster backend ends, then cleans up if
     /// configured. Never returns early because of a runtime fault: faults are reported and
-    /// retried.
+    /// retried. Shutdown interrupts an announcement in flight (an API server that does not
+    /// answer must not hold the agent), then cleans up within [`Config::clean_up_timeout`]
+    /// per step.
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut stopping = false;
         loop {
+            if !stopping {
+                stopping = self.perform_actions_unless(shutdown.as_mut()).await;
+                if stopping {
+                    self.reconciler.handle_event(Event::ShutdownRequested, now());
+                }
+            }
             self.perform_actions().await;
             if self.reconciler.is_stopped() {
                 return;
@@ -198,10 +207,16 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
             let timeout = self.reconciler.poll_timeout();
             let wants_snapshots = self.reconciler.wants_snapshots();
             tokio::select! {
-                () = &mut shutdown => self.reconciler.handle_event(Event::ShutdownRequested, now()),
+                () = &mut shutdown, if !stopping => {
+                    stopping = true;
+                    self.reconciler.handle_event(Event::ShutdownRequested, now());
+                }
                 next = self.cluster.next_snapshot(), if wants_snapshots => {
                     let event = match next {
-                        Ok(Some(snapshot)) => Event::Snapshot(snapshot),
+                        Ok(Some(snapshot)) => {
+                            self.reconciler.handle_event(Event::BackendDiagnostics(self.cluster.diagnostics()), now());
+                            Event::Snapshot(snapshot)
+                        }
                         Ok(None) => Event::ClusterEnded,
                         Err(error) => Event::ClusterReadFailed(error),
                     };
@@ -214,6 +229,32 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
                         self.reconciler.handle_event(Event::Probed { ip, reachable }, now());
                     }
                 }
+            }
+        }
+    }
+
+    /// Performs the reconciler's actions like [`Driver::perform_actions`], but an announcement
+    /// in flight is abandoned (answered as failed) when `shutdown` completes; `true` then.
+    async fn perform_actions_unless(&mut self, mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+        loop {
+            self.flush_reports();
+            let Some(action) = self.reconciler.poll_action() else { return false };
+            if !matches!(action, Action::Announce(_)) {
+                let event = self.perform(action).await;
+                self.reconciler.handle_event(event, now());
+                continue;
+            }
+            let interrupted = tokio::select! {
+                event = self.perform(action) => {
+                    self.reconciler.handle_event(event, now());
+                    false
+                }
+                () = shutdown.as_mut() => true,
+            };
+            if interrupted {
+                let error = BackendError::new("failed to announce the node", "interrupted by shutdown");
+                self.reconciler.handle_event(Event::Announced(Err(error)), now());
+                return true;
             }
         }
     }
@@ -243,13 +284,21 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
                 }
                 Event::Resolved(resolution)
             }
-            Action::Observe => Event::Observed(self.dataplane.observe().await),
+            Action::Observe => {
+                let timeout = self.reconciler.config().dataplane_timeout;
+                Event::Observed(bounded(timeout, "observe the data plane", self.dataplane.observe()).await)
+            }
             Action::UpdateCni { pod_cidr } => Event::CniUpdated(self.host.update_cni(pod_cidr).await),
             Action::Apply(plan) => {
                 debug!(?plan, "plan");
-                Event::Applied(self.dataplane.apply(&plan).await)
+                let timeout = self.reconciler.config().dataplane_timeout;
+                Event::Applied(bounded(timeout, "apply the plan", self.dataplane.apply(&plan)).await)
             }
-            Action::Announce(announcement) => Event::Announced(self.cluster.announce(&announcement).await),
+            Action::Announce(announcement) => {
+                let timeout = self.reconciler.config().announce_timeout;
+                let operation = format!("announce node {:?}", announcement.hostname);
+                Event::Announced(bounded(timeout, &operation, self.cluster.announce(&announcement)).await)
+            }
             Action::Probe { ip, timeout } => Event::Probed { ip, reachable: self.host.probe(ip, timeout).await },
             Action::CleanUpDataplane => {
                 let timeout = self.reconciler.config().clean_up_timeout;
@@ -272,11 +321,11 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
 }
 
 /// `work`, or a timeout error naming `operation` after `timeout`.
-async fn bounded(
+async fn bounded<T>(
     timeout: std::time::Duration,
     operation: &str,
-    work: impl Future<Output = Result<(), BackendError>>,
-) -> Result<(), BackendError> {
+    work: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
     tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| {
         Err(BackendError::new(format!("failed to {operation}"), format!("timed out after {timeout:?}")))
     })
@@ -296,6 +345,15 @@ fn log(report: &Report) {
             warn!(%error, ?retry_in, "failed to read the cluster; the data plane stays as it is");
         }
         Report::ClusterEnded => info!("the cluster backend ended"),
+        Report::ClusterLost { reason, since } => warn!(
+            reason,
+            last_seen_unix = since,
+            "cannot see the cluster: failing static, the data plane stays as it is and no peer is removed \
+             for being not ready until the cluster is seen again"
+        ),
+        Report::ClusterRegained { outage } => {
+            info!(?outage, "sees the cluster again; judging readiness again");
+        }
         Report::NoSnapshotYet => debug!("no cluster snapshot yet"),
         Report::LocalNodeMissing { hostname } => warn!(
             %hostname,

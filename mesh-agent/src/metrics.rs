@@ -62,6 +62,8 @@ pub struct Metrics {
     operations: Family<KindLabel, Counter>,
     iptables: Family<IptablesLabels, Counter>,
     skipped: Family<KindLabel, Gauge>,
+    warnings: Gauge,
+    cluster_visible: Gauge,
     leader_changes: Counter,
     failovers: Counter,
     probes: Family<ResultLabel, Counter>,
@@ -91,6 +93,9 @@ impl Metrics {
         let operations = Family::<KindLabel, Counter>::default();
         let skipped = Family::<KindLabel, Gauge>::default();
         let iptables = Family::<IptablesLabels, Counter>::default();
+        let warnings = Gauge::default();
+        let cluster_visible = Gauge::default();
+        cluster_visible.set(1);
         // prometheus-client adds `_total` to counters, giving Kilo's names.
         registry.register(
             "kilo_errors",
@@ -112,7 +117,6 @@ impl Metrics {
             operations.clone(),
         );
         registry.register("kilo_iptables_operations", "Number of iptables operations.", iptables.clone());
-        registry.register("mesh_skipped_objects", "Nodes and peers left out of the mesh, by kind.", skipped.clone());
         let leader_changes = Counter::default();
         let failovers = Counter::default();
         let probes = Family::<ResultLabel, Counter>::default();
@@ -131,6 +135,21 @@ impl Metrics {
             "Failover claims this node made: its location's leader did not answer over the private network.",
             failovers.clone(),
         );
+        registry.register(
+            "mesh_skipped_objects",
+            "Nodes and peers left out of the mesh (invalid, unreadable or not ready), by kind.",
+            skipped.clone(),
+        );
+        registry.register(
+            "mesh_ignored_values",
+            "Values ignored while their node or peer stayed in the mesh (invalid annotations, unresolvable endpoints).",
+            warnings.clone(),
+        );
+        registry.register(
+            "mesh_cluster_visible",
+            "1 while the agent sees the cluster; 0 while it fails static (reads fail or its heartbeat cannot be written).",
+            cluster_visible.clone(),
+        );
         registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         Metrics {
             registry,
@@ -146,6 +165,8 @@ impl Metrics {
             leader_changes,
             failovers,
             probes,
+            warnings,
+            cluster_visible,
         }
     }
 
@@ -207,8 +228,9 @@ impl Metrics {
         }
         match report {
             Report::Reconciled { duration, .. } => self.reconciled(duration.as_secs_f64()),
-            Report::Mesh { leader, nodes, peers, skipped_nodes, skipped_peers } => {
+            Report::Mesh { leader, nodes, peers, skipped_nodes, skipped_peers, warnings } => {
                 self.mesh(*leader, *nodes, *peers, *skipped_nodes, *skipped_peers);
+                self.warnings.set(i64::try_from(*warnings).unwrap_or(i64::MAX));
             }
             Report::Applied { operations } => operations.iter().for_each(|kind| self.operation(kind)),
             Report::IptablesApplied { operations } => operations.iter().for_each(|call| self.iptables_operation(call)),
@@ -221,6 +243,12 @@ impl Metrics {
             Report::Probed { reachable, .. } => {
                 let result = if *reachable { "answered" } else { "missed" };
                 self.probes.get_or_create(&ResultLabel { result }).inc();
+            }
+            Report::ClusterLost { .. } => {
+                self.cluster_visible.set(0);
+            }
+            Report::ClusterRegained { .. } => {
+                self.cluster_visible.set(1);
             }
             _ => {}
         }

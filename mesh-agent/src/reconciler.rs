@@ -15,7 +15,8 @@
 //! One reconcile pass: `Resolve` (DNS, the host's MTU, the local node as this agent runs it) →
 //! `Observe` → `UpdateCni` (with [`Config::update_cni`]) → compute the topology and the plan →
 //! `Apply` (only a non-empty plan) → `Announce` (when what the node says changed, or at
-//! check-in). A pass runs on every snapshot, on the resync period, at check-in and when a failed
+//! check-in; also after a failed apply, which the data plane makes partial: the parts that
+//! could be applied are, and the node must stay in the mesh while the rest is retried). A pass runs on every snapshot, on the resync period, at check-in and when a failed
 //! pass is retried (bounded exponential [`Backoff`](mesh_core::time::Backoff)). At check-in, if the pass could not publish
 //! (a failed apply), the last announcement goes out again with a fresh `last-seen`: the node is
 //! alive and must not be dropped by the others while it retries.
@@ -71,13 +72,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::iptables_operations::IptablesOperation;
-use mesh_core::backend::{BackendError, LocalAnnouncement};
+use mesh_core::backend::{BackendError, LocalAnnouncement, SnapshotDiagnostics};
 use mesh_core::plan::KeepReason;
-use mesh_core::{ClusterSnapshot, DesiredState, Key, NodeSpec, ObjectKind, ObservedState, Plan, Topology, Warning};
+use mesh_core::{
+    ClusterSnapshot, DesiredState, Key, NodeSpec, ObjectKind, ObservedState, Plan, Skipped, Topology, Warning,
+};
 
 mod failover;
 mod messages;
 pub mod status;
+mod view;
 
 pub use failover::FailoverTiming;
 pub use messages::{Action, Config, ErrorEvent, Event, Now, Report, Resolution};
@@ -148,6 +152,9 @@ struct Pass {
     started: Instant,
     /// The pass runs because of a check-in.
     check_in: bool,
+    /// The apply of this pass failed (in part): the pass goes on to announce the node, then
+    /// fails and is retried.
+    apply_error: Option<String>,
     stage: Stage,
 }
 
@@ -170,6 +177,10 @@ pub struct Reconciler {
     resync: Periodic,
     check_in: Periodic,
     retry: Option<Retry>,
+    /// Whether the cluster can be seen (fail static while not).
+    view: view::ClusterView,
+    /// While the heartbeat cannot be written: failures in a row, and when it is tried again.
+    heartbeat_retry: Option<Retry>,
     /// Failed cluster reads in a row, and until when reading pauses.
     cluster_failures: u32,
     cluster_paused_until: Option<Instant>,
@@ -183,6 +194,8 @@ pub struct Reconciler {
     announced: Option<LocalAnnouncement>,
     /// Roamed endpoints already reported, so each change is reported once.
     roamed: BTreeMap<Key, SocketAddr>,
+    /// What the cluster backend left out of or ignored in the snapshot.
+    backend_diagnostics: SnapshotDiagnostics,
     /// Diagnostic lines already reported, so each is reported once per change.
     reported: Vec<String>,
     cni_error: Option<String>,
@@ -206,6 +219,8 @@ impl Reconciler {
             config,
             snapshot: None,
             retry: None,
+            view: view::ClusterView::default(),
+            heartbeat_retry: None,
             cluster_failures: 0,
             cluster_paused_until: None,
             pass: None,
@@ -214,6 +229,7 @@ impl Reconciler {
             check_in_pass_due: false,
             announced: None,
             roamed: BTreeMap::new(),
+            backend_diagnostics: SnapshotDiagnostics::default(),
             reported: Vec::new(),
             cni_error: None,
             local_missing_reported: false,
@@ -239,6 +255,13 @@ impl Reconciler {
         self.retry.map(|retry| self.config.retry.delay(retry.failures.saturating_sub(1)))
     }
 
+    /// What is wrong with the cluster's objects as of the last pass, one line each, sorted:
+    /// objects left out (by the backend or the mesh) and values ignored. Each was reported once
+    /// as [`Report::Diagnostic`].
+    pub fn diagnostics(&self) -> &[String] {
+        &self.reported
+    }
+
     /// The last announcement the cluster accepted.
     pub fn announced(&self) -> Option<&LocalAnnouncement> {
         self.announced.as_ref()
@@ -253,6 +276,18 @@ impl Reconciler {
     /// The leader this node claims unreachable (fast failover), if any.
     pub fn failover_claim(&self) -> Option<&str> {
         self.failover.claim()
+    }
+
+    /// Whether the agent sees the cluster. While it does not (reads fail, or its heartbeat
+    /// cannot be written), it fails static: the data plane stays as it is, and readiness is
+    /// judged as of [`Reconciler::cluster_lost_since`].
+    pub fn sees_cluster(&self) -> bool {
+        self.view.is_visible()
+    }
+
+    /// Since when (Unix seconds) the agent has not seen the cluster, while it does not.
+    pub fn cluster_lost_since(&self) -> Option<i64> {
+        self.view.lost_since()
     }
 
     /// Whether the cluster should be read now (not while reading pauses after an error, nor
@@ -290,6 +325,7 @@ impl Reconciler {
             Some(self.resync.next),
             Some(self.check_in.next),
             self.retry.and_then(|retry| retry.at),
+            self.heartbeat_retry.and_then(|retry| retry.at),
             self.cluster_paused_until,
             self.failover.poll_timeout(),
         ]
@@ -328,6 +364,13 @@ impl Reconciler {
             self.pass_due = true;
         }
         self.failover.handle_timeout(now.instant, &mut self.actions);
+        if let Some(retry) = &mut self.heartbeat_retry
+            && retry.at.is_some_and(|at| at <= now.instant)
+        {
+            retry.at = None;
+            self.pass_due = true;
+            self.check_in_pass_due = true;
+        }
         self.start_due_pass(now);
     }
 
@@ -338,13 +381,18 @@ impl Reconciler {
                 self.cluster_failures = 0;
                 self.snapshot = Some(snapshot);
                 self.pass_due = true;
+                let change = self.view.seen(view::Blindness::ReadFailed, now.unix, self.forgiveness());
+                self.view_changed(change, view::Blindness::ReadFailed);
             }
+            Event::BackendDiagnostics(diagnostics) => self.backend_diagnostics = diagnostics,
             Event::ClusterReadFailed(error) => {
                 // Back off, so a backend that fails at once cannot make the loop spin.
-                let retry_in = self.config.retry.delay(self.cluster_failures);
+                let retry_in = self.config.read_retry.delay(self.cluster_failures);
                 self.cluster_failures = self.cluster_failures.saturating_add(1);
                 self.cluster_paused_until = Some(now.instant + retry_in);
                 self.reports.push_back(Report::ClusterReadFailed { error: error.to_string(), retry_in });
+                let change = self.view.blind(view::Blindness::ReadFailed, now.unix);
+                self.view_changed(change, view::Blindness::ReadFailed);
             }
             Event::ClusterEnded => {
                 self.reports.push_back(Report::ClusterEnded);
@@ -401,9 +449,10 @@ impl Reconciler {
             self.reports.push_back(Report::NoSnapshotYet);
             return;
         };
-        let snapshot = ClusterSnapshot { now: now.unix, ..snapshot.clone() };
+        // Readiness is judged when the cluster was last seen while it cannot be seen.
+        let snapshot = ClusterSnapshot { now: self.view.readiness_time(now.unix), ..snapshot.clone() };
         self.actions.push_back(Action::Resolve(snapshot));
-        self.pass = Some(Pass { started: now.instant, check_in, stage: Stage::Resolving });
+        self.pass = Some(Pass { started: now.instant, check_in, apply_error: None, stage: Stage::Resolving });
     }
 
     fn resolved(&mut self, resolution: Resolution) {
@@ -499,16 +548,19 @@ impl Reconciler {
             }
         };
         let (desired, state_warnings) = DesiredState::from_topology(&topology, options);
+        warnings.extend(self.backend_diagnostics.warnings.iter().cloned());
         warnings.extend(topology.warnings.iter().cloned());
         warnings.extend(state_warnings);
-        self.report_diagnostics(&topology, &warnings);
-        let skipped = |kind| topology.skipped.iter().filter(|s| s.kind == kind).count();
+        let skipped: Vec<Skipped> = self.backend_diagnostics.skipped.iter().chain(&topology.skipped).cloned().collect();
+        self.report_diagnostics(&skipped, &warnings);
+        let skipped_of = |kind| skipped.iter().filter(|s| s.kind == kind).count();
         self.reports.push_back(Report::Mesh {
             leader: topology.leader,
             nodes: topology.segments.iter().map(|s| s.members.len()).sum(),
             peers: topology.peers.len(),
-            skipped_nodes: skipped(ObjectKind::Node),
-            skipped_peers: skipped(ObjectKind::Peer),
+            skipped_nodes: skipped_of(ObjectKind::Node),
+            skipped_peers: skipped_of(ObjectKind::Peer),
+            warnings: warnings.len(),
         });
         let plan = Plan::between(observed, &desired);
         self.reports.push_back(Report::Planned(Arc::new(status::PassStatus::of(snapshot, &topology, observed, &plan))));
@@ -532,12 +584,17 @@ impl Reconciler {
         else {
             unreachable!("matched above")
         };
-        if let Err(error) = result {
-            return self.pass_failed(error.to_string(), now);
-        }
-        self.reports.push_back(Report::Applied { operations });
-        if !iptables.is_empty() {
-            self.reports.push_back(Report::IptablesApplied { operations: iptables });
+        match result {
+            // What could be applied is applied (the data plane goes on past a failed part): the
+            // node still announces itself, so that one failing part (the firewall) does not
+            // take it out of the mesh; the pass then fails and the rest is retried.
+            Err(error) => pass.apply_error = Some(error.to_string()),
+            Ok(()) => {
+                self.reports.push_back(Report::Applied { operations });
+                if !iptables.is_empty() {
+                    self.reports.push_back(Report::IptablesApplied { operations: iptables });
+                }
+            }
         }
         self.announce(local, topology, now);
     }
@@ -546,7 +603,8 @@ impl Reconciler {
     fn announce(&mut self, local: NodeSpec, topology: Topology, now: Now) {
         let published = NodeSpec { wireguard_ip: topology.leader.then_some(topology.wireguard_cidr), ..local };
         let announcement =
-            LocalAnnouncement::of(&published, self.config.options.granularity, published.last_seen.unwrap_or_default());
+            // The heartbeat carries the time now, also while readiness is judged at another time.
+            LocalAnnouncement::of(&published, self.config.options.granularity, now.unix);
         let changed = self.announced.as_ref().is_none_or(|previous| {
             LocalAnnouncement { last_seen: 0, ..previous.clone() }
                 != LocalAnnouncement { last_seen: 0, ..announcement.clone() }
@@ -563,28 +621,78 @@ impl Reconciler {
         let Some(pass) = &mut self.pass else { return };
         match std::mem::replace(&mut pass.stage, Stage::Resolving) {
             Stage::Announcing { announcement, topology } => {
-                self.publication(announcement, result, false);
+                self.publication(announcement, result, false, now);
                 self.pass_succeeded(Some(topology), now);
             }
             Stage::Heartbeat { announcement } => {
-                self.publication(announcement, result, true);
+                self.publication(announcement, result, true, now);
                 self.pass = None;
             }
             other => pass.stage = other,
         }
     }
 
-    fn publication(&mut self, announcement: LocalAnnouncement, result: Result<(), BackendError>, heartbeat: bool) {
+    fn publication(
+        &mut self,
+        announcement: LocalAnnouncement,
+        result: Result<(), BackendError>,
+        heartbeat: bool,
+        now: Now,
+    ) {
         match result {
             Ok(()) => {
                 self.announced = Some(announcement);
                 self.check_in_due = false;
+                self.heartbeat_retry = None;
+                let change = self.view.seen(view::Blindness::HeartbeatFailed, now.unix, self.forgiveness());
+                self.view_changed(change, view::Blindness::HeartbeatFailed);
             }
-            Err(error) => self.reports.push_back(Report::AnnounceFailed { error: error.to_string(), heartbeat }),
+            Err(error) => {
+                self.reports.push_back(Report::AnnounceFailed { error: error.to_string(), heartbeat });
+                // Others will soon judge this node not ready: try again soon, not at the next
+                // check-in, and keep the data plane meanwhile.
+                let failures = self.heartbeat_retry.map_or(0, |retry| retry.failures);
+                let retry_in = self.config.read_retry.delay(failures);
+                self.heartbeat_retry =
+                    Some(Retry { failures: failures.saturating_add(1), at: Some(now.instant + retry_in) });
+                let change = self.view.blind(view::Blindness::HeartbeatFailed, now.unix);
+                self.view_changed(change, view::Blindness::HeartbeatFailed);
+            }
+        }
+    }
+
+    /// How long the outage stays forgiven once the cluster is seen again: two check-ins, so
+    /// every node had time to publish a fresh heartbeat.
+    fn forgiveness(&self) -> Duration {
+        self.config.check_in_period * 2
+    }
+
+    fn view_changed(&mut self, change: Option<view::Change>, why: view::Blindness) {
+        match change {
+            Some(view::Change::Lost { since }) => {
+                let reason = match why {
+                    view::Blindness::ReadFailed => "reading the cluster failed",
+                    view::Blindness::HeartbeatFailed => "the heartbeat could not be written",
+                };
+                self.reports.push_back(Report::ClusterLost { reason, since });
+            }
+            Some(view::Change::Regained { outage }) => {
+                let outage = Duration::from_secs(u64::try_from(outage).unwrap_or(0));
+                self.reports.push_back(Report::ClusterRegained { outage });
+                if why == view::Blindness::ReadFailed {
+                    // Tell the others at once that this node is alive.
+                    self.pass_due = true;
+                    self.check_in_pass_due = true;
+                }
+            }
+            None => {}
         }
     }
 
     fn pass_succeeded(&mut self, topology: Option<Topology>, now: Now) {
+        if let Some(error) = self.pass.as_mut().and_then(|pass| pass.apply_error.take()) {
+            return self.pass_failed(error, now);
+        }
         self.retry = None;
         if let Some(topology) = topology {
             self.failover.on_topology(&topology, now.instant, &mut self.reports);
@@ -635,9 +743,8 @@ impl Reconciler {
     }
 
     /// Reports skipped objects and warnings once per change, not at every resync.
-    fn report_diagnostics(&mut self, topology: &Topology, warnings: &[Warning]) {
-        let mut lines: Vec<String> = topology
-            .skipped
+    fn report_diagnostics(&mut self, skipped: &[Skipped], warnings: &[Warning]) {
+        let mut lines: Vec<String> = skipped
             .iter()
             .map(|s| format!("{:?} {} is left out of the mesh: {}", s.kind, s.name, s.reason))
             .chain(warnings.iter().map(|w| {

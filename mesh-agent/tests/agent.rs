@@ -6,9 +6,9 @@ use std::time::Duration;
 use mesh_agent::driver::{Driver, Host};
 use mesh_agent::metrics::{ErrorEvent, Metrics, Telemetry};
 use mesh_agent::reconciler::Config;
-use mesh_core::backend::{BackendError, MockClusterBackend, MockDataplane};
+use mesh_core::backend::{BackendError, MockClusterBackend, MockDataplane, SnapshotDiagnostics};
 use mesh_core::time::{Backoff, unix_seconds};
-use mesh_core::{ClusterSnapshot, DesiredState, ObservedState, Options, Topology};
+use mesh_core::{ClusterSnapshot, DesiredState, ObjectKind, ObservedState, Options, Skipped, Topology};
 use mockall::Sequence;
 use mockall::predicate::always;
 
@@ -23,10 +23,12 @@ fn unix_now() -> i64 {
 
 /// A driver over the mocks whose reports go to fresh metrics and status.
 fn driver(
-    cluster: MockClusterBackend,
+    mut cluster: MockClusterBackend,
     dataplane: MockDataplane,
     config: Config,
 ) -> (Driver<MockClusterBackend, MockDataplane, StaticHost, Telemetry>, Arc<Metrics>) {
+    // Translation found nothing wrong (tests that need diagnostics set their own).
+    cluster.expect_diagnostics().returning(Default::default);
     let telemetry = Telemetry::new();
     let metrics = telemetry.metrics();
     (Driver::new(cluster, dataplane, StaticHost, config).with_sink(telemetry), metrics)
@@ -268,4 +270,30 @@ async fn status_shows_leaders_peers_and_a_pending_plan_until_it_is_applied() {
     let age = peers[0]["latest_handshake_age_seconds"].as_i64().unwrap();
     assert!((7..60).contains(&age), "{age}");
     assert_eq!((peers[0]["rx_bytes"].as_u64(), peers[0]["tx_bytes"].as_u64()), (Some(10), Some(20)));
+}
+
+/// The backend's diagnostics reach the running agent: logged, counted, readable for /status.
+#[tokio::test]
+async fn what_the_backend_left_out_is_counted_and_readable() {
+    let mut cluster = MockClusterBackend::new();
+    let mut next = Sequence::new();
+    cluster.expect_next_snapshot().times(1).in_sequence(&mut next).returning(|| Ok(Some(snapshot())));
+    cluster.expect_next_snapshot().times(1).in_sequence(&mut next).returning(|| Ok(None));
+    cluster.expect_diagnostics().returning(|| SnapshotDiagnostics {
+        skipped: vec![Skipped { kind: ObjectKind::Peer, name: "broken.yaml".into(), reason: "not YAML".into() }],
+        warnings: Vec::new(),
+    });
+    cluster.expect_announce().returning(|_| Ok(()));
+    let mut dataplane = MockDataplane::new();
+    dataplane.expect_observe().returning(|| Ok(ObservedState::default()));
+    dataplane.expect_apply().returning(|_| Ok(()));
+    let mut config = config();
+    config.clean_up = false;
+    let telemetry = Telemetry::new();
+    let metrics = telemetry.metrics();
+    let mut agent = Driver::new(cluster, dataplane, StaticHost, config).with_sink(telemetry);
+    agent.run(std::future::pending()).await;
+    let text = metrics.render();
+    assert!(text.contains("mesh_skipped_objects{kind=\"peer\"} 1"), "{text}");
+    assert_eq!(agent.reconciler().diagnostics(), ["Peer broken.yaml is left out of the mesh: not YAML"]);
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
-use crate::{ClusterSnapshot, Endpoint, Granularity, Key, NodeSpec, ObservedState, Plan};
+use crate::{ClusterSnapshot, Endpoint, Granularity, Key, NodeSpec, ObservedState, Plan, Skipped, Warning};
 
 /// An error from a backend, naming the operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,17 @@ impl LocalAnnouncement {
     }
 }
 
+/// What a backend left out of, or ignored in, the last snapshot it returned: objects it could
+/// not translate (an invalid Peer, a malformed file) and values it ignored (an invalid
+/// annotation). The agent logs each once, counts them and shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotDiagnostics {
+    /// Objects left out of the snapshot, with the reason.
+    pub skipped: Vec<Skipped>,
+    /// Values ignored while their object stayed in the snapshot.
+    pub warnings: Vec<Warning>,
+}
+
 /// Where nodes and peers come from, and where the local node publishes itself.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait::async_trait]
@@ -85,6 +96,12 @@ pub trait ClusterBackend: Send {
     /// Waits for the next snapshot of the cluster. Bursts of changes may be coalesced into one
     /// snapshot. `Ok(None)` means the backend has ended.
     async fn next_snapshot(&mut self) -> Result<Option<ClusterSnapshot>, BackendError>;
+
+    /// What translation left out of or ignored in the last snapshot returned (nothing by
+    /// default: a backend whose objects need no translation).
+    fn diagnostics(&self) -> SnapshotDiagnostics {
+        SnapshotDiagnostics::default()
+    }
 
     /// Publishes the local node's announcement, changing only the fields this agent owns.
     async fn announce(&mut self, announcement: &LocalAnnouncement) -> Result<(), BackendError>;

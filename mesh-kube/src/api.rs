@@ -15,13 +15,14 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
-use mesh_core::backend::{BackendError, ClusterBackend, LocalAnnouncement};
+use mesh_core::backend::{BackendError, ClusterBackend, LocalAnnouncement, SnapshotDiagnostics};
 use mesh_core::time::{Backoff, unix_seconds};
 use mesh_core::{ClusterSnapshot, Skipped};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::annotations::{OWNED_ANNOTATIONS, announcement_annotations};
 use crate::crd::Peer;
+use crate::pacing::{PacedWatches, WatchPacing};
 use crate::translate::{self, TranslatedNode, TranslatedPeer};
 use crate::{Diagnostics, Error, Result, Translated};
 
@@ -43,10 +44,11 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 5 tries, 200 ms doubling to at most 30 s, jittered: a write gives up after about 3 s; a
-    /// watcher facing a long outage settles at one try per 15 to 30 s, like client-go's.
+    /// 5 tries, 200 ms doubling to at most 4 s, jittered: a write gives up after about 3 s; a
+    /// watcher facing a long outage settles at one try per 2 to 4 s per resource, so the agent
+    /// sees the cluster again within seconds of its return (under one request per second).
     fn default() -> Self {
-        RetryPolicy { attempts: 5, initial: Duration::from_millis(200), max: Duration::from_secs(30) }
+        RetryPolicy { attempts: 5, initial: Duration::from_millis(200), max: Duration::from_secs(4) }
     }
 }
 
@@ -56,7 +58,12 @@ impl RetryPolicy {
     /// not hammer the API server in step.
     pub fn delay(&self, failure: u32) -> Duration {
         let random = RandomState::new().hash_one(std::time::Instant::now());
-        Backoff::new(self.initial, self.max).jittered(failure, random)
+        self.backoff().jittered(failure, random)
+    }
+
+    /// The delays without jitter.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.initial, self.max)
     }
 }
 
@@ -67,11 +74,12 @@ impl RetryPolicy {
 /// change seen by a cancelled call is delivered by the next one.
 ///
 /// Failure handling: a failed list or watch is retried with jittered exponential backoff
-/// ([`RetryPolicy`]); a `410 Gone` relists at once (kube's watcher, and a restart of the watcher
-/// when the API server answers the watch request itself with 410). Until the first complete
-/// list of both Nodes and Peers, and whenever the API server is unreachable afterwards,
-/// `next_snapshot` keeps waiting: it never returns an empty or partial cluster because of an
-/// error, so the data plane is never torn down by an API outage.
+/// ([`RetryPolicy`]); a `410 Gone` relists at once (kube's watcher,
+/// and a restart of the watcher when the API server answers the watch request itself with 410).
+/// Each failure is returned once by `next_snapshot` (the agent then fails static); it never
+/// returns an empty or partial cluster because of an error. The first complete list after a
+/// failure, or the first watch established after it, is returned as a snapshot even if
+/// nothing changed.
 pub struct KubeBackend {
     hostname: String,
     nodes_api: Api<Node>,
@@ -82,6 +90,10 @@ pub struct KubeBackend {
     dirty: bool,
     debounce: Duration,
     retry: RetryPolicy,
+    watch_pacing: WatchPacing,
+    /// After a read error: the number of watches established then (see
+    /// [`WatchPacing::established`]); cleared by the next one.
+    blind_since: Option<u64>,
     last: Option<Translated>,
     diagnostics: Diagnostics,
 }
@@ -110,13 +122,16 @@ impl KubeBackend {
     pub fn new(client: Client, hostname: impl Into<String>, topology_label: impl Into<String>) -> Self {
         let topology_label = topology_label.into();
         let nodes_api: Api<Node> = Api::all(client.clone());
-        let peers_api: Api<Peer> = Api::all(client.clone());
         let retry = RetryPolicy::default();
+        // The watchers' client paces watches that the API server ends at once.
+        let watch_pacing = WatchPacing::new(retry.backoff());
+        let watch_client = PacedWatches::client(client.clone(), watch_pacing.clone());
+        let peers_api: Api<Peer> = Api::all(watch_client.clone());
         KubeBackend {
             hostname: hostname.into(),
             nodes: Reflector::new(
                 "nodes",
-                nodes_api.clone(),
+                Api::all(watch_client),
                 Box::new(move |node: &Node| translate::node(node, &topology_label)),
                 retry.clone(),
             ),
@@ -126,6 +141,8 @@ impl KubeBackend {
             dirty: false,
             debounce: Self::DEFAULT_DEBOUNCE,
             retry,
+            watch_pacing,
+            blind_since: None,
             last: None,
             diagnostics: Diagnostics::default(),
         }
@@ -143,6 +160,7 @@ impl KubeBackend {
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
         self.nodes.retry = retry.clone();
         self.peers.retry = retry.clone();
+        self.watch_pacing.set_backoff(retry.backoff());
         self.retry = retry;
         self
     }
@@ -233,6 +251,18 @@ impl KubeBackend {
         self.dirty |= changed;
     }
 
+    /// A list or watch failed since the last call: the agent must know it cannot see the
+    /// cluster (it fails static). The next complete list is returned as a snapshot even if
+    /// nothing changed, so the agent learns at once that it sees the cluster again.
+    fn fail_on_read_error(&mut self) -> Result<(), BackendError> {
+        let Some(error) = self.nodes.fresh_error.take().or_else(|| self.peers.fresh_error.take()) else {
+            return Ok(());
+        };
+        self.last = None;
+        self.blind_since = Some(self.watch_pacing.established());
+        Err(BackendError::new("failed to read the cluster", error))
+    }
+
     fn build(&self) -> Translated {
         Translated::collect(self.nodes.store.values(), self.peers.store.values(), Diagnostics::default())
     }
@@ -243,15 +273,27 @@ impl ClusterBackend for KubeBackend {
     /// Waits until both Nodes and Peers are listed and something changed, lets further changes
     /// arrive for the debounce window, and returns the cluster as of then. A change that leaves
     /// every translated Node, Peer and diagnostic as it was (a status update, a relist that
-    /// finds nothing new) does not produce a snapshot. Never returns `Ok(None)` or an error.
+    /// finds nothing new) does not produce a snapshot. Never returns `Ok(None)`; returns each
+    /// failed list or watch once as an error.
     async fn next_snapshot(&mut self) -> Result<Option<ClusterSnapshot>, BackendError> {
         loop {
             while !(self.is_synced() && self.dirty) {
-                self.step(None).await;
+                // While blind, look every half second whether a watch got through again: a
+                // watch that starts brings no event until something changes.
+                let deadline = self.blind_since.map(|_| Instant::now() + Duration::from_millis(500));
+                self.step(deadline).await;
+                self.fail_on_read_error()?;
+                if let Some(mark) = self.blind_since
+                    && self.watch_pacing.established() > mark
+                {
+                    self.blind_since = None;
+                    self.dirty = true;
+                }
             }
             let deadline = Instant::now() + self.debounce;
             while Instant::now() < deadline {
                 self.step(Some(deadline)).await;
+                self.fail_on_read_error()?;
             }
             self.dirty = false;
             let current = self.build();
@@ -263,6 +305,10 @@ impl ClusterBackend for KubeBackend {
             self.last = Some(current);
             return Ok(Some(snapshot));
         }
+    }
+
+    fn diagnostics(&self) -> SnapshotDiagnostics {
+        self.diagnostics.for_agent()
     }
 
     async fn announce(&mut self, announcement: &LocalAnnouncement) -> Result<(), BackendError> {
@@ -341,6 +387,8 @@ struct Reflector<K: Resource + 'static, V> {
     failures: u32,
     resume_at: Option<Instant>,
     last_error: Option<String>,
+    /// A failure not yet reported by `next_snapshot`.
+    fresh_error: Option<String>,
 }
 
 impl<K, V> Reflector<K, V>
@@ -360,6 +408,7 @@ where
             failures: 0,
             resume_at: None,
             last_error: None,
+            fresh_error: None,
         }
     }
 
@@ -382,8 +431,12 @@ where
         let stream = self.stream.get_mut().unwrap_or_else(PoisonError::into_inner);
         match stream.next().await {
             Some(Ok(event)) => {
-                self.failures = 0;
-                self.last_error = None;
+                // `Init` comes before every list attempt, also the ones that fail: only
+                // progress (objects or the end of a list) resets the backoff.
+                if !matches!(event, Event::Init) {
+                    self.failures = 0;
+                    self.last_error = None;
+                }
                 self.apply(event)
             }
             Some(Err(error)) => {
@@ -442,6 +495,7 @@ where
         self.failures = self.failures.saturating_add(1);
         tracing::warn!(resource = self.resource, %error, retry_in = ?delay, "failed to watch; keeping the last known state");
         self.last_error = Some(format!("failed to watch {}: {error}", self.resource));
+        self.fresh_error.clone_from(&self.last_error);
         self.resume_at = Some(Instant::now() + delay);
     }
 }

@@ -2,6 +2,7 @@
 //! backend, the file backend and the offline tools share, with one [`Diagnostics`] type for what
 //! translation left out or ignored.
 
+use mesh_core::backend::SnapshotDiagnostics;
 use mesh_core::{ClusterSnapshot, NodeSpec, PeerSpec, Skipped, Warning};
 
 use crate::file::FileProblem;
@@ -22,6 +23,14 @@ pub struct Diagnostics {
     pub warnings: Vec<Warning>,
     /// (File backend) files that could not be used, by path.
     pub files: Vec<FileProblem>,
+}
+
+impl Diagnostics {
+    /// What the agent reports: the skipped objects and the warnings (every file problem is
+    /// one of them already).
+    pub fn for_agent(&self) -> SnapshotDiagnostics {
+        SnapshotDiagnostics { skipped: self.skipped.clone(), warnings: self.warnings.clone() }
+    }
 }
 
 /// Translated Nodes and Peers with their diagnostics: what a snapshot is made of. Equal values

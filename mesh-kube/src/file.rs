@@ -62,7 +62,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use mesh_core::backend::{BackendError, ClusterBackend, LocalAnnouncement};
+use mesh_core::backend::{BackendError, ClusterBackend, LocalAnnouncement, SnapshotDiagnostics};
 use mesh_core::time::unix_seconds;
 use mesh_core::{ClusterSnapshot, ObjectKind, Skipped, Warning};
 use serde::Deserialize;
@@ -345,8 +345,9 @@ impl FileBackend {
 impl ClusterBackend for FileBackend {
     /// The first call returns the cluster as it is. Later calls wait until a file change alters
     /// a translated Node or Peer or a diagnostic, let a burst of writes settle, and return the
-    /// cluster as of then. Never returns `Ok(None)` or an error; while the directories cannot
-    /// be listed, it keeps waiting (see [`FileBackend::last_scan_error`]).
+    /// cluster as of then. Never returns `Ok(None)`. When the directories cannot be listed any
+    /// more, it returns the error once; the next call waits until they can and returns them
+    /// (see [`FileBackend::last_scan_error`]).
     async fn next_snapshot(&mut self) -> Result<Option<ClusterSnapshot>, BackendError> {
         if self.last.is_none() {
             while self.poll().await.is_none() {
@@ -359,7 +360,17 @@ impl ClusterBackend for FileBackend {
         loop {
             while !self.dirty {
                 sleep(self.poll_interval).await;
-                self.poll().await;
+                if self.poll().await.is_none() {
+                    // The agent must know it cannot see the cluster (it fails static). The
+                    // next call waits for the directories and returns them as a snapshot,
+                    // which tells the agent it sees the cluster again.
+                    self.last = None;
+                    let error = self.scan_error.clone().unwrap_or_else(|| "unreadable".to_owned());
+                    return Err(BackendError::new(
+                        format!("failed to read the cluster in {}", self.dir.display()),
+                        error,
+                    ));
+                }
             }
             let deadline = Instant::now() + MAX_SETTLE;
             loop {
@@ -374,6 +385,10 @@ impl ClusterBackend for FileBackend {
                 return Ok(Some(self.publish(built)));
             }
         }
+    }
+
+    fn diagnostics(&self) -> SnapshotDiagnostics {
+        self.diagnostics.for_agent()
     }
 
     async fn announce(&mut self, announcement: &LocalAnnouncement) -> Result<(), BackendError> {
@@ -793,7 +808,14 @@ fn edit_annotations(path: &Path, edit: impl FnOnce(&mut Map<String, Value>) -> b
     };
     let json = is_json(&path);
     let invalid = |message: String| Error::ParseNodeFile { path: path.clone(), message };
-    let (_, mut node) = read_document(&text, json, "Node").map_err(|error| invalid(error.message))?;
+    let mut node = if text.trim().is_empty() {
+        // An emptied file: the node restores what it owns (its annotations) rather than stop
+        // its heartbeat and drop out of the mesh; the rest is the operator's to write again.
+        let name = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+        serde_json::json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": name } })
+    } else {
+        read_document(&text, json, "Node").map_err(|error| invalid(error.message))?.1
+    };
     let annotations = mapping_at(&mut node, &["metadata", "annotations"]).map_err(invalid)?;
     if !edit(annotations) {
         return Ok(Some(false));

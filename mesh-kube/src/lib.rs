@@ -45,6 +45,8 @@ pub mod api;
 mod cluster;
 pub mod crd;
 pub mod file;
+#[cfg(feature = "api")]
+mod pacing;
 pub mod translate;
 
 #[cfg(feature = "api")]

@@ -280,9 +280,15 @@ async fn lists_then_watches_nodes_and_peers_with_the_exact_requests() {
             server.watch_events(PEERS, "200", &[event("DELETED", peer("laptop", "201", &key(1).to_base64()))]).await;
         });
         assert_eq!(names(&third.unwrap().unwrap()), (vec!["a", "b"], vec![]));
-        // Both watches are re-opened and wait.
-        server.expect("GET", NODES, &watch_query("103")).await;
-        server.expect("GET", PEERS, &watch_query("201")).await;
+        // Both watches are re-opened (paced: the backend must be read meanwhile) and wait.
+        let reopened = async {
+            let _nodes = server.expect("GET", NODES, &watch_query("103")).await;
+            let _peers = server.expect("GET", PEERS, &watch_query("201")).await;
+        };
+        tokio::select! {
+            snapshot = backend.next_snapshot() => panic!("no change, no snapshot: {snapshot:?}"),
+            () = reopened => {}
+        }
     })
     .await;
 }
@@ -452,12 +458,24 @@ async fn clean_up_removes_every_owned_annotation_in_one_patch() {
     .await;
 }
 
+/// Calls `next_snapshot` until it returns a snapshot; the errors it returned on the way.
+async fn next_despite_errors(backend: &mut KubeBackend) -> (ClusterSnapshot, usize) {
+    let mut errors = 0;
+    loop {
+        match backend.next_snapshot().await {
+            Ok(Some(snapshot)) => return (snapshot, errors),
+            Ok(None) => panic!("the backend ended"),
+            Err(_) => errors += 1,
+        }
+    }
+}
+
 #[tokio::test]
 async fn failed_lists_are_retried_and_nothing_is_returned_before_both_lists() {
     let (client, mut server) = ApiServer::start();
     let mut backend = backend(client);
     within_timeout(async {
-        let (snapshot, ()) = tokio::join!(backend.next_snapshot(), async {
+        let ((snapshot, errors), ()) = tokio::join!(next_despite_errors(&mut backend), async {
             server.answer("GET", NODES, LIST_QUERY, 500, status(500, "InternalError", "etcd")).await;
             server.answer("GET", PEERS, LIST_QUERY, 200, peer_list("200", vec![])).await;
             server.answer("GET", NODES, LIST_QUERY, 503, status(503, "ServiceUnavailable", "down")).await;
@@ -466,7 +484,8 @@ async fn failed_lists_are_retried_and_nothing_is_returned_before_both_lists() {
             // Only this list completes the cluster; a snapshot before it would lack node "a".
             server.answer("GET", NODES, LIST_QUERY, 200, node_list("100", vec![node("a", "1", &[])])).await;
         });
-        assert_eq!(names(&snapshot.unwrap().unwrap()), (vec!["a"], vec![]));
+        assert_eq!(names(&snapshot), (vec!["a"], vec![]));
+        assert_eq!(errors, 3, "each failed list is reported once");
         assert!(backend.is_synced());
         assert_eq!(backend.last_watch_error(), None);
     })
@@ -542,19 +561,28 @@ async fn an_unreachable_api_server_keeps_the_last_cluster() {
                 responder.send_error(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
             }
         };
+        let mut errors = 0;
+        let reads = async {
+            loop {
+                match backend.next_snapshot().await {
+                    Err(_) => errors += 1,
+                    snapshot => panic!("a snapshot during an outage: {snapshot:?}"),
+                }
+            }
+        };
         tokio::select! {
-            snapshot = backend.next_snapshot() => panic!("a snapshot during an outage: {snapshot:?}"),
+            () = reads => {}
             () = outage => {}
         }
+        assert!(errors >= 2, "the failed watches are reported (the agent fails static): {errors}");
         assert!(backend.last_watch_error().is_some_and(|error| error.starts_with("failed to watch")));
 
         // Back again: the cancelled wait lost nothing, the next change is delivered in full.
-        let (snapshot, ()) = tokio::join!(backend.next_snapshot(), async {
+        let ((snapshot, _), ()) = tokio::join!(next_despite_errors(&mut backend), async {
             server
                 .watch_events(NODES, "100", &[event("MODIFIED", node("b", "101", &[(annotations::LEADER, "")]))])
                 .await;
         });
-        let snapshot = snapshot.unwrap().unwrap();
         assert_eq!(names(&snapshot), (vec!["a", "b"], vec!["laptop"]));
         assert!(snapshot.nodes[1].leader);
     })
@@ -592,7 +620,8 @@ async fn bursts_make_one_snapshot_and_no_op_changes_none() {
         // is no snapshot.
         let no_op = async {
             server.watch_events(NODES, "103", &[event("MODIFIED", node("c", "104", &[]))]).await;
-            server.expect("GET", NODES, &watch_query("104")).await;
+            // The next watch stays open.
+            let _open = server.expect("GET", NODES, &watch_query("104")).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         tokio::select! {
@@ -618,6 +647,28 @@ async fn check_crd_reads_the_peer_crd() {
         );
         let error = result.unwrap_err().to_string();
         assert!(error.starts_with(r#"failed to get CustomResourceDefinition "peers.kilo.squat.ai""#), "{error}");
+    })
+    .await;
+}
+
+/// After a failed watch, the first watch the API server accepts again returns a snapshot
+/// (the same cluster): the agent learns at once that it sees the cluster again, even when
+/// nothing changed.
+#[tokio::test]
+async fn the_first_accepted_watch_after_an_outage_returns_a_snapshot() {
+    let (client, mut server) = ApiServer::start();
+    let mut backend = backend(client);
+    within_timeout(async {
+        let before = sync(&mut backend, &mut server).await;
+        let (error, ()) = tokio::join!(backend.next_snapshot(), async {
+            server.answer("GET", NODES, &watch_query("100"), 503, status(503, "ServiceUnavailable", "down")).await;
+        });
+        assert!(error.is_err(), "{error:?}");
+        let (snapshot, ()) = tokio::join!(backend.next_snapshot(), async {
+            server.watch_events(NODES, "100", &[]).await;
+        });
+        let snapshot = snapshot.expect("a snapshot").expect("not the end");
+        assert_eq!((&snapshot.nodes, &snapshot.peers), (&before.nodes, &before.peers));
     })
     .await;
 }

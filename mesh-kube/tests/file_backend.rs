@@ -228,6 +228,9 @@ async fn the_first_snapshot_is_the_cluster_as_it_is() {
     assert_eq!((skipped.kind, skipped.name.as_str()), (ObjectKind::Peer, "broken"));
     assert_eq!(skipped.reason, "WireGuard public key has invalid length");
     assert!(diagnostics.files.is_empty(), "{diagnostics:?}");
+    // What the running agent receives with the snapshot.
+    let for_agent = mesh_core::backend::ClusterBackend::diagnostics(&backend);
+    assert_eq!((&for_agent.skipped, &for_agent.warnings), (&diagnostics.skipped, &diagnostics.warnings));
     assert_eq!(backend.local_node().map(|node| node.spec.key), Some(Some(key(1))));
 }
 
@@ -437,6 +440,20 @@ async fn announce_needs_the_node_file() {
     assert_eq!(fs::read_to_string(dir.node("ghost.yaml")).unwrap(), "metadata: [\n");
 }
 
+/// A node whose own file was emptied restores its annotations with the next heartbeat
+/// instead of stopping it (and dropping out of the mesh after 60 s).
+#[tokio::test]
+async fn an_emptied_own_node_file_gets_the_annotations_back() {
+    let dir = TempDir::new("announce-emptied");
+    put(&dir.node("e.yaml"), "");
+    let mut backend = backend(&dir, "e");
+    backend.announce(&LocalAnnouncement { key: Some(key(3)), last_seen: 42, ..announcement("e", 0) }).await.unwrap();
+    let text = fs::read_to_string(dir.node("e.yaml")).unwrap();
+    assert!(text.contains("name: e") && text.contains("kind: Node"), "{text}");
+    assert!(text.contains(&key(3).to_base64()), "the key is restored: {text}");
+    assert!(text.contains("kilo.squat.ai/last-seen") && text.contains("42"), "the heartbeat is restored: {text}");
+}
+
 #[tokio::test]
 async fn announce_keeps_a_json_file_json() {
     let dir = TempDir::new("announce-json");
@@ -537,20 +554,25 @@ async fn malformed_files_are_reported_and_the_backend_goes_on() {
 }
 
 #[tokio::test]
-async fn a_vanished_nodes_directory_keeps_the_cluster() {
+async fn a_vanished_nodes_directory_keeps_the_cluster_and_says_so() {
     let dir = TempDir::new("vanished");
     put(&dir.node("a.yaml"), &kubectl_node("a", key(1), 1_700_000_000));
     let mut backend = backend(&dir, "a");
-    next_within(&mut backend, NOTICE).await;
+    let before = next_within(&mut backend, NOTICE).await;
 
     let aside = dir.path().join("nodes-aside");
     fs::rename(dir.path().join("nodes"), &aside).unwrap();
+    // Reported once as an error (the agent fails static), never as an empty cluster.
+    let error = timeout(NOTICE, backend.next_snapshot()).await.expect("the failure is reported").unwrap_err();
+    assert!(error.to_string().contains(&dir.path().join("nodes").display().to_string()), "{error}");
     assert_no_snapshot(&mut backend).await;
-    let error = backend.last_scan_error().expect("the failure is reported");
+    let error = backend.last_scan_error().expect("the failure is readable");
     assert!(error.contains(&dir.path().join("nodes").display().to_string()), "{error}");
 
+    // Back: the same cluster comes as a snapshot, so the agent knows it sees it again.
     fs::rename(&aside, dir.path().join("nodes")).unwrap();
-    assert_no_snapshot(&mut backend).await;
+    let after = next_within(&mut backend, NOTICE).await;
+    assert_eq!(after.nodes, before.nodes);
     assert_eq!(backend.last_scan_error(), None);
 }
 

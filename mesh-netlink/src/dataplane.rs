@@ -256,19 +256,40 @@ impl LinuxDataplane {
         Ok(ObservedState { state, peer_stats, observed_at, firewall_layout })
     }
 
-    /// Applies the plan's operations in order (see [`Dataplane::apply`]). A route whose place
-    /// is held by a route that is not the mesh's is left out, and the rest applied; such
-    /// routes are then reported together as [`Error::RouteConflicts`].
+    /// Applies the plan's operations in order (see [`Dataplane::apply`]).
+    ///
+    /// A route whose place is held by a route that is not the mesh's is left out, and the other
+    /// routes applied; such routes are reported together as [`Error::RouteConflicts`].
+    ///
+    /// One failing part of the data plane must not take the node out of the mesh: when an
+    /// operation fails, the rest of its part (interface, peers, tunnel, routes and rules,
+    /// firewall) is skipped, as order matters within a part, and the other parts are still
+    /// applied. A firewall that cannot be written costs neither
+    /// WireGuard peers nor routes. Every failure is returned, in order; the caller retries
+    /// what is left with the next plan.
     pub async fn apply_plan(&mut self, plan: &Plan) -> Result<()> {
         let mut links = Links::default();
+        let mut failed: Vec<(Part, Error)> = Vec::new();
         let mut conflicts = Vec::new();
         for operation in &plan.operations {
+            let part = Part::of(operation);
+            if failed.iter().any(|(failed, _)| *failed == part) {
+                continue;
+            }
             match self.apply_operation(operation, &mut links).await {
+                Ok(()) => {}
                 Err(Error::RouteConflicts(found)) => conflicts.extend(found),
-                result => result?,
+                Err(error) => failed.push((part, error)),
             }
         }
-        if conflicts.is_empty() { Ok(()) } else { Err(Error::RouteConflicts(conflicts)) }
+        if !conflicts.is_empty() {
+            failed.push((Part::RoutesAndRules, Error::RouteConflicts(conflicts)));
+        }
+        match failed.len() {
+            0 => Ok(()),
+            1 => Err(failed.remove(0).1),
+            _ => Err(Error::PartlyApplied { failures: failed.into_iter().map(|(_, error)| error).collect() }),
+        }
     }
 
     /// Makes sure the WireGuard interface exists (creating it when allowed) and holds the
@@ -659,6 +680,37 @@ impl LinuxDataplane {
 
     fn rule_text(&self, rule: &Rule) -> String {
         rule.to_ip_rule(&self.names)
+    }
+}
+
+/// The parts of the data plane that fail independently: a failure skips the rest of its part
+/// only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Interface,
+    Peers,
+    Tunnel,
+    RoutesAndRules,
+    Firewall,
+}
+
+impl Part {
+    fn of(operation: &Operation) -> Part {
+        match operation {
+            Operation::SetMtu(_)
+            | Operation::RemoveAddress(_)
+            | Operation::AddAddress(_)
+            | Operation::SetLinkUp(_)
+            | Operation::SetListenPort(_) => Part::Interface,
+            Operation::RemovePeer(_) | Operation::UpdatePeer(_) | Operation::AddPeer(_) => Part::Peers,
+            Operation::SetTunnelAddress(_) => Part::Tunnel,
+            Operation::DeleteRule(_)
+            | Operation::DeleteRoute(_)
+            | Operation::AddRoute(_)
+            | Operation::ReplaceRoute(_)
+            | Operation::AddRule(_) => Part::RoutesAndRules,
+            Operation::EditFirewall(_) => Part::Firewall,
+        }
     }
 }
 

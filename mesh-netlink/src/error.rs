@@ -72,6 +72,12 @@ pub enum Error {
         /// The name the kernel's IPIP device has now (`cilium_tunl`).
         existing: String,
     },
+    /// Several parts of a plan failed; the others were applied.
+    #[error("{} parts of the plan failed: {}", failures.len(), failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    PartlyApplied {
+        /// Each part's failure, in the plan's order.
+        failures: Vec<Error>,
+    },
     /// IP discovery found no address the node could use.
     #[error("no valid IP was found")]
     NoValidIp,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::iptables_operations::IptablesOperation;
 use ipnet::IpNet;
-use mesh_core::backend::{BackendError, LocalAnnouncement};
+use mesh_core::backend::{BackendError, LocalAnnouncement, SnapshotDiagnostics};
 use mesh_core::time::Backoff;
 use mesh_core::{ClusterSnapshot, ObservedState, Options, Plan, Topology, Warning};
 
@@ -52,6 +52,10 @@ pub struct Config {
     /// Delays before retrying a failed pass, and before reading the cluster again after a read
     /// error.
     pub retry: Backoff,
+    /// Pauses between cluster reads after read errors, and between heartbeat retries while the
+    /// heartbeat cannot be written: short, so the agent sees the cluster again within seconds
+    /// of its return (the backends pace their own requests).
+    pub read_retry: Backoff,
     /// Keep the CNI configuration's pod range equal to the node's pod CIDR (`--cni`): ask for
     /// [`Action::UpdateCni`] at every pass.
     pub update_cni: bool,
@@ -61,21 +65,29 @@ pub struct Config {
     pub clean_up_timeout: Duration,
     /// Probe timing of fast leader failover (with [`Options::fast_failover`]).
     pub failover: FailoverTiming,
+    /// How long publishing the node may take, retries included (enforced by the driver): a
+    /// hanging API server must not hold up the next reconcile.
+    pub announce_timeout: Duration,
+    /// How long observing or applying the data plane may take (enforced by the driver).
+    pub dataplane_timeout: Duration,
 }
 
 impl Config {
     /// Kilo's timing: resync every 30 s, check-in every 30 s, retries from 1 s doubling to 30 s,
-    /// clean-up on, no CNI file.
+    /// clean-up on, no CNI file; an announcement may take 10 s, a data-plane step 60 s.
     pub fn new(options: Options) -> Self {
         Config {
             options,
             resync_period: Duration::from_secs(30),
             check_in_period: Duration::from_secs(30),
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            read_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(4)),
             update_cni: false,
             clean_up: true,
             clean_up_timeout: Duration::from_secs(8),
             failover: FailoverTiming::default(),
+            announce_timeout: Duration::from_secs(10),
+            dataplane_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -139,6 +151,9 @@ impl Resolution {
 pub enum Event {
     /// The cluster backend has a new snapshot.
     Snapshot(ClusterSnapshot),
+    /// What the cluster backend left out of or ignored in its last snapshot (send it with
+    /// each snapshot): reported with the mesh's own diagnostics, once per change.
+    BackendDiagnostics(SnapshotDiagnostics),
     /// Reading the cluster failed; the reconciler pauses reading ([`Reconciler::wants_snapshots`]).
     ClusterReadFailed(BackendError),
     /// The cluster backend ended: the reconciler stops.
@@ -192,6 +207,20 @@ pub enum Report {
     },
     /// The cluster backend ended.
     ClusterEnded,
+    /// The agent cannot see the cluster: the data plane stays as it is (fail static) and the
+    /// readiness of the other nodes is judged as of `since` until the cluster is seen again.
+    ClusterLost {
+        /// Why: `reading the cluster failed` or `the heartbeat could not be written`.
+        reason: &'static str,
+        /// Unix seconds when the cluster was last seen.
+        since: i64,
+    },
+    /// The agent sees the cluster again; readiness is judged again (the outage is forgiven
+    /// until every node had time to publish a fresh heartbeat).
+    ClusterRegained {
+        /// How long the cluster could not be seen.
+        outage: Duration,
+    },
     /// A pass was due but no snapshot has arrived yet.
     NoSnapshotYet,
     /// The local node is not in the snapshot: nothing to do yet (reported once until it
@@ -240,6 +269,8 @@ pub enum Report {
         skipped_nodes: usize,
         /// Peers left out.
         skipped_peers: usize,
+        /// Values ignored while their object stayed in the mesh.
+        warnings: usize,
     },
     /// A pass computed the mesh and its plan (empty in steady state): leaders, handshakes and
     /// the plan, for `/status`. A plan not followed by [`Report::Applied`] is still pending.

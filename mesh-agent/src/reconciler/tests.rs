@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use mesh_core::backend::{BackendError, LocalAnnouncement};
+use mesh_core::backend::{BackendError, LocalAnnouncement, SnapshotDiagnostics};
 use mesh_core::time::Backoff;
 use mesh_core::{ClusterSnapshot, Endpoint, ObservedState, Options, Plan};
 
@@ -194,7 +194,11 @@ fn a_failed_apply_is_retried_with_doubling_bounded_delays_until_it_succeeds() {
     reconciler.handle_event(Event::Snapshot(snapshot()), start);
     world.serve(&mut reconciler, start);
     assert!(!reconciler.is_healthy());
-    assert!(World::announcements(&world.take_actions()).is_empty(), "nothing is published before the apply");
+    assert_eq!(
+        World::announcements(&world.take_actions()).len(),
+        1,
+        "a failed (partial) apply does not keep the node out of the mesh"
+    );
     let mut delays = vec![reconciler.retry_delay()];
     let mut now = start;
     for _ in 0..4 {
@@ -215,7 +219,33 @@ fn a_failed_apply_is_retried_with_doubling_bounded_delays_until_it_succeeds() {
         })
         .collect();
     assert_eq!(failed, [1, 2, 4, 4].map(Duration::from_secs));
-    assert_eq!(World::announcements(&world.take_actions()).len(), 1, "announced once the apply succeeded");
+    assert!(World::announcements(&world.take_actions()).is_empty(), "nothing new to announce");
+}
+
+/// With the firewall unwritable, the node is announced and the pass retried until the part
+/// that failed is applied; each failure is reported.
+#[test]
+fn a_partly_failed_apply_announces_the_node_and_retries_the_rest() {
+    let (mut reconciler, mut world, start) = start();
+    world.applies = [Err(failure("failed to apply the plan: failed to apply IPv4 firewall rules"))].into();
+    reconciler.handle_event(Event::Snapshot(snapshot()), start);
+    world.serve(&mut reconciler, start);
+    let actions = world.take_actions();
+    assert_eq!(World::announcements(&actions).len(), 1, "announced although the apply failed");
+    assert_eq!(reconciler.announced().map(|a| a.hostname.as_str()), Some("a"));
+    assert!(!reconciler.is_healthy());
+    let failed = World::applies(&actions)[0].clone();
+    let reports = world.take_reports();
+    assert!(reports.iter().any(|r| matches!(r, Report::PassFailed { error, retry_in }
+        if error.contains("firewall") && *retry_in == Duration::from_secs(1))));
+
+    let retry = reconciler.poll_timeout().unwrap();
+    assert_eq!(retry, start.instant + Duration::from_secs(1));
+    advance(&mut reconciler, &mut world, start, retry);
+    let actions = world.take_actions();
+    assert_eq!(World::applies(&actions), [&failed], "the retry applies what failed");
+    assert!(reconciler.is_healthy());
+    assert!(World::announcements(&actions).is_empty(), "the announcement is not repeated");
 }
 
 #[test]
@@ -312,6 +342,53 @@ fn diagnostics_are_reported_once_per_change() {
     reconciler.handle_event(Event::Snapshot(cluster), now);
     world.serve(&mut reconciler, now);
     assert_eq!(diagnostics(world.take_reports()), first, "said again when it comes back");
+}
+
+/// What the backend left out or ignored (an invalid Peer, a bad annotation value) is
+/// reported once per change with the mesh's own diagnostics, counted, and readable.
+#[test]
+fn backend_diagnostics_are_reported_once_counted_and_readable() {
+    let (mut reconciler, mut world, start) = start();
+    let backend = SnapshotDiagnostics {
+        skipped: vec![Skipped { kind: ObjectKind::Peer, name: "laptop".into(), reason: "no valid public key".into() }],
+        warnings: vec![Warning {
+            kind: ObjectKind::Node,
+            name: "b".into(),
+            annotation: Some("kilo.squat.ai/persistent-keepalive".into()),
+            value: Some("soon".into()),
+            reason: "not a number of seconds; ignored".into(),
+        }],
+    };
+    reconciler.handle_event(Event::BackendDiagnostics(backend.clone()), start);
+    reconciler.handle_event(Event::Snapshot(snapshot()), start);
+    world.serve(&mut reconciler, start);
+    let reports = world.take_reports();
+    let lines: Vec<&String> = reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::Diagnostic(line) => Some(line),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("Peer laptop is left out of the mesh: no valid public key")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("persistent-keepalive=\"soon\"")), "{lines:?}");
+    assert!(reports.iter().any(|r| matches!(r, Report::Mesh { skipped_peers: 1, warnings: 1, .. })), "{reports:?}");
+    assert_eq!(reconciler.diagnostics().len(), 2, "readable for /status");
+
+    // The same diagnostics with the next snapshot and at resync: not reported again.
+    let later = start.after(Duration::from_secs(10));
+    reconciler.handle_event(Event::BackendDiagnostics(backend), later);
+    reconciler.handle_event(Event::Snapshot(snapshot()), later);
+    world.serve(&mut reconciler, later);
+    advance(&mut reconciler, &mut world, later, later.instant + Duration::from_secs(30));
+    assert!(!world.take_reports().iter().any(|r| matches!(r, Report::Diagnostic(_))));
+
+    // Fixed in the cluster: nothing left to show.
+    reconciler.handle_event(Event::BackendDiagnostics(SnapshotDiagnostics::default()), later);
+    reconciler.handle_event(Event::Snapshot(snapshot()), later);
+    world.serve(&mut reconciler, later);
+    assert!(reconciler.diagnostics().is_empty());
 }
 
 #[test]
@@ -482,6 +559,108 @@ fn the_iptables_calls_of_an_applied_firewall_edit_are_reported_and_a_failed_appl
     reconciler.request_pass(now);
     world.serve(&mut reconciler, now);
     assert_eq!(iptables(&world.take_reports()), [], "a steady state edits nothing");
+}
+
+/// Every operation that removes a peer or a route.
+fn removals(actions: &[Action]) -> Vec<String> {
+    World::applies(actions)
+        .iter()
+        .flat_map(|plan| &plan.operations)
+        .filter(|operation| matches!(operation.kind(), "remove_peer" | "delete_route" | "delete_rule"))
+        .map(|operation| format!("{operation:?}"))
+        .collect()
+}
+
+/// Fail static: through 3 minutes of failed reads, every peer and route stays; the agent says
+/// so; once the cluster is seen again it recovers at once, and a node that really is gone is
+/// removed after the grace period.
+#[test]
+fn an_outage_of_the_cluster_keeps_every_peer_and_route_and_recovers_at_once() {
+    let (mut reconciler, mut world, start) = start();
+    reconciler.handle_event(Event::Snapshot(snapshot()), start);
+    world.serve(&mut reconciler, start);
+    let peers = world.dataplane.state.peers.clone();
+    let routes = world.dataplane.state.routes.clone();
+    assert!(!peers.is_empty() && !routes.is_empty());
+    world.take_actions();
+    world.take_reports();
+
+    // The API server answers 500 (or refuses connections) from 5 s on, for 3 minutes: every
+    // read the agent tries fails.
+    let mut now = start.after(Duration::from_secs(5));
+    let outage_end = start.instant + Duration::from_secs(5 + 180);
+    reconciler.handle_event(Event::ClusterReadFailed(failure("failed to list nodes")), now);
+    world.serve(&mut reconciler, now);
+    assert!(!reconciler.sees_cluster());
+    assert_eq!(reconciler.cluster_lost_since(), Some(START_UNIX));
+    while now.instant < outage_end {
+        let next = reconciler.poll_timeout().unwrap().min(outage_end);
+        now = advance(&mut reconciler, &mut world, now, next);
+        if reconciler.wants_snapshots() && now.instant < outage_end {
+            reconciler.handle_event(Event::ClusterReadFailed(failure("failed to list nodes")), now);
+            world.serve(&mut reconciler, now);
+        }
+    }
+    let actions = world.take_actions();
+    assert!(World::applies(&actions).is_empty() && removals(&actions).is_empty(), "{:?}", removals(&actions));
+    assert_eq!((&world.dataplane.state.peers, &world.dataplane.state.routes), (&peers, &routes));
+    assert!(World::announcements(&actions).len() >= 5, "heartbeats go on");
+    assert!(reconciler.is_healthy(), "/health stays 200");
+    let reports = world.take_reports();
+    let lost: Vec<&Report> = reports.iter().filter(|r| matches!(r, Report::ClusterLost { .. })).collect();
+    assert_eq!(lost, [&Report::ClusterLost { reason: "reading the cluster failed", since: START_UNIX }]);
+    let pauses: Vec<Duration> = reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::ClusterReadFailed { retry_in, .. } => Some(*retry_in),
+            _ => None,
+        })
+        .collect();
+    assert!(pauses.iter().all(|pause| *pause <= Duration::from_secs(4)), "reads retried within seconds");
+
+    // The cluster is back; b's heartbeat is as old as the outage (b died during it, or has not
+    // published yet).
+    let mut back = snapshot();
+    back.now = now.unix;
+    reconciler.handle_event(Event::Snapshot(back.clone()), now);
+    world.serve(&mut reconciler, now);
+    assert!(reconciler.sees_cluster());
+    let reports = world.take_reports();
+    assert!(reports.contains(&Report::ClusterRegained { outage: Duration::from_secs(185) }), "{reports:?}");
+    let actions = world.take_actions();
+    assert!(removals(&actions).is_empty(), "the outage is forgiven: {:?}", removals(&actions));
+    assert_eq!(World::announcements(&actions).last().map(|a| a.last_seen), Some(now.unix), "a heartbeat at once");
+
+    // b gets the grace period to publish a heartbeat; it never does, so it is removed then.
+    let grace_end = now.instant + Duration::from_secs(60);
+    advance(&mut reconciler, &mut world, now, grace_end - Duration::from_secs(1));
+    assert!(removals(&world.take_actions()).is_empty(), "b keeps its grace period");
+    advance(&mut reconciler, &mut world, now, grace_end + Duration::from_secs(30));
+    assert!(!removals(&world.take_actions()).is_empty(), "a node that is really gone is removed");
+}
+
+/// Fail static too when the node's own heartbeat cannot be written; the heartbeat is retried
+/// within seconds, and a success ends it.
+#[test]
+fn a_heartbeat_that_cannot_be_written_fails_static_and_is_retried_soon() {
+    let (mut reconciler, mut world, start) = start();
+    reconciler.handle_event(Event::Snapshot(snapshot()), start);
+    world.serve(&mut reconciler, start);
+    let peers = world.dataplane.state.peers.clone();
+    world.take_actions();
+    world.announces = (0..100).map(|_| Err(failure("failed to patch node a"))).collect();
+    let now = advance(&mut reconciler, &mut world, start, start.instant + Duration::from_secs(30));
+    assert!(!reconciler.sees_cluster());
+    let now = advance(&mut reconciler, &mut world, now, start.instant + Duration::from_secs(200));
+    let actions = world.take_actions();
+    assert!(removals(&actions).is_empty());
+    assert_eq!(world.dataplane.state.peers, peers);
+    assert!(World::announcements(&actions).len() > 40, "retried every few seconds, not every 30 s");
+    world.announces.clear();
+    let retry = reconciler.poll_timeout().unwrap();
+    assert!(retry - now.instant <= Duration::from_secs(4));
+    advance(&mut reconciler, &mut world, now, retry);
+    assert!(reconciler.sees_cluster());
 }
 
 mod failover;

@@ -31,6 +31,7 @@ use rustc_hash::FxHashMap;
 
 use crate::diagnostics::{ObjectKind, Warning};
 use crate::ip::{one_address_cidr, trunc};
+use crate::tuned::groups::address_range as bounds;
 use crate::{ClusterSnapshot, Endpoint, NodeSpec, Options, Topology};
 
 /// The annotation allowed-location IPs come from.
@@ -69,19 +70,6 @@ impl Guarded {
 
 /// A network as an inclusive range of addresses of one family: `(is IPv6, bits)`.
 type Bounds = ((bool, u128), (bool, u128));
-
-fn bounds(network: &IpNet) -> Bounds {
-    match network {
-        IpNet::V4(net) => {
-            let (bits, mask) = (u32::from(net.addr()), u32::from(net.netmask()));
-            ((false, u128::from(bits & mask)), (false, u128::from(bits | !mask)))
-        }
-        IpNet::V6(net) => {
-            let (bits, mask) = (u128::from(net.addr()), u128::from(net.netmask()));
-            ((true, bits & mask), (true, bits | !mask))
-        }
-    }
-}
 
 /// Calls `visit` with every guarded network of the local node's view: its bounds, what it is,
 /// and the network itself (made only when a warning names it).

@@ -81,7 +81,7 @@ pub(crate) struct KnownAddresses {
 }
 
 /// The first and last address of a network, as [`address_bits`].
-fn address_range(network: &IpNet) -> ((bool, u128), (bool, u128)) {
+pub(crate) fn address_range(network: &IpNet) -> ((bool, u128), (bool, u128)) {
     match network {
         IpNet::V4(net) => {
             let (bits, mask) = (u32::from(net.addr()), u32::from(net.netmask()));

@@ -334,11 +334,11 @@ fn scenario(mesh: &mut Mesh) -> Outcome<String> {
     Ok(format!("3 agents in containers meshed in {took:.1?} and cleaned up"))
 }
 
-#[test]
-fn netns_container_image_runs_the_agent_plan_and_a_mesh_root() {
-    let _serial = one_at_a_time();
+/// Fails loudly unless the test runs as root with `tools` and the image at hand; then removes
+/// what killed runs left behind.
+fn prerequisites(tools: &[&str]) {
     assert!(world::is_root(), "this test needs root (network namespaces, podman)");
-    for tool in ["podman", "runc", "ip", "wireguard-go", "iptables-save", "ping", "bash", "timeout"] {
+    for tool in tools {
         assert!(world::has_tool(tool), "this test needs `{tool}`: run scripts/test-deps.sh");
     }
     let image = image();
@@ -348,6 +348,12 @@ fn netns_container_image_runs_the_agent_plan_and_a_mesh_root() {
     );
     World::remove_abandoned();
     remove_containers();
+}
+
+#[test]
+fn netns_container_image_runs_the_agent_plan_and_a_mesh_root() {
+    let _serial = one_at_a_time();
+    prerequisites(&["podman", "runc", "ip", "wireguard-go", "iptables-save", "ping", "bash", "timeout"]);
 
     // --version and the README's plan, the same JSON as the workspace's binary prints.
     let version = run_image(&[], &["--version"]).expect("mesh-agent --version in the image");
@@ -407,18 +413,15 @@ fn sh_in_image(namespace: &str, extra: &[&str], script: &str) -> Outcome<String>
 #[test]
 fn netns_container_iptables_wrapper_picks_the_nodes_back_end_root() {
     let _serial = one_at_a_time();
-    assert!(world::is_root(), "this test needs root (network namespaces, podman)");
-    for tool in ["podman", "runc", "ip", "iptables-legacy", "iptables-nft", "iptables-legacy-save", "iptables-nft-save"]
-    {
-        assert!(world::has_tool(tool), "this test needs `{tool}`: run scripts/test-deps.sh");
-    }
-    let image = image();
-    assert!(
-        podman().args(["image", "exists", &image]).status().is_ok_and(|status| status.success()),
-        "the image {image} is missing: build it with scripts/image.sh"
-    );
-    World::remove_abandoned();
-    remove_containers();
+    prerequisites(&[
+        "podman",
+        "runc",
+        "ip",
+        "iptables-legacy",
+        "iptables-nft",
+        "iptables-legacy-save",
+        "iptables-nft-save",
+    ]);
     let mut world = World::new(&world::run_id()).expect("a world");
     let _containers = Containers;
     // (namespace, the back end whose tables hold the kubelet's hint chain, extra podman flags,

@@ -227,21 +227,15 @@ impl Mesh {
         for (key, value) in SERVICE_LINKS {
             command.args(["--env", &format!("{key}={value}")]);
         }
-        command.arg(image()).args([
-            "--backend=file".to_owned(),
-            format!("--cluster-dir={}", self.cluster.display()),
-            format!("--hostname={}", node.name),
-            format!("--interface={}", self.iface(node.name)),
-            "--create-interface=false".to_owned(),
-            "--wireguard-backend=userspace".to_owned(),
-            "--encapsulate=never".to_owned(),
-            "--cni=false".to_owned(),
-            format!("--private-key-file={}", self.world.dir.join("keys").join(node.name).display()),
-            format!("--listen=127.0.0.1:{METRICS_PORT}"),
-            "--resync-period=1s".to_owned(),
-            format!("--internal-cidr={}", node.location.network),
-            "--mtu=1420".to_owned(),
-        ]);
+        command.arg(image()).args(world::file_backend_agent_args(
+            &self.cluster,
+            node.name,
+            &self.iface(node.name),
+            &self.world.dir.join("keys").join(node.name),
+            METRICS_PORT,
+            Duration::from_secs(1),
+            node.location.network,
+        ));
         self.world.spawn_command(&format!("agent-{}", node.name), command).map(drop)
     }
 

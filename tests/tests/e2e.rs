@@ -386,23 +386,16 @@ impl Mesh {
     }
 
     fn start_agent(&mut self, node: &NodeDef) -> Outcome {
-        let args = vec![
-            "--backend=file".to_owned(),
-            format!("--cluster-dir={}", self.cluster.display()),
-            format!("--hostname={}", node.name),
-            format!("--interface={}", self.iface(node.name)),
-            "--create-interface=false".to_owned(),
-            "--wireguard-backend=userspace".to_owned(),
-            "--encapsulate=never".to_owned(),
-            "--cni=false".to_owned(),
-            format!("--private-key-file={}", self.world.dir.join("keys").join(node.name).display()),
-            format!("--listen=127.0.0.1:{METRICS_PORT}"),
-            format!("--resync-period={}ms", RESYNC.as_millis()),
-            format!("--mesh-granularity={}", self.granularity),
-            format!("--clean-up={}", self.clean_up),
-            format!("--internal-cidr={}", node.location.network),
-            "--mtu=1420".to_owned(),
-        ];
+        let mut args = world::file_backend_agent_args(
+            &self.cluster,
+            node.name,
+            &self.iface(node.name),
+            &self.world.dir.join("keys").join(node.name),
+            METRICS_PORT,
+            RESYNC,
+            node.location.network,
+        );
+        args.extend([format!("--mesh-granularity={}", self.granularity), format!("--clean-up={}", self.clean_up)]);
         let namespace = self.ns(node.name);
         let agent = self.agent.clone();
         self.world.spawn(&Self::agent_label(node.name), &namespace, &agent, &args).map(drop)

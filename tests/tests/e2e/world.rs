@@ -95,6 +95,35 @@ pub fn has_tool(tool: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
+/// The flags of a test agent on the file backend with a wireguard-go interface it does not
+/// create: cluster files in `cluster`, its key in `key`, HTTP on 127.0.0.1:`port`, a `resync`
+/// period, and `internal_cidr` as its location's network.
+pub fn file_backend_agent_args(
+    cluster: &Path,
+    hostname: &str,
+    interface: &str,
+    key: &Path,
+    port: u16,
+    resync: Duration,
+    internal_cidr: &str,
+) -> Vec<String> {
+    vec![
+        "--backend=file".to_owned(),
+        format!("--cluster-dir={}", cluster.display()),
+        format!("--hostname={hostname}"),
+        format!("--interface={interface}"),
+        "--create-interface=false".to_owned(),
+        "--wireguard-backend=userspace".to_owned(),
+        "--encapsulate=never".to_owned(),
+        "--cni=false".to_owned(),
+        format!("--private-key-file={}", key.display()),
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--resync-period={}ms", resync.as_millis()),
+        format!("--internal-cidr={internal_cidr}"),
+        "--mtu=1420".to_owned(),
+    ]
+}
+
 /// A short id that makes this run's names unique on the machine (netns names are global).
 pub fn run_id() -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.subsec_nanos());

@@ -1,24 +1,34 @@
 //! A loop over one stage for `perf record` or `valgrind --tool=callgrind`:
 //! `cargo run --release -p mesh-benches --example profile -- STAGE [full] [nodes locations peers] [iterations=N]`
-//! where STAGE is compute, desired, pipeline or plan (the shape defaults to N5000_L100_P100).
+//! where STAGE is compute, desired, pipeline, plan (steady) or plan_changed (one node changed, as in
+//! the `plan/one_node_changed` benchmark); the shape defaults to N5000_L100_P100.
 //!
 //! The timed loop is the function `stage_loop`, so callgrind can count only it:
 //! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*stage_loop*' target/release/examples/profile pipeline iterations=10`.
 
 use std::hint::black_box;
 
-use mesh_benches::{NOW, cluster, node_name, options};
+use mesh_benches::{NOW, change_one_node, cluster, node_name, options};
 use mesh_core::{ClusterSnapshot, DesiredState, Granularity, ObservedState, Options, Plan, Topology};
 
 #[inline(never)]
-fn stage_loop(stage: &str, iterations: usize, snapshot: &ClusterSnapshot, options: &Options) {
+fn stage_loop(
+    stage: &str,
+    iterations: usize,
+    snapshot: &ClusterSnapshot,
+    changed: &ClusterSnapshot,
+    options: &Options,
+) {
+    let desired_of = |snapshot| DesiredState::from_topology(&Topology::compute(snapshot, options).unwrap(), options).0;
     let topology = Topology::compute(snapshot, options).unwrap();
-    let desired = DesiredState::from_topology(&topology, options).0;
+    let desired = desired_of(snapshot);
     let observed = ObservedState::of(desired.clone());
+    let desired_after_change = desired_of(changed);
     for _ in 0..iterations {
         match stage {
             "compute" => drop(black_box(Topology::compute(black_box(snapshot), options))),
             "plan" => drop(black_box(Plan::between(black_box(&observed), &desired))),
+            "plan_changed" => drop(black_box(Plan::between(black_box(&observed), &desired_after_change))),
             "pipeline" => {
                 let topology = Topology::compute(black_box(snapshot), options).unwrap();
                 drop(black_box(DesiredState::from_topology(&topology, options)));
@@ -41,5 +51,7 @@ fn main() {
     let granularity = if full { Granularity::Full } else { Granularity::Location };
     let snapshot = cluster(nodes, locations, peers, NOW);
     let options = options(&node_name(locations), granularity);
-    stage_loop(&stage, iterations, &snapshot, &options);
+    let mut changed = snapshot.clone();
+    change_one_node(&mut changed, locations);
+    stage_loop(&stage, iterations, &snapshot, &changed, &options);
 }

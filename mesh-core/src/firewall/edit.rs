@@ -17,6 +17,7 @@
 //!   appends them: the IPIP jump, then the drop). An insertion names the kernel's position,
 //!   counting everyone's rules, from the observed [`FirewallLayout`].
 
+use std::cmp::Ordering;
 use std::ops::Range;
 
 use rustc_hash::FxHashMap;
@@ -125,36 +126,52 @@ impl FirewallEdit {
     /// assert_eq!(FirewallEdit::between(&nat, &FirewallLayout::default(), &nat, Family::Ipv4), None);
     /// ```
     pub fn between(current: &Firewall, layout: &FirewallLayout, desired: &Firewall, family: Family) -> Option<Self> {
-        // The steady state: one comparison of slices.
-        if current.family_eq(desired, family) {
+        debug_assert!(current.is_canonical() && desired.is_canonical(), "firewalls must be canonical");
+        let (have_chains, have_rules, have_foreign, have_foreign_chains) = current.family_parts(family);
+        let (want_chains, want_rules, want_foreign, want_foreign_chains) = desired.family_parts(family);
+        // One walk finds the first rule that differs; in the steady state, none does.
+        let differs_from = first_difference(have_rules, want_rules);
+        if differs_from.is_none()
+            && (have_chains, have_foreign, have_foreign_chains) == (want_chains, want_foreign, want_foreign_chains)
+        {
             return None;
         }
-        debug_assert!(current.is_canonical() && desired.is_canonical(), "firewalls must be canonical");
-        let (have, want) = (ChainSlices::of(current, family), ChainSlices::of(desired, family));
+        let (have, want) = (ChainSlices::of(have_rules), ChainSlices::of(want_rules));
+        // Chains before that rule's chain are the same in both lists, and that chain differs (a
+        // rule of it differs, or one list has more of its rules): only later ones are compared.
+        let first_changed = differs_from.map_or(ChainName::ALL.len(), |at| {
+            let chain_at =
+                |rules: &[FirewallRule]| rules.get(at).map_or(ChainName::ALL.len(), |rule| rule.chain as usize);
+            chain_at(have_rules).min(chain_at(want_rules))
+        });
+        let same_rules = ChainName::ALL.map(|chain| match (chain as usize).cmp(&first_changed) {
+            Ordering::Less => true,
+            Ordering::Equal => false,
+            Ordering::Greater => have[chain] == want[chain],
+        });
         let mut changes = Vec::new();
 
         // Our chains: rewrite the ones whose content differs, remove the unwanted ones.
-        let wanted = |name: ChainName| desired.chains.contains(&Chain { family, name }) || !want[name].is_empty();
+        let wanted = |name: ChainName| want_chains.contains(&Chain { family, name }) || !want[name].is_empty();
         for name in ChainName::OWNED.into_iter().filter(|name| wanted(*name)) {
-            let unchanged = current.chains.contains(&Chain { family, name })
-                && have[name] == want[name]
-                && !current.foreign.iter().any(|rule| rule.family == family && rule.is_in_chain(name));
+            let unchanged = have_chains.contains(&Chain { family, name })
+                && same_rules[name as usize]
+                && !have_foreign.iter().any(|rule| rule.is_in_chain(name));
             if !unchanged {
                 changes.push(FirewallChange::WriteChain { chain: Chain { family, name }, rules: want[name].to_vec() });
             }
         }
-        for chain in current.chains.iter().filter(|chain| chain.family == family && !wanted(chain.name)) {
+        for chain in have_chains.iter().filter(|chain| !wanted(chain.name)) {
             changes.push(FirewallChange::RemoveChain(*chain));
         }
-        for chain in current.foreign_chains.iter().filter(|chain| chain.family == family) {
+        for chain in have_foreign_chains {
             changes.push(FirewallChange::RemoveForeignChain(chain.clone()));
         }
 
         // Our rules in the chains we share, chain by chain.
         for chain in ChainName::SHARED {
-            let foreign: Vec<&ForeignRule> =
-                current.foreign.iter().filter(|rule| rule.family == family && rule.is_in_chain(chain)).collect();
-            if foreign.is_empty() && have[chain] == want[chain] {
+            let foreign: Vec<&ForeignRule> = have_foreign.iter().filter(|rule| rule.is_in_chain(chain)).collect();
+            if foreign.is_empty() && same_rules[chain as usize] {
                 continue;
             }
             let at_top = chain != ChainName::Input;
@@ -162,7 +179,7 @@ impl FirewallEdit {
             edit_shared_chain(&entries(&have[chain], &foreign, layout), &want[chain], at_top, &mut changes);
         }
         // Rules of ours in chains the mesh does not use (another version's): they go.
-        for rule in current.foreign.iter().filter(|rule| rule.family == family) {
+        for rule in have_foreign {
             if !is_owned_chain(&rule.chain) && ChainName::parse(&rule.table, &rule.chain).is_none() {
                 changes.push(FirewallChange::DeleteForeignRule(rule.clone()));
             }
@@ -179,11 +196,13 @@ struct ChainSlices<'a> {
 }
 
 impl<'a> ChainSlices<'a> {
-    fn of(firewall: &'a Firewall, family: Family) -> Self {
-        let rules = &firewall.rules[..];
-        let mut bounds = [rules.partition_point(|rule| rule.family <= family); ChainName::ALL.len() + 1];
+    /// `rules`: one family's, in canonical order.
+    fn of(rules: &'a [FirewallRule]) -> Self {
+        let mut bounds = [rules.len(); ChainName::ALL.len() + 1];
+        let mut start = 0;
         for (bound, chain) in bounds.iter_mut().zip(ChainName::ALL) {
-            *bound = rules.partition_point(|rule| (rule.family, rule.chain) < (family, chain));
+            start += rules[start..].partition_point(|rule| rule.chain < chain);
+            *bound = start;
         }
         ChainSlices { rules, bounds }
     }
@@ -195,6 +214,13 @@ impl<'a> std::ops::Index<ChainName> for ChainSlices<'a> {
     fn index(&self, chain: ChainName) -> &[FirewallRule] {
         &self.rules[self.bounds[chain as usize]..self.bounds[chain as usize + 1]]
     }
+}
+
+/// The index of the first rule that differs between the lists (where the shorter one ends, if it
+/// is the start of the other); `None` when they are equal.
+fn first_difference(have: &[FirewallRule], want: &[FirewallRule]) -> Option<usize> {
+    let same_start = have.iter().zip(want).position(|(have, want)| have != want);
+    same_start.or((have.len() != want.len()).then(|| have.len().min(want.len())))
 }
 
 /// A rule of ours in a chain we share, as observed.

@@ -479,9 +479,12 @@ impl Firewall {
     /// firewall.
     fn family_parts(&self, family: Family) -> FamilyParts<'_> {
         fn part<T>(items: &[T], family: Family, of: impl Fn(&T) -> Family) -> &[T] {
-            let start = items.partition_point(|item| of(item) < family);
-            let end = items.partition_point(|item| of(item) <= family);
-            &items[start..end]
+            // One search: there are two families, IPv4's items first.
+            let ipv6_start = items.partition_point(|item| of(item) == Family::Ipv4);
+            match family {
+                Family::Ipv4 => &items[..ipv6_start],
+                Family::Ipv6 => &items[ipv6_start..],
+            }
         }
         (
             part(&self.chains, family, |chain| chain.family),

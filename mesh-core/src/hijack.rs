@@ -32,6 +32,7 @@ use rustc_hash::FxHashMap;
 use crate::diagnostics::{ObjectKind, Warning};
 use crate::ip::{one_address_cidr, trunc};
 use crate::tuned::groups::address_range as bounds;
+use crate::tuned::ipv4_blocks::Ipv4Blocks;
 use crate::{ClusterSnapshot, Endpoint, NodeSpec, Options, Topology};
 
 /// The annotation allowed-location IPs come from.
@@ -92,20 +93,22 @@ fn guarded_networks(
         network(*cidr, Guarded::ServiceCidr);
     }
     // Three per node, for thousands of nodes: addresses go without building networks.
+    let address = |ip: IpAddr| {
+        let bits = match ip {
+            IpAddr::V4(v4) => (false, u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => (true, u128::from(v6)),
+        };
+        (bits, bits)
+    };
     for (node, spec) in snapshot.nodes.iter().enumerate() {
         if let Some(pods) = spec.pod_subnet {
             visit(bounds(&pods), Guarded::PodSubnet { node }, &|| trunc(&pods));
         }
-        let addresses = [
-            spec.internal_ip.map(|internal| (internal.addr(), Guarded::InternalIp { node })),
-            spec.endpoint.as_ref().and_then(Endpoint::ip).map(|ip| (ip, Guarded::Endpoint { node })),
-        ];
-        for (ip, guarded) in addresses.into_iter().flatten() {
-            let bits = match ip {
-                IpAddr::V4(v4) => (false, u128::from(u32::from(v4))),
-                IpAddr::V6(v6) => (true, u128::from(v6)),
-            };
-            visit((bits, bits), guarded, &|| one_address_cidr(ip));
+        if let Some(ip) = spec.internal_ip.map(|internal| internal.addr()) {
+            visit(address(ip), Guarded::InternalIp { node }, &|| one_address_cidr(ip));
+        }
+        if let Some(ip) = spec.endpoint.as_ref().and_then(Endpoint::ip) {
+            visit(address(ip), Guarded::Endpoint { node }, &|| one_address_cidr(ip));
         }
     }
 }
@@ -124,7 +127,8 @@ struct Candidate<'a> {
 /// The candidates sorted by first address, with the running maximum of last addresses, so
 /// each guarded network finds the candidates that overlap it without scanning them all: the
 /// candidates are few (a handful of allowed-location IPs and Peer IPs), the guarded networks
-/// many (three per node), so they are streamed past the candidates rather than indexed.
+/// many (three per node), so they are streamed past the candidates rather than indexed. Most
+/// IPv4 networks are ruled out before the search, by the /16 blocks the candidates touch.
 struct Candidates<'a> {
     candidates: Vec<Candidate<'a>>,
     /// Indices into `candidates`, by first address.
@@ -132,6 +136,8 @@ struct Candidates<'a> {
     /// The first addresses, in that order (searched without going through `candidates`).
     firsts: Vec<(bool, u128)>,
     highest_last: Vec<(bool, u128)>,
+    /// The /16 blocks of the IPv4 candidates.
+    ipv4_blocks: Ipv4Blocks,
 }
 
 impl<'a> Candidates<'a> {
@@ -146,23 +152,43 @@ impl<'a> Candidates<'a> {
                 Some(*highest)
             })
             .collect();
-        Candidates { candidates, order, firsts, highest_last }
+        let mut ipv4_blocks = Ipv4Blocks::new();
+        for ((is_ipv6, first), (_, last)) in candidates.iter().map(|candidate| candidate.bounds) {
+            if !is_ipv6 {
+                ipv4_blocks.insert(first as u32, last as u32);
+            }
+        }
+        Candidates { candidates, order, firsts, highest_last, ipv4_blocks }
     }
 
     /// Records the guarded network with every candidate that takes it over.
-    fn check(
+    #[inline]
+    fn check(&mut self, bounds: Bounds, guarded: Guarded, network: &dyn Fn() -> IpNet, snapshot: &ClusterSnapshot) {
+        if !self.is_far(bounds) {
+            self.check_near(bounds, guarded, network, snapshot);
+        }
+    }
+
+    /// Whether no candidate can overlap the network, as most are: an IPv4 one in other /16
+    /// blocks, an IPv6 one below or above them all. Inlined into the loop over the networks.
+    #[inline]
+    fn is_far(&self, (first, last): Bounds) -> bool {
+        if first.0 {
+            self.firsts.first().is_none_or(|lowest| last < *lowest)
+                || self.highest_last.last().is_none_or(|highest| first > *highest)
+        } else {
+            !self.ipv4_blocks.touches(first.1 as u32, last.1 as u32)
+        }
+    }
+
+    #[inline(never)]
+    fn check_near(
         &mut self,
         (first, last): Bounds,
         guarded: Guarded,
         network: &dyn Fn() -> IpNet,
         snapshot: &ClusterSnapshot,
     ) {
-        // Most networks lie below or above every candidate.
-        if self.firsts.first().is_none_or(|lowest| last < *lowest)
-            || self.highest_last.last().is_none_or(|highest| first > *highest)
-        {
-            return;
-        }
         let end = self.firsts.partition_point(|candidate_first| *candidate_first <= last);
         // Walking down from the last candidate that starts inside the network: once no earlier
         // candidate reaches the network's first address, none overlaps it.

@@ -15,9 +15,12 @@
 //! - [`Groups`](groups::Groups) and [`KnownAddresses`](groups::KnownAddresses): nodes grouped into
 //!   segments by a counting sort instead of a map of segments, and allowed-location IPs checked
 //!   against address ranges instead of a scan of every allowed IP.
+//! - [`Ipv4Blocks`](ipv4_blocks::Ipv4Blocks): the /16 blocks a few ranges touch, as a bitmap,
+//!   so the hijack check rules most networks out with one bit instead of a binary search.
 
 pub(crate) mod claims;
 pub(crate) mod groups;
+pub(crate) mod ipv4_blocks;
 pub(crate) mod routes;
 pub(crate) mod rule_list;
 pub(crate) mod sort;

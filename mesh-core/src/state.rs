@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use rustc_hash::FxHashSet;
 use serde::Serialize;
 
 use crate::diagnostics::{ObjectKind, Warning};
@@ -183,16 +182,13 @@ impl DataplaneState {
 /// first is found by sorting all claims by address, which also hands each peer its addresses
 /// in the order its set is built fastest from.
 fn wireguard_peers(topology: &Topology, warn: &mut impl FnMut(String)) -> BTreeMap<Key, WireGuardPeer> {
+    // One source per public key, none with the local node's own (`Topology::key_owners`).
     let sources: Vec<PeerSource<'_>> = topology.wireguard_peer_sources().collect();
-    let mut keys: FxHashSet<Key> = FxHashSet::default();
-    keys.reserve(sources.len());
-    let accepted: Vec<bool> = sources.iter().map(|source| keys.insert(*source.public_key)).collect();
 
-    // The claims: every allowed IP of the accepted peers in order, and which peer lists it.
-    let count = sources.iter().zip(&accepted).filter(|(_, accepted)| **accepted).map(|(s, _)| s.allowed_ip_count());
-    let count = count.sum();
+    // The claims: every allowed IP of the peers in order, and which peer lists it.
+    let count = sources.iter().map(PeerSource::allowed_ip_count).sum();
     let (mut ips, mut claimants) = (Vec::with_capacity(count), Vec::with_capacity(count));
-    for (index, source) in sources.iter().enumerate().filter(|(index, _)| accepted[*index]) {
+    for (index, source) in sources.iter().enumerate() {
         ips.extend(source.allowed_ips().map(trunc));
         claimants.resize(ips.len(), index);
     }
@@ -202,12 +198,6 @@ fn wireguard_peers(topology: &Topology, warn: &mut impl FnMut(String)) -> BTreeM
     // Reported in the order of the configuration, as they are met.
     let mut refused = claims.refused.iter().peekable();
     for (index, source) in sources.iter().enumerate() {
-        if !accepted[index] {
-            warn(format!(
-                "public key {} appears twice in the WireGuard configuration; the later entry is ignored",
-                source.public_key
-            ));
-        }
         while let Some((claim, first)) = refused.next_if(|(claim, _)| claimants[*claim] == index) {
             warn(format!(
                 "allowed IP {} is claimed by WireGuard peers {} and {}; the first keeps it",
@@ -221,10 +211,8 @@ fn wireguard_peers(topology: &Topology, warn: &mut impl FnMut(String)) -> BTreeM
     // vector and sort it with a scratch buffer of the same size, even when it is sorted: 1.6 MB
     // at 5,000 peers.) Keys are sorted by their first eight bytes as integers; the rest breaks ties.
     let prefix = |key: &Key| u64::from_be_bytes(key.as_bytes()[..8].try_into().unwrap_or_default());
-    let mut order: Vec<(u64, usize)> = (0..sources.len())
-        .filter(|index| accepted[*index])
-        .map(|index| (prefix(sources[index].public_key), index))
-        .collect();
+    let mut order: Vec<(u64, usize)> =
+        sources.iter().enumerate().map(|(index, source)| (prefix(source.public_key), index)).collect();
     order.sort_unstable_by(|(a_prefix, a), (b_prefix, b)| {
         a_prefix.cmp(b_prefix).then_with(|| sources[*a].public_key.cmp(sources[*b].public_key))
     });
@@ -239,7 +227,8 @@ fn wireguard_peers(topology: &Topology, warn: &mut impl FnMut(String)) -> BTreeM
             persistent_keepalive: source.persistent_keepalive,
             preshared_key: source.preshared_key.copied(),
         };
-        peers.insert(peer.public_key, peer);
+        let replaced = peers.insert(peer.public_key, peer);
+        debug_assert!(replaced.is_none(), "one source per public key");
     }
     peers
 }

@@ -198,12 +198,12 @@ struct ChainSlices<'a> {
 impl<'a> ChainSlices<'a> {
     /// `rules`: one family's, in canonical order.
     fn of(rules: &'a [FirewallRule]) -> Self {
-        let mut bounds = [rules.len(); ChainName::ALL.len() + 1];
-        let mut start = 0;
-        for (bound, chain) in bounds.iter_mut().zip(ChainName::ALL) {
-            start += rules[start..].partition_point(|rule| rule.chain < chain);
-            *bound = start;
+        // The first chain starts at 0 and the last ends at the end: four searches.
+        let mut bounds = [0; ChainName::ALL.len() + 1];
+        for (bound, chain) in bounds[1..ChainName::ALL.len()].iter_mut().zip(&ChainName::ALL[1..]) {
+            *bound = rules.partition_point(|rule| rule.chain < *chain);
         }
+        bounds[ChainName::ALL.len()] = rules.len();
         ChainSlices { rules, bounds }
     }
 }

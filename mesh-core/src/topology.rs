@@ -442,6 +442,11 @@ pub fn deduplicate_peer_ips(peers: &mut [Peer]) {
 /// The election of a name-sorted segment (indices into `nodes`): Kilo's `findLeader` (§4.5), or
 /// with `fast_failover` the election with claims of [`crate::failover`]. Positions in `members`.
 fn elect(nodes: &[ReadyNode<'_>], members: &[usize], fast_failover: bool) -> Election {
+    // A segment of one node (each segment in `full` granularity) elects it under both rules;
+    // nothing of it needs reading, and nobody else can depose it or succeed it.
+    if members.len() == 1 {
+        return Election { leader: 0, deposed: Vec::new(), successor: None };
+    }
     let candidates = members.iter().map(|index| Candidate::of(nodes[*index].spec, nodes[*index].has_public_endpoint()));
     if fast_failover {
         return Election::of(&candidates.collect::<Vec<_>>());

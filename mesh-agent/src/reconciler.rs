@@ -16,8 +16,11 @@
 //! `Observe` → `UpdateCni` (with [`Config::update_cni`]) → compute the topology and the plan →
 //! `Apply` (only a non-empty plan) → `Announce` (when what the node says changed, or at
 //! check-in; also after a failed apply, which the data plane makes partial: the parts that
-//! could be applied are, and the node must stay in the mesh while the rest is retried). A pass runs on every snapshot, on the resync period, at check-in and when a failed
-//! pass is retried (bounded exponential [`Backoff`](mesh_core::time::Backoff)). At check-in, if the pass could not publish
+//! could be applied are, and the node must stay in the mesh while the rest is retried). A pass runs on every snapshot, on the resync period, at check-in, when a failed
+//! pass is retried (bounded exponential [`Backoff`](mesh_core::time::Backoff)) and when a device
+//! of the data plane changed ([`Event::LinkChanged`]: a WireGuard device that came back is
+//! repaired at once, whatever the backoff). Routes the data plane refuses ([`Event::RouteConflicts`])
+//! are reported once and fail nothing. At check-in, if the pass could not publish
 //! (a failed apply), the last announcement goes out again with a fresh `last-seen`: the node is
 //! alive and must not be dropped by the others while it retries.
 //!
@@ -594,15 +597,9 @@ impl Reconciler {
         let iptables = crate::iptables_operations::of_plan(&plan);
         // Routes refused before are asked for again (their place may be free now), but they
         // are no news.
-        let refused_before = plan
-            .operations
-            .iter()
-            .filter(
-                |operation| matches!(operation, mesh_core::Operation::AddRoute(route) if self.conflicts.holds(route)),
-            )
-            .count();
-        if plan.operations.len() > refused_before {
-            self.reports.push_back(Report::Applying { operations: plan.operations.len() - refused_before });
+        let news = plan.operations.len() - self.conflicts.asked_again(&plan);
+        if news > 0 {
+            self.reports.push_back(Report::Applying { operations: news });
         }
         self.actions.push_back(Action::Apply(plan));
         let pass = self.pass.as_mut().expect("a pass is in flight");
@@ -612,7 +609,7 @@ impl Reconciler {
     fn applied(&mut self, result: Result<(), BackendError>, now: Now) {
         let Some(pass) = &mut self.pass else { return };
         let Stage::Applying { .. } = pass.stage else { return };
-        let Stage::Applying { local, topology, mut operations, iptables } =
+        let Stage::Applying { local, topology, operations, iptables } =
             std::mem::replace(&mut pass.stage, Stage::Resolving)
         else {
             unreachable!("matched above")
@@ -626,11 +623,7 @@ impl Reconciler {
             // take it out of the mesh; the pass then fails and the rest is retried.
             Err(error) => pass.apply_error = Some(error.to_string()),
             Ok(()) => {
-                for _ in 0..self.conflicts.len() {
-                    if let Some(refused) = operations.iter().position(|kind| *kind == "add_route") {
-                        operations.remove(refused);
-                    }
-                }
+                let operations = self.conflicts.without_refused(operations);
                 self.reports.push_back(Report::Applied { operations });
                 if !iptables.is_empty() {
                     self.reports.push_back(Report::IptablesApplied { operations: iptables });

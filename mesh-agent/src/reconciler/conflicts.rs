@@ -7,6 +7,7 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use mesh_core::backend::RouteConflict;
+use mesh_core::{Operation, Plan, Route};
 
 use super::Report;
 
@@ -46,14 +47,24 @@ impl RouteConflicts {
         self.resolve(|_| true, reports);
     }
 
-    /// How many routes the last apply refused.
-    pub(super) fn len(&self) -> usize {
-        self.current.len()
+    /// How many operations of `plan` ask again for routes refused before.
+    pub(super) fn asked_again(&self, plan: &Plan) -> usize {
+        let refused: BTreeSet<&Route> = self.current.iter().map(|conflict| &conflict.route).collect();
+        plan.operations
+            .iter()
+            .filter(|operation| matches!(operation, Operation::AddRoute(route) if refused.contains(route)))
+            .count()
     }
 
-    /// Whether the data plane last refused `route`.
-    pub(super) fn holds(&self, route: &mesh_core::Route) -> bool {
-        self.current.iter().any(|conflict| conflict.route == *route)
+    /// The kinds of the operations a successful apply made: `kinds` (of its plan) without the
+    /// `add_route` of each route it refused.
+    pub(super) fn without_refused(&self, mut kinds: Vec<&'static str>) -> Vec<&'static str> {
+        for _ in &self.current {
+            if let Some(refused) = kinds.iter().position(|kind| *kind == "add_route") {
+                kinds.remove(refused);
+            }
+        }
+        kinds
     }
 
     fn resolve(&mut self, gone: impl Fn(&RouteConflict) -> bool, reports: &mut VecDeque<Report>) {

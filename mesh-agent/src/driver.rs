@@ -51,7 +51,7 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
-use mesh_core::backend::{BackendError, ClusterBackend, Dataplane};
+use mesh_core::backend::{BackendError, ClusterBackend, Dataplane, LinkChange};
 use mesh_core::{ClusterSnapshot, NodeSpec};
 use tracing::{debug, error, info, warn};
 
@@ -120,6 +120,8 @@ pub struct Driver<C, D, H, S = ()> {
     reconciler: Reconciler,
     /// Probes under way, each answering with its IP and whether it replied.
     probes: tokio::task::JoinSet<(IpAddr, bool)>,
+    /// Changes of the data plane's devices, while someone sends them.
+    links: Option<tokio::sync::mpsc::Receiver<LinkChange>>,
 }
 
 impl<C, D, H, S> std::fmt::Debug for Driver<C, D, H, S> {
@@ -132,15 +134,23 @@ impl<C: ClusterBackend, D: Dataplane, H: Host> Driver<C, D, H> {
     /// A driver over these backends; reports are logged only (see [`Driver::with_sink`]).
     pub fn new(cluster: C, dataplane: D, host: H, config: Config) -> Self {
         let reconciler = Reconciler::new(config, now().instant);
-        Driver { cluster, dataplane, host, sink: (), reconciler, probes: tokio::task::JoinSet::new() }
+        Driver { cluster, dataplane, host, sink: (), reconciler, probes: tokio::task::JoinSet::new(), links: None }
     }
 }
 
 impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S> {
     /// Sends every report to `sink` as well.
     pub fn with_sink<T: ReportSink>(self, sink: T) -> Driver<C, D, H, T> {
-        let Driver { cluster, dataplane, host, reconciler, probes, .. } = self;
-        Driver { cluster, dataplane, host, sink, reconciler, probes }
+        let Driver { cluster, dataplane, host, reconciler, probes, links, .. } = self;
+        Driver { cluster, dataplane, host, sink, reconciler, probes, links }
+    }
+
+    /// Feeds the changes of the data plane's devices (e.g. from `mesh_netlink::LinkWatch`) to
+    /// the reconciler, which reconciles at once when its WireGuard interface comes back instead
+    /// of waiting for its next timer. Without them, device changes are noticed at that timer.
+    pub fn with_link_changes(mut self, changes: tokio::sync::mpsc::Receiver<LinkChange>) -> Self {
+        self.links = Some(changes);
+        self
     }
 
     /// The reconciler, to read its state.
@@ -213,6 +223,13 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
                     self.reconciler.handle_event(event, now());
                 }
                 () = sleep_until(timeout) => self.reconciler.handle_timeout(now()),
+                change = next_link_change(&mut self.links), if self.links.is_some() => match change {
+                    Some(change) => self.reconciler.handle_event(Event::LinkChanged(change), now()),
+                    None => {
+                        warn!("link notifications ended; changes of the devices are noticed at the next resync");
+                        self.links = None;
+                    }
+                },
                 Some(probed) = self.probes.join_next(), if !self.probes.is_empty() => {
                     // A probe task that panicked counts as no reply.
                     if let Ok((ip, reachable)) = probed {
@@ -282,7 +299,9 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
             Action::Apply(plan) => {
                 debug!(?plan, "plan");
                 let timeout = self.reconciler.config().dataplane_timeout;
-                Event::Applied(bounded(timeout, "apply the plan", self.dataplane.apply(&plan)).await)
+                let applied = bounded(timeout, "apply the plan", self.dataplane.apply(&plan)).await;
+                self.reconciler.handle_event(Event::RouteConflicts(self.dataplane.route_conflicts()), now());
+                Event::Applied(applied)
             }
             Action::Announce(announcement) => {
                 let timeout = self.reconciler.config().announce_timeout;
@@ -319,6 +338,13 @@ async fn bounded<T>(
     tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| {
         Err(BackendError::new(format!("failed to {operation}"), format!("timed out after {timeout:?}")))
     })
+}
+
+async fn next_link_change(links: &mut Option<tokio::sync::mpsc::Receiver<LinkChange>>) -> Option<LinkChange> {
+    match links {
+        Some(links) => links.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<std::time::Instant>) {
@@ -366,6 +392,16 @@ fn log(report: &Report) {
         ),
         Report::Mesh { leader, nodes, peers, .. } => debug!(leader, nodes, peers, "computed the mesh"),
         Report::Applying { operations } => info!(operations, "applying changes to the data plane"),
+        Report::RouteConflict(conflict) => warn!(
+            wanted = %conflict.wanted,
+            existing = %conflict.existing,
+            "{conflict}: a route that is not the mesh's holds the place; the rest of the mesh is applied, and \
+             the place is looked at again at each resync (remove the other route, or the range that asks for it)"
+        ),
+        Report::RouteConflictResolved(conflict) => {
+            info!(wanted = %conflict.wanted, "route conflict resolved: the route is in place or no longer wanted");
+        }
+        Report::LinkChanged(change) => info!(%change, "a device of the data plane changed; reconciling"),
         Report::Applied { .. }
         | Report::IptablesApplied { .. }
         | Report::Planned(_)

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use mesh_core::Topology;
+use mesh_core::backend::RouteConflict;
 
 use crate::driver::ReportSink;
 use crate::iptables_operations::IptablesOperation;
@@ -67,6 +68,8 @@ pub struct Metrics {
     leader_changes: Counter,
     failovers: Counter,
     probes: Family<ResultLabel, Counter>,
+    route_conflicts: Gauge,
+    link_changes: Counter,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -150,6 +153,18 @@ impl Metrics {
             "1 while the agent sees the cluster; 0 while it fails static (reads fail or its heartbeat cannot be written).",
             cluster_visible.clone(),
         );
+        let route_conflicts = Gauge::default();
+        registry.register(
+            "mesh_route_conflicts",
+            "Routes the mesh wants but leaves out because a route that is not the mesh's holds their place (see /status).",
+            route_conflicts.clone(),
+        );
+        let link_changes = Counter::default();
+        registry.register(
+            "mesh_link_changes",
+            "Changes of the data plane's devices (WireGuard interface, private interface, tunnel) the kernel announced; each burst starts a reconcile.",
+            link_changes.clone(),
+        );
         registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         Metrics {
             registry,
@@ -167,6 +182,8 @@ impl Metrics {
             probes,
             warnings,
             cluster_visible,
+            route_conflicts,
+            link_changes,
         }
     }
 
@@ -216,6 +233,11 @@ impl Metrics {
         self.reconciles.get()
     }
 
+    /// The number of routes left out for a route that is not the mesh's.
+    pub fn route_conflicts(&self) -> i64 {
+        self.route_conflicts.get()
+    }
+
     /// The number of applied operations of `kind`.
     pub fn operations(&self, kind: &'static str) -> u64 {
         self.operations.get_or_create(&KindLabel { kind }).get()
@@ -250,6 +272,15 @@ impl Metrics {
             Report::ClusterRegained { .. } => {
                 self.cluster_visible.set(1);
             }
+            Report::RouteConflict(_) => {
+                self.route_conflicts.inc();
+            }
+            Report::RouteConflictResolved(_) => {
+                self.route_conflicts.dec();
+            }
+            Report::LinkChanged(_) => {
+                self.link_changes.inc();
+            }
             _ => {}
         }
     }
@@ -277,6 +308,8 @@ pub struct Status {
     pub errors: Vec<String>,
     /// The errors of the pass in flight.
     errors_in_flight: Vec<String>,
+    /// Routes the data plane refuses because a route that is not the mesh's holds their place.
+    pub route_conflicts: Vec<RouteConflict>,
 }
 
 impl Status {
@@ -289,6 +322,8 @@ impl Status {
                 self.pass = Some(Arc::clone(pass));
             }
             Report::Applied { .. } => self.plan_applied = true,
+            Report::RouteConflict(conflict) => self.route_conflicts.push(conflict.clone()),
+            Report::RouteConflictResolved(conflict) => self.route_conflicts.retain(|known| known != conflict),
             Report::Reconciled { healthy, .. } => {
                 self.healthy = *healthy;
                 self.errors = std::mem::take(&mut self.errors_in_flight);

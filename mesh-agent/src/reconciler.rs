@@ -16,8 +16,11 @@
 //! `Observe` → `UpdateCni` (with [`Config::update_cni`]) → compute the topology and the plan →
 //! `Apply` (only a non-empty plan) → `Announce` (when what the node says changed, or at
 //! check-in; also after a failed apply, which the data plane makes partial: the parts that
-//! could be applied are, and the node must stay in the mesh while the rest is retried). A pass runs on every snapshot, on the resync period, at check-in and when a failed
-//! pass is retried (bounded exponential [`Backoff`](mesh_core::time::Backoff)). At check-in, if the pass could not publish
+//! could be applied are, and the node must stay in the mesh while the rest is retried). A pass runs on every snapshot, on the resync period, at check-in, when a failed
+//! pass is retried (bounded exponential [`Backoff`](mesh_core::time::Backoff)) and when a device
+//! of the data plane changed ([`Event::LinkChanged`]: a WireGuard device that came back is
+//! repaired at once, whatever the backoff). Routes the data plane refuses ([`Event::RouteConflicts`])
+//! are reported once and fail nothing. At check-in, if the pass could not publish
 //! (a failed apply), the last announcement goes out again with a fresh `last-seen`: the node is
 //! alive and must not be dropped by the others while it retries.
 //!
@@ -78,12 +81,15 @@ use mesh_core::{
     ClusterSnapshot, DesiredState, Key, NodeSpec, ObjectKind, ObservedState, Plan, Skipped, Topology, Warning,
 };
 
+mod conflicts;
 mod failover;
+mod links;
 mod messages;
 pub mod status;
 mod view;
 
 pub use failover::FailoverTiming;
+pub use links::LinkSettling;
 pub use messages::{Action, Config, ErrorEvent, Event, Now, Report, Resolution};
 
 /// A repeating timer that skips the ticks it missed.
@@ -206,6 +212,10 @@ pub struct Reconciler {
     actions: VecDeque<Action>,
     reports: VecDeque<Report>,
     failover: failover::Failover,
+    /// Changes of the data plane's devices that have not started their pass yet.
+    links: links::LinkBurst,
+    /// Routes the data plane refuses because a route that is not the mesh's holds their place.
+    conflicts: conflicts::RouteConflicts,
 }
 
 impl Reconciler {
@@ -214,6 +224,8 @@ impl Reconciler {
     pub fn new(config: Config, now: Instant) -> Self {
         Reconciler {
             failover: failover::Failover::new(config.failover),
+            links: links::LinkBurst::new(config.link_settling),
+            conflicts: conflicts::RouteConflicts::default(),
             resync: Periodic::new(config.resync_period, now),
             check_in: Periodic::new(config.check_in_period, now),
             config,
@@ -328,6 +340,7 @@ impl Reconciler {
             self.heartbeat_retry.and_then(|retry| retry.at),
             self.cluster_paused_until,
             self.failover.poll_timeout(),
+            self.links.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -363,6 +376,12 @@ impl Reconciler {
             retry.at = None;
             self.pass_due = true;
         }
+        if self.links.settled(now.instant) {
+            // What failed may have failed for want of the device: try at once, and back off
+            // from the start if it still fails.
+            self.retry = None;
+            self.pass_due = true;
+        }
         self.failover.handle_timeout(now.instant, &mut self.actions);
         if let Some(retry) = &mut self.heartbeat_retry
             && retry.at.is_some_and(|at| at <= now.instant)
@@ -385,6 +404,11 @@ impl Reconciler {
                 self.view_changed(change, view::Blindness::ReadFailed);
             }
             Event::BackendDiagnostics(diagnostics) => self.backend_diagnostics = diagnostics,
+            Event::LinkChanged(change) => {
+                self.reports.push_back(Report::LinkChanged(change));
+                self.links.changed(now.instant);
+            }
+            Event::RouteConflicts(conflicts) => self.conflicts.refused(conflicts),
             Event::ClusterReadFailed(error) => {
                 // Back off, so a backend that fails at once cannot make the loop spin.
                 let retry_in = self.config.read_retry.delay(self.cluster_failures);
@@ -566,11 +590,17 @@ impl Reconciler {
         self.reports.push_back(Report::Planned(Arc::new(status::PassStatus::of(snapshot, &topology, observed, &plan))));
         self.report_roamed(&plan, snapshot);
         if plan.is_empty() {
+            self.conflicts.none_left(&mut self.reports);
             return self.announce(local, topology, now);
         }
         let operations = plan.operations.iter().map(mesh_core::Operation::kind).collect();
         let iptables = crate::iptables_operations::of_plan(&plan);
-        self.reports.push_back(Report::Applying { operations: plan.operations.len() });
+        // Routes refused before are asked for again (their place may be free now), but they
+        // are no news.
+        let news = plan.operations.len() - self.conflicts.asked_again(&plan);
+        if news > 0 {
+            self.reports.push_back(Report::Applying { operations: news });
+        }
         self.actions.push_back(Action::Apply(plan));
         let pass = self.pass.as_mut().expect("a pass is in flight");
         pass.stage = Stage::Applying { local, topology, operations, iptables };
@@ -584,12 +614,16 @@ impl Reconciler {
         else {
             unreachable!("matched above")
         };
+        // Refused routes are reported, and do not fail the pass: retrying could not free
+        // their place.
+        self.conflicts.applied(result.is_ok(), &mut self.reports);
         match result {
             // What could be applied is applied (the data plane goes on past a failed part): the
             // node still announces itself, so that one failing part (the firewall) does not
             // take it out of the mesh; the pass then fails and the rest is retried.
             Err(error) => pass.apply_error = Some(error.to_string()),
             Ok(()) => {
+                let operations = self.conflicts.without_refused(operations);
                 self.reports.push_back(Report::Applied { operations });
                 if !iptables.is_empty() {
                     self.reports.push_back(Report::IptablesApplied { operations: iptables });

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use mesh_core::backend::{ClusterBackend, Dataplane};
+use mesh_core::backend::{ClusterBackend, Dataplane, LinkChange};
 use mesh_core::{ClusterSnapshot, Compatibility, Key, NodeSpec, Options};
-use mesh_netlink::{DataplaneConfig, LinuxDataplane, Namespace, WireGuardBackend};
+use mesh_netlink::{DataplaneConfig, LinkWatch, LinuxDataplane, Namespace, WireGuardBackend};
 use tracing::{info, warn};
 
 use crate::driver::{Driver, Host};
@@ -303,6 +303,7 @@ impl AgentFlags {
         dataplane_config.clean_up_interface = self.clean_up_interface;
         let mut dataplane = LinuxDataplane::new(dataplane_config).await.map_err(startup)?;
         dataplane.ensure_interface().await.map_err(startup)?;
+        let links = watch_links(dataplane.config()).await;
 
         let mut options = self.mesh.options(&hostname, granularity, subnet);
         options.mtu = Some(mtu);
@@ -333,7 +334,7 @@ impl AgentFlags {
                 let cluster =
                     mesh_kube::file::FileBackend::new(dir, hostname.clone(), self.mesh.topology_label.clone())
                         .map_err(startup)?;
-                serve(cluster, dataplane, host, config, listen).await
+                serve(cluster, dataplane, host, config, listen, links).await
             }
             _ => {
                 let client = mesh_kube::api::client(self.kubeconfig.as_deref(), self.master.as_deref())
@@ -342,11 +343,37 @@ impl AgentFlags {
                 let cluster =
                     mesh_kube::api::KubeBackend::new(client, hostname.clone(), self.mesh.topology_label.clone());
                 cluster.check_crd().await.map_err(startup)?;
-                serve(cluster, dataplane, host, config, listen).await
+                serve(cluster, dataplane, host, config, listen, links).await
             }
         }
     }
 }
+
+/// The kernel's notifications about the data plane's devices, forwarded to the driver; `None`
+/// (with a warning) when the kernel refuses the subscription: the agent then notices a device
+/// that came back at its next resync.
+async fn watch_links(config: &DataplaneConfig) -> Option<tokio::sync::mpsc::Receiver<LinkChange>> {
+    let mut watch = match LinkWatch::of(config).await {
+        Ok(watch) => watch,
+        Err(error) => {
+            warn!(%error, "cannot watch the data plane's devices; a device that comes back is repaired at the next resync");
+            return None;
+        }
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel(LINK_CHANGES_QUEUED);
+    tokio::spawn(async move {
+        while let Some(change) = watch.next().await {
+            // A full queue already holds a change that will start the pass this one would.
+            if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = sender.try_send(change) {
+                return;
+            }
+        }
+    });
+    Some(receiver)
+}
+
+/// Link changes waiting for the driver; more would start no other pass.
+const LINK_CHANGES_QUEUED: usize = 64;
 
 async fn serve<C: ClusterBackend, D: Dataplane>(
     cluster: C,
@@ -354,10 +381,14 @@ async fn serve<C: ClusterBackend, D: Dataplane>(
     host: LinuxHost,
     config: Config,
     listen: std::net::SocketAddr,
+    links: Option<tokio::sync::mpsc::Receiver<LinkChange>>,
 ) -> Result<(), StartupError> {
     let telemetry = Telemetry::new();
     let state = crate::http::HttpState { metrics: telemetry.metrics(), status: telemetry.status() };
     let mut agent = Driver::new(cluster, dataplane, host, config).with_sink(telemetry);
+    if let Some(links) = links {
+        agent = agent.with_link_changes(links);
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| startup(format!("failed to listen on {listen}: {e}")))?;

@@ -11,12 +11,15 @@
 //!   "last_reconcile": {"healthy": true, "errors": []},
 //!   "skipped": [{"kind": "node", "name": "c1", "reason": "not ready: …"}],
 //!   "warnings": [],
+//!   "route_conflicts": [{"wanted": "0.0.0.0/0 via 10.4.0.2 dev kilo0 proto 107",
+//!                        "existing": "default via 192.168.1.1 dev eth0 proto dhcp metric 100"}],
 //!   "pending_plan": null
 //! }
 //! ```
 //!
 //! `pending_plan` lists the operations of the last computed plan while they have not reached
-//! the data plane (after a failed apply, or during one).
+//! the data plane (after a failed apply, or during one). `route_conflicts` lists the routes the
+//! data plane leaves out because a route that is not the mesh's holds their place.
 
 use mesh_core::Topology;
 use mesh_core::state::PeerStats;
@@ -42,6 +45,11 @@ pub fn render(status: &Status, now: i64) -> Value {
         "last_reconcile": {"healthy": status.healthy, "errors": status.errors},
         "skipped": topology.map_or(Value::Array(Vec::new()), |t| json!(t.skipped)),
         "warnings": topology.map_or(Value::Array(Vec::new()), |t| json!(t.warnings)),
+        "route_conflicts": status
+            .route_conflicts
+            .iter()
+            .map(|conflict| json!({"wanted": conflict.wanted, "existing": conflict.existing}))
+            .collect::<Vec<_>>(),
         "pending_plan": pass
             .filter(|_| !status.plan_applied)
             .map(|pass| json!({"operations": pass.plan.operations})),

@@ -6,7 +6,9 @@ use std::time::Duration;
 use mesh_agent::driver::{Driver, Host};
 use mesh_agent::metrics::{ErrorEvent, Metrics, Telemetry};
 use mesh_agent::reconciler::Config;
-use mesh_core::backend::{BackendError, MockClusterBackend, MockDataplane, SnapshotDiagnostics};
+use mesh_core::backend::{
+    BackendError, LinkChange, MockClusterBackend, MockDataplane, RouteConflict, SnapshotDiagnostics,
+};
 use mesh_core::time::{Backoff, unix_seconds};
 use mesh_core::{ClusterSnapshot, DesiredState, ObjectKind, ObservedState, Options, Skipped, Topology};
 use mockall::Sequence;
@@ -24,11 +26,13 @@ fn unix_now() -> i64 {
 /// A driver over the mocks whose reports go to fresh metrics and status.
 fn driver(
     mut cluster: MockClusterBackend,
-    dataplane: MockDataplane,
+    mut dataplane: MockDataplane,
     config: Config,
 ) -> (Driver<MockClusterBackend, MockDataplane, StaticHost, Telemetry>, Arc<Metrics>) {
-    // Translation found nothing wrong (tests that need diagnostics set their own).
+    // Translation found nothing wrong, and the data plane refuses no route (tests that need
+    // either set their own).
     cluster.expect_diagnostics().returning(Default::default);
+    dataplane.expect_route_conflicts().returning(Vec::new);
     let telemetry = Telemetry::new();
     let metrics = telemetry.metrics();
     (Driver::new(cluster, dataplane, StaticHost, config).with_sink(telemetry), metrics)
@@ -287,6 +291,7 @@ async fn what_the_backend_left_out_is_counted_and_readable() {
     let mut dataplane = MockDataplane::new();
     dataplane.expect_observe().returning(|| Ok(ObservedState::default()));
     dataplane.expect_apply().returning(|_| Ok(()));
+    dataplane.expect_route_conflicts().returning(Vec::new);
     let mut config = config();
     config.clean_up = false;
     let telemetry = Telemetry::new();
@@ -296,4 +301,86 @@ async fn what_the_backend_left_out_is_counted_and_readable() {
     let text = metrics.render();
     assert!(text.contains("mesh_skipped_objects{kind=\"peer\"} 1"), "{text}");
     assert_eq!(agent.reconciler().diagnostics(), ["Peer broken.yaml is left out of the mesh: not YAML"]);
+}
+
+/// A route the data plane refuses (a foreign route holds its place) is a warning, a gauge and a
+/// `/status` entry: the pass succeeds and nothing counts as an apply error.
+#[tokio::test]
+async fn a_refused_route_is_reported_counted_and_shown_but_is_no_error() {
+    let mut cluster = MockClusterBackend::new();
+    cluster.expect_announce().returning(|_| Ok(()));
+    cluster.expect_diagnostics().returning(Default::default);
+    let mut dataplane = MockDataplane::new();
+    dataplane.expect_observe().returning(|| Ok(ObservedState::default()));
+    dataplane.expect_apply().returning(|_| Ok(()));
+    let route = *desired().routes.iter().next().unwrap();
+    dataplane.expect_route_conflicts().returning(move || {
+        vec![RouteConflict {
+            route,
+            wanted: "10.2.2.0/24 via 10.4.0.2 dev kilo0 proto 107 onlink".into(),
+            existing: "10.2.2.0/24 via 192.0.2.254 dev eth0 proto bird".into(),
+        }]
+    });
+    let telemetry = Telemetry::new();
+    let metrics = telemetry.metrics();
+    let mut agent = Driver::new(cluster, dataplane, StaticHost, config()).with_sink(telemetry);
+    agent.update_snapshot(snapshot());
+    agent.reconcile().await;
+    agent.reconcile().await;
+    assert!(agent.reconciler().is_healthy());
+    assert_eq!(metrics.errors(ErrorEvent::Apply), 0, "a refusal is not an apply error");
+    assert_eq!(metrics.route_conflicts(), 1, "reported once, counted once");
+    assert!(metrics.render().contains("mesh_route_conflicts 1"));
+    let status = mesh_agent::status::render(&agent.sink().status().lock().unwrap(), unix_now());
+    assert_eq!(status["healthy"], true);
+    assert_eq!(
+        status["route_conflicts"][0]["existing"], "10.2.2.0/24 via 192.0.2.254 dev eth0 proto bird",
+        "{status:#}"
+    );
+    assert_eq!(status["route_conflicts"].as_array().unwrap().len(), 1);
+}
+
+/// With tokio's clock paused: after applies failed long enough for the backoff to reach 8 s,
+/// a link change (the WireGuard device came back) starts a pass within the settling time.
+#[tokio::test(start_paused = true)]
+async fn a_link_change_starts_a_pass_at_once_instead_of_waiting_out_the_backoff() {
+    let mut cluster = MockClusterBackend::new();
+    cluster.expect_next_snapshot().times(1).returning(|| Ok(Some(snapshot())));
+    cluster.expect_next_snapshot().returning(|| Err(BackendError::new("watch", "connection refused")));
+    cluster.expect_announce().returning(|_| Ok(()));
+    let mut dataplane = MockDataplane::new();
+    dataplane.expect_observe().returning(|| Ok(ObservedState::default()));
+    let device_back = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let back = Arc::clone(&device_back);
+    dataplane.expect_apply().returning(move |_| {
+        if back.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(BackendError::new("failed to configure WireGuard interface kilo0", "interface kilo0 not found"))
+        }
+    });
+    let mut config = config();
+    config.clean_up = false;
+    config.retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let (changes, links) = tokio::sync::mpsc::channel(8);
+    let (agent, metrics) = driver(cluster, dataplane, config);
+    let mut agent = agent.with_link_changes(links);
+    let status = agent.sink().status();
+    let failures = Arc::clone(&metrics);
+    let scenario = async move {
+        // Failed at 0, 1, 3 and 7 s: the next retry is at 15 s.
+        while failures.errors(ErrorEvent::Apply) < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        device_back.store(true, std::sync::atomic::Ordering::SeqCst);
+        let sent = tokio::time::Instant::now();
+        changes.send(LinkChange::Appeared { interface: "kilo0".into() }).await.unwrap();
+        while !status.lock().unwrap().healthy {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = sent.elapsed();
+        assert!(took < Duration::from_millis(500), "repaired {took:?} after the device came back");
+    };
+    tokio::time::timeout(Duration::from_secs(60), agent.run(scenario)).await.expect("recovered");
+    assert_eq!(metrics.errors(ErrorEvent::Apply), 4, "no retry came between the change and the repair");
 }

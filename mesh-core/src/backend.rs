@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
-use crate::{ClusterSnapshot, Endpoint, Granularity, Key, NodeSpec, ObservedState, Plan, Skipped, Warning};
+use crate::{ClusterSnapshot, Endpoint, Granularity, Key, NodeSpec, ObservedState, Plan, Route, Skipped, Warning};
 
 /// An error from a backend, naming the operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,86 @@ pub struct SnapshotDiagnostics {
     pub warnings: Vec<Warning>,
 }
 
+/// A route the mesh wants whose place (table, destination, metric) a route that is not the
+/// mesh's holds: the host's default route, a connected network, another CNI's route. The data
+/// plane never replaces or deletes such a route; it leaves the wanted one out and says so.
+///
+/// ```
+/// use mesh_core::backend::RouteConflict;
+/// use mesh_core::{Dev, Route};
+///
+/// let route = Route { dst: "0.0.0.0/0".parse().unwrap(), gateway: None, dev: Dev::Kilo, src: None, table: 254, onlink: false };
+/// let conflict = RouteConflict {
+///     route,
+///     wanted: "default dev kilo0 proto 107".into(),
+///     existing: "default via 192.168.1.1 dev eth0 proto dhcp".into(),
+/// };
+/// assert_eq!(
+///     conflict.to_string(),
+///     "refused to replace route default via 192.168.1.1 dev eth0 proto dhcp (not the mesh's) with default dev kilo0 proto 107"
+/// );
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteConflict {
+    /// The mesh's route.
+    pub route: Route,
+    /// The mesh's route, as `ip route` prints it.
+    pub wanted: String,
+    /// The route in its place, as `ip route` prints it.
+    pub existing: String,
+}
+
+impl std::fmt::Display for RouteConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused to replace route {} (not the mesh's) with {}", self.existing, self.wanted)
+    }
+}
+
+/// A network device the data plane uses (the WireGuard interface, the private interface, the
+/// tunnel) appeared, disappeared or changed state, as the kernel announced it. The agent
+/// reconciles at once instead of waiting for its next timer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkChange {
+    /// The device appeared (created, renamed to its name, moved into the namespace).
+    Appeared {
+        /// Its name.
+        interface: String,
+    },
+    /// The device disappeared.
+    Disappeared {
+        /// Its name.
+        interface: String,
+    },
+    /// The device went up or down, its carrier came or went, or its MTU changed.
+    Changed {
+        /// Its name.
+        interface: String,
+        /// Administratively up.
+        up: bool,
+        /// Its MTU.
+        mtu: Option<u32>,
+    },
+    /// Notifications were lost (the socket's buffer overflowed): anything may have changed.
+    Missed,
+}
+
+impl std::fmt::Display for LinkChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkChange::Appeared { interface } => write!(f, "interface {interface} appeared"),
+            LinkChange::Disappeared { interface } => write!(f, "interface {interface} disappeared"),
+            LinkChange::Changed { interface, up, mtu } => {
+                write!(f, "interface {interface} changed: {}", if *up { "up" } else { "down" })?;
+                match mtu {
+                    Some(mtu) => write!(f, ", mtu {mtu}"),
+                    None => Ok(()),
+                }
+            }
+            LinkChange::Missed => f.write_str("link notifications were lost"),
+        }
+    }
+}
+
 /// Where nodes and peers come from, and where the local node publishes itself.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait::async_trait]
@@ -117,8 +197,15 @@ pub trait Dataplane: Send {
     /// Reads what the mesh owns on this node now.
     async fn observe(&mut self) -> Result<ObservedState, BackendError>;
 
-    /// Applies the plan's operations in order. Its semantics are [`Plan::apply_to`].
+    /// Applies the plan's operations in order. Its semantics are [`Plan::apply_to`], but for
+    /// the routes listed by [`Dataplane::route_conflicts`] afterwards: left out, and not a failure.
     async fn apply(&mut self, plan: &Plan) -> Result<(), BackendError>;
+
+    /// The routes the last [`Dataplane::apply`] left out because a route that is not the mesh's
+    /// holds their place (none by default: a data plane that owns everything it touches).
+    fn route_conflicts(&self) -> Vec<RouteConflict> {
+        Vec::new()
+    }
 
     /// Removes everything the mesh created on this node.
     async fn clean_up(&mut self) -> Result<(), BackendError>;

@@ -121,6 +121,9 @@ pub struct LinuxDataplane {
     /// Places (table and destination) of wanted routes last found held by a route that is not
     /// the mesh's.
     foreign_routes: HashSet<RouteKey>,
+    /// The routes the last apply through [`Dataplane::apply`] left out for a route that is not
+    /// the mesh's.
+    conflicts: Vec<RouteConflict>,
 }
 
 impl fmt::Debug for LinuxDataplane {
@@ -160,6 +163,7 @@ impl LinuxDataplane {
             interface_ready: false,
             tunnel_created: false,
             foreign_routes: HashSet::new(),
+            conflicts: Vec::new(),
         })
     }
 
@@ -444,7 +448,11 @@ impl LinuxDataplane {
         let result = match holder {
             route::Holder::Foreign(existing) => {
                 self.foreign_routes.insert(route.key());
-                return Err(Error::RouteConflicts(vec![RouteConflict { wanted: self.route_text(route), existing }]));
+                return Err(Error::RouteConflicts(vec![RouteConflict {
+                    route: *route,
+                    wanted: self.route_text(route),
+                    existing,
+                }]));
             }
             route::Holder::Mesh => {
                 self.writes += 1;
@@ -731,8 +739,18 @@ impl Dataplane for LinuxDataplane {
         self.observe_state().await.map_err(|error| error.into_backend("failed to observe the data plane"))
     }
 
+    /// [`LinuxDataplane::apply_plan`], where route conflicts are no failure: they are
+    /// refusals, listed by [`Dataplane::route_conflicts`] until the next apply.
     async fn apply(&mut self, plan: &Plan) -> Result<(), BackendError> {
-        self.apply_plan(plan).await.map_err(|error| error.into_backend("failed to apply the plan"))
+        self.conflicts.clear();
+        let Err(error) = self.apply_plan(plan).await else { return Ok(()) };
+        let (failure, conflicts) = error.split_route_conflicts();
+        self.conflicts = conflicts;
+        failure.map_or(Ok(()), |error| Err(error.into_backend("failed to apply the plan")))
+    }
+
+    fn route_conflicts(&self) -> Vec<RouteConflict> {
+        self.conflicts.clone()
     }
 
     async fn clean_up(&mut self) -> Result<(), BackendError> {

@@ -3,6 +3,7 @@
 use std::io;
 
 use mesh_core::backend::BackendError;
+pub use mesh_core::backend::RouteConflict;
 
 /// A data-plane operation that failed, e.g.
 /// `failed to add route 10.2.1.0/24 via 10.4.0.2 dev kilo0 table 1107: Network is unreachable (os error 101)`.
@@ -91,21 +92,6 @@ pub enum Error {
     InvalidBackend(String),
 }
 
-/// A route the mesh wants and the route that is not the mesh's in its place.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteConflict {
-    /// The mesh's route, as `ip route` prints it.
-    pub wanted: String,
-    /// The route in its place (same table, destination and metric), as `ip route` prints it.
-    pub existing: String,
-}
-
-impl std::fmt::Display for RouteConflict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "refused to replace route {} (not the mesh's) with {}", self.existing, self.wanted)
-    }
-}
-
 /// At most this many conflicts are spelled out in one message.
 const CONFLICTS_SHOWN: usize = 5;
 
@@ -143,6 +129,31 @@ impl Error {
         Error::InterfaceNotFound { operation: operation.into(), interface: interface.into(), hint: String::new() }
     }
 
+    /// Takes the route conflicts out of an apply's error: what is left (if anything) is the
+    /// failure, the conflicts are refusals.
+    pub fn split_route_conflicts(self) -> (Option<Error>, Vec<RouteConflict>) {
+        match self {
+            Error::RouteConflicts(conflicts) => (None, conflicts),
+            Error::PartlyApplied { failures } => {
+                let mut conflicts = Vec::new();
+                let mut rest = Vec::new();
+                for failure in failures {
+                    match failure {
+                        Error::RouteConflicts(found) => conflicts.extend(found),
+                        other => rest.push(other),
+                    }
+                }
+                let rest = match rest.len() {
+                    0 => None,
+                    1 => rest.pop(),
+                    _ => Some(Error::PartlyApplied { failures: rest }),
+                };
+                (rest, conflicts)
+            }
+            other => (Some(other), Vec::new()),
+        }
+    }
+
     /// Wraps the error as the data-plane trait's error, with `operation` (`failed to apply plan`)
     /// in front of this error's own message.
     pub fn into_backend(self, operation: &str) -> BackendError {
@@ -155,5 +166,43 @@ pub(crate) fn netlink_io(error: rtnetlink::Error) -> io::Error {
     match error {
         rtnetlink::Error::NetlinkError(message) => message.to_io(),
         other => io::Error::other(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::{Dev, Route};
+
+    fn conflict(destination: &str) -> RouteConflict {
+        let route = Route {
+            dst: destination.parse().unwrap(),
+            gateway: None,
+            dev: Dev::Kilo,
+            src: None,
+            table: 254,
+            onlink: false,
+        };
+        RouteConflict { route, wanted: format!("{destination} dev kilo0"), existing: format!("{destination} dev eth0") }
+    }
+
+    fn firewall_failure() -> Error {
+        Error::Firewall { operation: "apply IPv4 firewall rules with iptables-restore".into(), reason: "exit 1".into() }
+    }
+
+    #[test]
+    fn route_conflicts_split_from_the_failures_they_came_with() {
+        let (rest, conflicts) = Error::RouteConflicts(vec![conflict("0.0.0.0/0")]).split_route_conflicts();
+        assert!(rest.is_none());
+        assert_eq!(conflicts, [conflict("0.0.0.0/0")]);
+
+        let mixed =
+            Error::PartlyApplied { failures: vec![firewall_failure(), Error::RouteConflicts(vec![conflict("::/0")])] };
+        let (rest, conflicts) = mixed.split_route_conflicts();
+        assert!(matches!(rest, Some(Error::Firewall { .. })), "{rest:?}");
+        assert_eq!(conflicts, [conflict("::/0")]);
+
+        let (rest, conflicts) = firewall_failure().split_route_conflicts();
+        assert!(matches!(rest, Some(Error::Firewall { .. })) && conflicts.is_empty());
     }
 }

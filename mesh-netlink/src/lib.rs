@@ -24,6 +24,10 @@
 //! naming both routes ([`Error::RouteConflicts`]). A route through the WireGuard interface
 //! counts as the mesh's whatever its protocol, so a route Kilo left there is replaced.
 //!
+//! [`LinkWatch`] turns the kernel's link notifications into [`mesh_core::backend::LinkChange`]s
+//! for the devices the data plane uses, so that the agent repairs a device that came back (a
+//! restarted wireguard-go) at once.
+//!
 //! Several network namespaces can be driven from one process ([`Namespace`]): the rtnetlink
 //! socket is opened inside the namespace, and `iptables-restore` and WireGuard calls run on a
 //! thread that entered it. Userspace WireGuard UAPI sockets live in one global directory
@@ -35,6 +39,7 @@ mod error;
 mod firewall;
 pub mod host;
 mod link;
+mod link_watch;
 mod netns;
 mod route;
 mod rule;
@@ -44,6 +49,7 @@ mod wireguard;
 pub use dataplane::{DataplaneConfig, LinuxDataplane};
 pub use error::{Error, Result, RouteConflict};
 pub use firewall::parse_iptables_save;
+pub use link_watch::LinkWatch;
 pub use mesh_core::firewall::{CHAIN_PREFIX, COMMENT_PREFIX};
 pub use netns::Namespace;
 pub use route::ROUTE_PROTOCOL;

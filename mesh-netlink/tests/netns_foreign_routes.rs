@@ -71,6 +71,15 @@ async fn netns_routes_that_are_not_ours_are_never_replaced_or_deleted() {
     assert!(matches!(&again, Error::RouteConflicts(found) if found.len() == 3), "{again:?}");
     assert_eq!(dataplane.writes(), writes, "a lasting conflict cost a write");
 
+    // Through the data-plane trait the agent drives, a conflict is a refusal, not a failure:
+    // the apply succeeds and lists what it left out, once each.
+    let again = hijacks.iter().map(|route| Operation::AddRoute(*route)).collect();
+    Dataplane::apply(&mut dataplane, &plan(again)).await.unwrap();
+    let refused: Vec<_> = dataplane.route_conflicts().into_iter().map(|conflict| conflict.route).collect();
+    assert_eq!(refused, hijacks, "the refused routes, in the plan's order");
+    Dataplane::apply(&mut dataplane, &plan(vec![])).await.unwrap();
+    assert!(dataplane.route_conflicts().is_empty(), "conflicts are those of the last apply");
+
     // A plan that deletes those places (as after the hijack is gone) deletes only ours.
     let deletes = hijacks.iter().chain([&free]).map(|route| Operation::DeleteRoute(*route)).collect();
     dataplane.apply_plan(&plan(deletes)).await.unwrap();

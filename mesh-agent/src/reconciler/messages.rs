@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use crate::iptables_operations::IptablesOperation;
 use ipnet::IpNet;
-use mesh_core::backend::{BackendError, LocalAnnouncement, SnapshotDiagnostics};
+use mesh_core::backend::{BackendError, LinkChange, LocalAnnouncement, RouteConflict, SnapshotDiagnostics};
 use mesh_core::time::Backoff;
 use mesh_core::{ClusterSnapshot, ObservedState, Options, Plan, Topology, Warning};
 
 use super::failover::FailoverTiming;
+use super::links::LinkSettling;
 
 #[cfg(doc)]
 use super::Reconciler;
@@ -70,6 +71,9 @@ pub struct Config {
     pub announce_timeout: Duration,
     /// How long observing or applying the data plane may take (enforced by the driver).
     pub dataplane_timeout: Duration,
+    /// How changes of the data plane's devices ([`Event::LinkChanged`]) are gathered into one
+    /// pass.
+    pub link_settling: LinkSettling,
 }
 
 impl Config {
@@ -88,6 +92,7 @@ impl Config {
             failover: FailoverTiming::default(),
             announce_timeout: Duration::from_secs(10),
             dataplane_timeout: Duration::from_secs(60),
+            link_settling: LinkSettling::default(),
         }
     }
 }
@@ -164,6 +169,10 @@ pub enum Event {
     Observed(Result<ObservedState, BackendError>),
     /// Answer to [`Action::UpdateCni`]: whether the file changed, or why it could not be.
     CniUpdated(Result<bool, String>),
+    /// What the data plane refused in the apply in flight: routes whose place a route that is
+    /// not the mesh's holds. Send it just before [`Event::Applied`] (nothing sent: none). Not a
+    /// failure: each is reported once, and the pass goes on.
+    RouteConflicts(Vec<RouteConflict>),
     /// Answer to [`Action::Apply`].
     Applied(Result<(), BackendError>),
     /// Answer to [`Action::Announce`].
@@ -177,6 +186,11 @@ pub enum Event {
         /// A reply came in time.
         reachable: bool,
     },
+    /// A device the data plane uses appeared, disappeared or changed state (the kernel's link
+    /// notifications). A pass starts once the burst of changes settled
+    /// ([`Config::link_settling`]), and the backoff of failed passes starts over: a device that
+    /// came back is repaired at once.
+    LinkChanged(LinkChange),
     /// Stop: finish the pass in flight, clean up if configured, then [`Reconciler::is_stopped`].
     ShutdownRequested,
 }
@@ -276,11 +290,20 @@ pub enum Report {
     /// the plan, for `/status`. A plan not followed by [`Report::Applied`] is still pending.
     Planned(Arc<super::status::PassStatus>),
     /// A non-empty plan goes to the data plane (the plan itself is in the [`Action::Apply`]).
+    /// Not reported when all it asks for are routes the data plane refused before.
     Applying {
-        /// How many operations it has.
+        /// How many operations it has, not counting routes refused before.
         operations: usize,
     },
-    /// The plan was applied; the kinds of its operations, in order.
+    /// The data plane refused a route the mesh wants, because a route that is not the mesh's
+    /// holds its place (reported once, until [`Report::RouteConflictResolved`]). The rest of the
+    /// plan is applied; the pass does not fail, and the place is looked at again at each pass.
+    RouteConflict(RouteConflict),
+    /// A route conflict ended: the route is in place, or no longer wanted.
+    RouteConflictResolved(RouteConflict),
+    /// A device the data plane uses changed; a pass follows once the changes settle.
+    LinkChanged(LinkChange),
+    /// The plan was applied (but for refused routes); the kinds of its operations, in order.
     Applied {
         /// [`mesh_core::Operation::kind`] of each operation.
         operations: Vec<&'static str>,

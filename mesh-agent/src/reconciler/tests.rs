@@ -38,6 +38,8 @@ struct World {
     cni: VecDeque<Result<bool, String>>,
     /// The MTU the host detects.
     mtu: Option<u32>,
+    /// Routes whose place a route that is not the mesh's holds: refused by every apply.
+    foreign_routes: Vec<mesh_core::Route>,
     /// Every action asked for, in order.
     actions: Vec<Action>,
     /// Every report, in order.
@@ -55,11 +57,13 @@ impl World {
                 }
                 Action::Observe => Event::Observed(Ok(self.dataplane.clone())),
                 Action::UpdateCni { .. } => Event::CniUpdated(self.cni.pop_front().unwrap_or(Ok(false))),
-                Action::Apply(plan) => {
+                Action::Apply(mut plan) => {
                     let result = self.applies.pop_front().unwrap_or(Ok(()));
+                    let refused = self.refuse_foreign_routes(&mut plan);
                     if result.is_ok() {
                         self.dataplane.state = plan.apply_to(&self.dataplane.state);
                     }
+                    reconciler.handle_event(Event::RouteConflicts(refused), now);
                     Event::Applied(result)
                 }
                 Action::Announce(_) => Event::Announced(self.announces.pop_front().unwrap_or(Ok(()))),
@@ -70,6 +74,23 @@ impl World {
             reconciler.handle_event(answer, now);
         }
         self.reports.extend(std::iter::from_fn(|| reconciler.poll_report()));
+    }
+
+    /// Takes the routes whose place is held out of `plan`, as conflicts.
+    fn refuse_foreign_routes(&self, plan: &mut Plan) -> Vec<mesh_core::backend::RouteConflict> {
+        let mut refused = Vec::new();
+        plan.operations.retain(|operation| match operation {
+            mesh_core::Operation::AddRoute(route) if self.foreign_routes.contains(route) => {
+                refused.push(mesh_core::backend::RouteConflict {
+                    route: *route,
+                    wanted: format!("{} (the mesh's)", route.dst),
+                    existing: format!("{} dev eth0 proto dhcp", route.dst),
+                });
+                false
+            }
+            _ => true,
+        });
+        refused
     }
 
     /// Takes the actions asked for since the last call.
@@ -664,3 +685,5 @@ fn a_heartbeat_that_cannot_be_written_fails_static_and_is_retried_soon() {
 }
 
 mod failover;
+mod links;
+mod route_conflicts;

@@ -847,14 +847,16 @@ impl Mesh {
         Ok(path)
     }
 
-    /// `mesh-agent doctor -o json` in `node`'s namespace, with the agents' flags: its exit code and report.
+    /// `mesh-agent doctor -o json` in `node`'s namespace, with the agents' flags (no
+    /// `--private-iface`: it finds the private interface as the agent does): its exit code and report.
     fn doctor(&self, node: &str, cluster: &Path) -> Outcome<(Option<i32>, Value)> {
         let output = Command::new("ip")
             .args(["netns", "exec", &self.ns(node)])
             .arg(&self.agent)
             .args(["doctor", "--nodes"])
             .arg(cluster)
-            .args(["--hostname", node, "--interface", &self.iface(node), "--private-iface=loc0"])
+            .args(["--hostname", node, "--interface", &self.iface(node)])
+            .arg(format!("--internal-cidr={}", node_def(node).location.network))
             .args(["--mesh-granularity=location", "--encapsulate=never", "--cni=false", "-o", "json"])
             .args([format!("--status-url=http://127.0.0.1:{METRICS_PORT}/status")])
             .output()
@@ -924,6 +926,14 @@ impl Mesh {
                 if !findings.iter().any(|finding| finding["check"] == check && finding["verdict"] == "ok") {
                     return Err(format!("doctor on {node} has no passed {check} check: {findings:?}"));
                 }
+            }
+            // Without --private-iface, doctor finds the private interface as the agent does.
+            let private = format!("private interface loc0, which holds the private IP {}", node_def(node).private);
+            if !findings
+                .iter()
+                .any(|f| f["check"] == "live-diff" && f["evidence"].as_str().unwrap_or("").contains(&private))
+            {
+                return Err(format!("doctor on {node} did not judge the live diff with {private}: {findings:?}"));
             }
             clean.push(format!("{node}: {} findings, 0 problems", findings.len()));
         }

@@ -407,9 +407,14 @@ pub fn handshakes(status: &serde_json::Value, port: u16) -> Vec<Finding> {
 }
 
 /// What the agent would change now: empty when the node is configured as planned.
-pub fn live_diff(interface: &str, plan: &Plan) -> Finding {
+/// `private` says which private interface the rules were judged with.
+pub fn live_diff(interface: &str, private: &str, plan: &Plan) -> Finding {
     if plan.is_empty() {
-        return Finding::ok("live-diff", interface, "the data plane is configured as planned: nothing to change");
+        return Finding::ok(
+            "live-diff",
+            interface,
+            format!("the data plane is configured as planned ({private}): nothing to change"),
+        );
     }
     let mut kinds: Vec<&str> = plan.operations.iter().map(mesh_core::Operation::kind).collect();
     kinds.sort_unstable();
@@ -419,7 +424,7 @@ pub fn live_diff(interface: &str, plan: &Plan) -> Finding {
         interface,
         format!(
             "{} operations would change the data plane ({}): the agent is not running, is failing to apply \
-             (its log and /status say why), or someone else changes what it owns",
+             (its log and /status say why), or someone else changes what it owns ({private})",
             plan.operations.len(),
             kinds.join(", ")
         ),
@@ -575,12 +580,14 @@ mod tests {
 
     #[test]
     fn the_live_diff_is_a_problem_when_the_agent_would_change_something() {
-        assert_eq!(live_diff("kilo0", &Plan::default()).verdict, Verdict::Ok);
+        let ok = live_diff("kilo0", "private interface eth1 (--private-iface)", &Plan::default());
+        assert_eq!(ok.verdict, Verdict::Ok);
+        assert!(ok.evidence.contains("(private interface eth1 (--private-iface))"), "{}", ok.evidence);
         let plan = Plan {
             operations: vec![Operation::SetMtu(1420), Operation::RemovePeer(Key::from_bytes([1; 32]))],
             ..Plan::default()
         };
-        let finding = live_diff("kilo0", &plan);
+        let finding = live_diff("kilo0", "no private interface", &plan);
         assert_eq!(finding.verdict, Verdict::Problem);
         assert!(finding.evidence.starts_with("2 operations would change the data plane (remove_peer, set_mtu)"));
     }

@@ -905,8 +905,8 @@ impl Mesh {
         let mut clean = Vec::new();
         for node in ["a1", "a2", "c1"] {
             // Polled: a peer that learns another's endpoint from discovered-endpoints (the laptop,
-            // seen through a1) handshakes a few seconds after the paths answer, and doctor
-            // rightly reports a peer without a handshake until then.
+            // seen through a1) handshakes a few seconds after the paths answer: the poll leaves
+            // time for initiations sent before that to be answered.
             let report = poll(
                 &format!("doctor to pass on the healthy {node}"),
                 Duration::from_secs(30),

@@ -18,7 +18,7 @@ use crate::local::{LocalInputs, local_node};
 use crate::metrics::Telemetry;
 use crate::reconciler::{Config, Resolution};
 use crate::resolve::{ResolverCache, resolve_endpoints};
-use mesh_netlink::host::{HostNetwork, SelectedIps, auto_mtu, ignored_interfaces};
+use mesh_netlink::host::{HostNetwork, SelectedIps, auto_mtu, discover_local_host};
 
 /// How `--mtu auto` is computed; quoted in `--help`.
 const MTU_HELP: &str = "The MTU of the WireGuard interface: a number, or auto = the MTU of the default-route \
@@ -274,9 +274,15 @@ impl AgentFlags {
         use crate::key::UnusableKeyFile::{Refuse, Regenerate};
         let unusable = if self.regenerate_private_key { Regenerate } else { Refuse };
         let key = crate::key::load_or_generate(&self.private_key_file, unusable).map_err(startup)?;
-        let network = HostNetwork::read_async(&Namespace::Current, &hostname).await.map_err(startup)?;
-        let ignored = ignored_interfaces(&self.mesh.interface, self.mesh.compatibility);
-        let local = network.discover(&ignored, &self.internal_cidrs).map_err(startup)?;
+        let (network, local) = discover_local_host(
+            &Namespace::Current,
+            &hostname,
+            &self.mesh.interface,
+            self.mesh.compatibility,
+            &self.internal_cidrs,
+        )
+        .await
+        .map_err(startup)?;
         let private_interface = local.private_interface.as_ref().map(|interface| interface.name.clone());
         match (&local.ips.private, &private_interface) {
             (Some(ip), Some(name)) => info!(%ip, interface = %name, "using the private IP"),

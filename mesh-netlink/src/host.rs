@@ -289,6 +289,35 @@ impl HostNetwork {
     }
 }
 
+/// IP discovery as the agent runs it at start, for the agent and for `doctor` alike: reads the
+/// host's network in `namespace` (resolving `hostname`, the node's name) and discovers the node's
+/// IPs and the interface of its private IP, passing over the WireGuard interface, the tunnel of
+/// `compatibility` and [`KUBE_BRIDGE`] ([`ignored_interfaces`]); with `internal_cidrs`, only a
+/// private IP inside them counts. Returns what was read (for the MTU and `cilium_host`) and what
+/// was discovered.
+///
+/// ```no_run
+/// # async fn example() -> mesh_netlink::Result<()> {
+/// use mesh_core::Compatibility;
+/// use mesh_netlink::Namespace;
+/// use mesh_netlink::host::discover_local_host;
+///
+/// let (_, local) = discover_local_host(&Namespace::Current, "node-1", "kilo0", Compatibility::None, &[]).await?;
+/// let private = local.private_interface.map(|interface| interface.name);
+/// # Ok(()) }
+/// ```
+pub async fn discover_local_host(
+    namespace: &Namespace,
+    hostname: &str,
+    wireguard_interface: &str,
+    compatibility: Compatibility,
+    internal_cidrs: &[IpNet],
+) -> Result<(HostNetwork, LocalHost)> {
+    let network = HostNetwork::read_async(namespace, hostname).await?;
+    let local = network.discover(&ignored_interfaces(wireguard_interface, compatibility), internal_cidrs)?;
+    Ok((network, local))
+}
+
 /// Kilo's `getIP` selection (§4.2): each group split into private and public
 /// ([`mesh_core::ip::is_public`]), concatenated in group order (hostname, default route, all);
 /// ignored addresses dropped; with `internal_cidrs`, private candidates outside all of them

@@ -233,3 +233,31 @@ fn netns_read_async_from_a_runtime() {
     let own = HostNetwork::read(&Namespace::Current, "localhost").unwrap();
     assert!(own.interface_named("kth0").is_none());
 }
+
+#[test]
+fn netns_discover_local_host_passes_over_the_wireguard_interface_and_the_tunnel() {
+    let ns = node_namespace("local");
+    ns.ip("link add cilium_tunl type veth peer name kttun1");
+    ns.ip("addr add 10.0.2.2/24 dev cilium_tunl");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let discover = |hostname: &str, compatibility: Compatibility, internal: &[IpNet]| {
+        runtime
+            .block_on(mesh_netlink::host::discover_local_host(
+                &ns.namespace(),
+                hostname,
+                WIREGUARD,
+                compatibility,
+                internal,
+            ))
+            .unwrap()
+    };
+    // The hostname's address on the WireGuard interface is passed over: kth0 holds the private IP.
+    let (network, local) = discover("10.4.0.1", Compatibility::None, &[]);
+    assert_eq!(network.underlay_mtu(), Some(1400), "what was read comes back too");
+    assert_eq!(names(&local), (Some("kth0"), Some("kth0")));
+    // Cilium's tunnel is passed over with --compatibility=cilium only.
+    assert_eq!(names(&discover("10.0.2.2", Compatibility::Cilium, &[]).1).0, Some("kth0"));
+    assert_eq!(names(&discover("10.0.2.2", Compatibility::None, &[]).1).0, Some("cilium_tunl"));
+    // --internal-cidr decides which private IP, hence which interface.
+    assert_eq!(names(&discover("localhost", Compatibility::None, &[net("10.0.0.0/24")]).1).0, Some("ktwg1"));
+}

@@ -37,7 +37,7 @@
 //!    leader and why, a1's role, its peers with C at its discovered endpoint and handshakes;
 //!    a2's says it follows a1. `mesh-agent doctor` finds no problem on a1, a2 and c1, and finds
 //!    each injected fault with its fix: forwarding off on a1, c1's keepalive missing, b2's
-//!    location only as a label.
+//!    location only as a label, UDP 51820 dropped by C's router while c1 meets a1 as a fresh peer.
 //! 4. No churn: across three resync periods no agent writes WireGuard (metrics), and no peer's
 //!    handshake or transfer counters go back.
 //! 2. The same as 1 after restarting the agents with `full`, then with `cross` (restarted with
@@ -847,14 +847,16 @@ impl Mesh {
         Ok(path)
     }
 
-    /// `mesh-agent doctor -o json` in `node`'s namespace, with the agents' flags: its exit code and report.
+    /// `mesh-agent doctor -o json` in `node`'s namespace, with the agents' flags (no
+    /// `--private-iface`: it finds the private interface as the agent does): its exit code and report.
     fn doctor(&self, node: &str, cluster: &Path) -> Outcome<(Option<i32>, Value)> {
         let output = Command::new("ip")
             .args(["netns", "exec", &self.ns(node)])
             .arg(&self.agent)
             .args(["doctor", "--nodes"])
             .arg(cluster)
-            .args(["--hostname", node, "--interface", &self.iface(node), "--private-iface=loc0"])
+            .args(["--hostname", node, "--interface", &self.iface(node)])
+            .arg(format!("--internal-cidr={}", node_def(node).location.network))
             .args(["--mesh-granularity=location", "--encapsulate=never", "--cni=false", "-o", "json"])
             .args([format!("--status-url=http://127.0.0.1:{METRICS_PORT}/status")])
             .output()
@@ -896,14 +898,15 @@ impl Mesh {
     }
 
     /// 3c: `doctor` is silent on the healthy world and finds each injected fault with its fix:
-    /// forwarding off on a leader, keepalive missing behind NAT, location only as a label.
+    /// forwarding off on a leader, keepalive missing behind NAT, location only as a label, UDP
+    /// blocked by the router in front of C.
     fn scenario_doctor(&self) -> Outcome<String> {
         let healthy = self.cluster_list("doctor-healthy.json", |_| {})?;
         let mut clean = Vec::new();
         for node in ["a1", "a2", "c1"] {
             // Polled: a peer that learns another's endpoint from discovered-endpoints (the laptop,
-            // seen through a1) handshakes a few seconds after the paths answer, and doctor
-            // rightly reports a peer without a handshake until then.
+            // seen through a1) handshakes a few seconds after the paths answer: the poll leaves
+            // time for initiations sent before that to be answered.
             let report = poll(
                 &format!("doctor to pass on the healthy {node}"),
                 Duration::from_secs(30),
@@ -923,6 +926,14 @@ impl Mesh {
                 if !findings.iter().any(|finding| finding["check"] == check && finding["verdict"] == "ok") {
                     return Err(format!("doctor on {node} has no passed {check} check: {findings:?}"));
                 }
+            }
+            // Without --private-iface, doctor finds the private interface as the agent does.
+            let private = format!("private interface loc0, which holds the private IP {}", node_def(node).private);
+            if !findings
+                .iter()
+                .any(|f| f["check"] == "live-diff" && f["evidence"].as_str().unwrap_or("").contains(&private))
+            {
+                return Err(format!("doctor on {node} did not judge the live diff with {private}: {findings:?}"));
             }
             clean.push(format!("{node}: {} findings, 0 problems", findings.len()));
         }
@@ -970,10 +981,47 @@ impl Mesh {
             "node b2",
             "kubectl annotate node b2 kilo.squat.ai/location=",
         )?;
+        let blocked = self.udp_blocked_at_the_router(&healthy)?;
         Ok(format!(
-            "healthy: {}; forwarding off: {forwarding_off}; no keepalive: {nat}; label only: {label}",
+            "healthy: {}; forwarding off: {forwarding_off}; no keepalive: {nat}; label only: {label}; UDP blocked: \
+             {blocked}",
             clean.join(", ")
         ))
+    }
+
+    /// The router in front of C drops UDP 51820 while c1 meets a1 as a fresh peer (a1 removed
+    /// from c1's device, which the agent re-adds at once with new counters, as for a node that
+    /// joins): c1's keepalive needs a handshake, its initiations go unanswered, and doctor on c1
+    /// says UDP to a1 looks blocked. Once the rule is gone, the handshake completes and doctor is
+    /// silent again.
+    fn udp_blocked_at_the_router(&self, cluster: &Path) -> Outcome<String> {
+        const RULE: &str = "FORWARD -p udp --dport 51820 -j DROP";
+        let (router, subject) = (self.router(), format!("peer location:{}", LOC_A.name));
+        let a1 = node_def("a1").internet.and_then(|net| net.split('/').next()).ok_or("a1 has no internet address")?;
+        let a_key = self.node_key("a1")?;
+        in_ns(&router, &format!("iptables -I {RULE}"))?;
+        let started = Instant::now();
+        let found = run(Command::new("wg").args(["set", &self.iface("c1"), "peer", &a_key, "remove"])).and_then(|_| {
+            poll("doctor on c1 to find UDP blocked to a1", Duration::from_secs(30), Duration::from_secs(1), || {
+                let (code, report) = self.doctor("c1", cluster)?;
+                let problem = Self::expect_problem(&report, code, "handshakes", &subject, "allow UDP 51820")?;
+                if problem.contains("handshake initiations") && problem.contains(&format!("UDP 51820 to {a1}:51820")) {
+                    Ok(problem)
+                } else {
+                    Err(format!("not the unanswered handshake: {problem}"))
+                }
+            })
+        });
+        let unblocked = in_ns(&router, &format!("iptables -D {RULE}"));
+        let found = found?;
+        unblocked?;
+        let seen_after = started.elapsed();
+        poll("doctor on c1 to pass once UDP flows", Duration::from_secs(30), Duration::from_secs(1), || {
+            let (code, report) = self.doctor("c1", cluster)?;
+            let problems = Self::problems(&report);
+            if code == Some(0) && problems.is_empty() { Ok(()) } else { Err(format!("exit {code:?}: {problems:?}")) }
+        })?;
+        Ok(format!("{found} (after {seen_after:.1?}; clean again {:.1?} later)", started.elapsed() - seen_after))
     }
 
     /// WireGuard writes per node and kind, and reconciles per node.

@@ -34,9 +34,14 @@ pub struct DoctorArgs {
     /// The agent's `/status`, read for the handshake checks (with --hostname).
     #[arg(long = "status-url", default_value = "http://127.0.0.1:1107/status")]
     status_url: String,
-    /// The interface that holds the node's private IP (for the live diff).
-    #[arg(long = "private-iface", default_value = "eth0")]
-    private_iface: String,
+    /// The interface that holds the node's private IP, for the live diff [default: found as the
+    /// agent finds it, from the node's private IP].
+    #[arg(long = "private-iface")]
+    private_iface: Option<String>,
+    /// Only private IPs inside these CIDRs may be the node's internal IP, as the agent's flag
+    /// (repeatable, comma-separated).
+    #[arg(long = "internal-cidr", env = "KILO_INTERNAL_CIDR", value_delimiter = ',', value_parser = crate::flags::parse_cidr)]
+    internal_cidrs: Vec<ipnet::IpNet>,
     /// Output format: text or json.
     #[arg(short = 'o', long = "output", default_value = "text", value_parser = ["text", "json"])]
     output: String,
@@ -81,8 +86,8 @@ pub(super) async fn run(args: DoctorArgs, out: &mut dyn std::io::Write) -> Resul
         ));
     }
     findings.extend(checks::diagnostics(&skipped, &warnings));
-    if let (Some(_), Some(topology)) = (&args.hostname, &topology) {
-        findings.extend(node_checks(&args, &view, topology).await);
+    if let (Some(hostname), Some(topology)) = (&args.hostname, &topology) {
+        findings.extend(node_checks(&args, hostname, &view, topology).await);
     }
 
     let problems = findings.iter().filter(|finding| finding.verdict == Verdict::Problem).count();
@@ -100,7 +105,12 @@ pub(super) async fn run(args: DoctorArgs, out: &mut dyn std::io::Write) -> Resul
 }
 
 /// The checks of the node the doctor runs on.
-async fn node_checks(args: &DoctorArgs, view: &KgctlView, topology: &mesh_core::Topology) -> Vec<Finding> {
+async fn node_checks(
+    args: &DoctorArgs,
+    hostname: &str,
+    view: &KgctlView,
+    topology: &mesh_core::Topology,
+) -> Vec<Finding> {
     let mesh = &args.cluster.mesh;
     let interface = mesh.interface.as_str();
     let cilium = mesh.compatibility == Compatibility::Cilium;
@@ -120,9 +130,19 @@ async fn node_checks(args: &DoctorArgs, view: &KgctlView, topology: &mesh_core::
     // Without an MTU the diff leaves the MTU alone: the interface check judges it.
     let options = mesh.options(&topology.hostname, view.granularity, view.subnet);
     let (desired, _) = DesiredState::from_topology(topology, &options);
-    match host::observe(interface, &args.private_iface, mesh.compatibility).await {
-        Ok(observed) => findings.push(checks::live_diff(interface, &Plan::between(&observed, &desired))),
-        Err(error) => {
+    let private = match &args.private_iface {
+        Some(name) => Ok(host::PrivateInterface::Given(name.clone())),
+        None => host::private_interface(hostname, interface, mesh.compatibility, &args.internal_cidrs).await,
+    };
+    let observed = match &private {
+        Ok(private) => host::observe(interface, private.name(), mesh.compatibility).await,
+        Err(error) => Err(error.clone()),
+    };
+    match (observed, private) {
+        (Ok(observed), Ok(private)) => {
+            findings.push(checks::live_diff(interface, &private.to_string(), &Plan::between(&observed, &desired)));
+        }
+        (Err(error), _) | (_, Err(error)) => {
             findings.push(Finding::skipped("live-diff", interface, format!("cannot observe the data plane: {error}")))
         }
     }

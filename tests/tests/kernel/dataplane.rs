@@ -34,6 +34,8 @@
 //!    and after SIGTERM the device is still there, without the routes; (b) with a plain `tunl0`
 //!    it logs `cilium_tunl interface not found: run Cilium with enable-ipip-termination=true`,
 //!    counts the failed reconciles in `kilo_errors_total{event="apply"}` and keeps running.
+//!    `mesh-agent doctor` (node scope, `--compatibility=cilium`) exits 4 in (b), reporting the
+//!    missing device with the fix `enable-ipip-termination=true`, and exits 0 in (a).
 //!
 //! Execs are few on purpose (each costs 50–150 ms under emulation): namespace set-up and checks
 //! go through one `ip -batch` per namespace, data-plane state through `observe()`.
@@ -550,6 +552,20 @@ fn agent_with_and_without_cilium_tunl() -> Outcome<String> {
     let with_log = std::fs::read_to_string(world.log_path("agent-with")).unwrap_or_default();
     ensure(!with_log.contains(CILIUM_TUNL_MISSING), || "the agent with cilium_tunl did not find it".to_owned())?;
 
+    // `mesh-agent doctor` on each node, as in the agent's pod: without the device a problem with
+    // Cilium's fix and exit 4; with it (and the agent converged) nothing to report.
+    let (code, report) = doctor(&world, &agent, &without, "without")?;
+    let missing = findings(&report, "problem").into_iter().find(|finding| finding["check"] == "cilium-tunl");
+    let fix = missing.as_ref().and_then(|finding| finding["fix"].as_str()).unwrap_or_default();
+    ensure(code == Some(4) && fix.contains("enable-ipip-termination=true"), || {
+        format!("doctor without cilium_tunl (exit {code:?}) did not report it with the fix: {report:#}")
+    })?;
+    let (code, report) = doctor(&world, &agent, &with, "with")?;
+    let passed = findings(&report, "ok").iter().any(|finding| finding["check"] == "cilium-tunl");
+    ensure(code == Some(0) && passed && findings(&report, "problem").is_empty(), || {
+        format!("doctor with cilium_tunl (exit {code:?}) is not silent: {report:#}")
+    })?;
+
     // Both stop cleanly on SIGTERM; clean-up removes the route and leaves Cilium's device.
     for label in ["agent-with", "agent-without"] {
         world.signal(label, Signal::SIGTERM)?;
@@ -565,7 +581,8 @@ fn agent_with_and_without_cilium_tunl() -> Outcome<String> {
     let seconds = |time: Option<Duration>| time.unwrap_or_default().as_secs_f64();
     Ok(format!(
         "(a) cilium_tunl up and `{}` after {:.1}s, 0 apply errors, device kept after SIGTERM; (b) message after \
-         {:.1}s, {apply_errors} apply errors, still running, /health {health}",
+         {:.1}s, {apply_errors} apply errors, still running, /health {health}; doctor: exit 4 and `{fix}` without, \
+         exit 0 with",
         route.trim(),
         seconds(route_time),
         seconds(message_time)
@@ -594,6 +611,43 @@ fn write_cluster(dir: &Path) -> Outcome {
             now = unix_now()
         ),
     )
+}
+
+/// `mesh-agent doctor -o json` for `host` in `namespace`, with the agent's flags, on the Node
+/// files of the cluster `label` as the agent left them (its published annotations included):
+/// the exit code and the report.
+fn doctor(world: &World, agent: &Path, namespace: &str, label: &str) -> Outcome<(Option<i32>, serde_json::Value)> {
+    let nodes = world.dir.join(label).join("nodes");
+    let read = |name: &str| {
+        let path = nodes.join(format!("{name}.yaml"));
+        std::fs::read_to_string(&path).map_err(|error| format!("read {}: {error}", path.display()))
+    };
+    let stream = world.dir.join(format!("doctor-{label}.yaml"));
+    write_file(&stream, &format!("{}\n---\n{}", read("host")?, read("leader")?))?;
+    let output = Command::new("ip")
+        .args(["netns", "exec", namespace])
+        .arg(agent)
+        .args(["doctor", "--nodes"])
+        .arg(&stream)
+        .args(["--hostname=host", "--interface=kilo0", "--compatibility=cilium", "--local=false"])
+        .args(["--encapsulate=always", "--cni=false", "--mesh-granularity=location", "--internal-cidr=192.168.64.0/24"])
+        .args(["-o", "json", &format!("--status-url=http://127.0.0.1:{AGENT_PORT}/status")])
+        .output()
+        .map_err(|error| format!("cannot run doctor: {error}"))?;
+    let report = serde_json::from_slice(&output.stdout).map_err(|error| {
+        format!(
+            "doctor in {namespace}: {error}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    Ok((output.status.code(), report))
+}
+
+/// The findings of a doctor report with `verdict` (`ok`, `problem`, `skipped`).
+fn findings(report: &serde_json::Value, verdict: &str) -> Vec<serde_json::Value> {
+    let all = report["findings"].as_array().cloned().unwrap_or_default();
+    all.into_iter().filter(|finding| finding["verdict"] == verdict).collect()
 }
 
 /// GET `path` from the agent in `namespace` (bash's /dev/tcp: no HTTP client needed).

@@ -333,7 +333,16 @@ pub fn cilium_tunl(present: bool) -> Finding {
 /// traffic flows, and gives up on a session after 3.
 pub const STALE_HANDSHAKE_SECONDS: u64 = 180;
 
-/// The agent's `/status` peers: a peer without a recent handshake is unreachable over UDP.
+/// The size of a WireGuard handshake initiation. Before the first handshake a peer sends
+/// nothing else, and it repeats the initiation every 5 s (`REKEY_TIMEOUT`) until an answer
+/// comes: more than one initiation's worth of bytes sent and nothing received means at least
+/// one initiation went unanswered for 5 s, which a working path never does.
+pub const HANDSHAKE_INITIATION_BYTES: u64 = 148;
+
+/// The agent's `/status` peers: a leader's peer with an endpoint is unreachable over UDP when
+/// its handshake is stale, or when it never completed one although initiations went out
+/// unanswered. A peer that never handshook and was never sent an initiation has had no traffic
+/// and no keepalive yet: nothing says the path is blocked.
 pub fn handshakes(status: &serde_json::Value, port: u16) -> Vec<Finding> {
     let peers = status["peers"].as_array().cloned().unwrap_or_default();
     if status["role"]["leader"] == false {
@@ -346,32 +355,50 @@ pub fn handshakes(status: &serde_json::Value, port: u16) -> Vec<Finding> {
     let mut findings = Vec::new();
     for peer in &peers {
         let name = peer["name"].as_str().unwrap_or_default();
-        let endpoint = peer["endpoint"].as_str();
-        let age = peer["latest_handshake_age_seconds"].as_u64();
         let subject = format!("peer {name}");
-        match (age, endpoint) {
-            (Some(age), _) if age <= STALE_HANDSHAKE_SECONDS => {
-                findings.push(Finding::ok("handshakes", subject, format!("latest handshake {age} s ago")));
-            }
-            (_, None) => findings.push(Finding::ok(
+        let age = peer["latest_handshake_age_seconds"].as_u64();
+        let (rx, tx) = (peer["rx_bytes"].as_u64().unwrap_or(0), peer["tx_bytes"].as_u64().unwrap_or(0));
+        let Some(endpoint) = peer["endpoint"].as_str() else {
+            findings.push(Finding::ok(
                 "handshakes",
                 subject,
                 "no endpoint: it connects to this node (a roaming Peer); nothing to reach",
-            )),
-            (age, Some(endpoint)) => {
-                let seen = age.map_or_else(|| "no handshake".to_owned(), |age| format!("latest handshake {age} s ago"));
-                findings.push(Finding::problem(
-                    "handshakes",
-                    subject,
-                    format!("{seen} with {endpoint}: UDP {port} to {endpoint} looks blocked"),
-                    format!(
-                        "allow UDP {port} in both directions between this node and {endpoint} (cloud firewall, \
-                         security group, the router's iptables); if {name} is behind NAT, annotate it with \
-                         {PERSISTENT_KEEPALIVE}"
-                    ),
-                ));
+            ));
+            continue;
+        };
+        let blocked = |seen: String| {
+            Finding::problem(
+                "handshakes",
+                subject.clone(),
+                format!("{seen}: UDP {port} to {endpoint} looks blocked"),
+                format!(
+                    "allow UDP {port} in both directions between this node and {endpoint} (cloud firewall, security \
+                     group, the router's iptables); if {name} is behind NAT, annotate it with {PERSISTENT_KEEPALIVE}"
+                ),
+            )
+        };
+        findings.push(match age {
+            Some(age) if age <= STALE_HANDSHAKE_SECONDS => {
+                Finding::ok("handshakes", subject, format!("latest handshake {age} s ago"))
             }
-        }
+            Some(age) => blocked(format!(
+                "latest handshake with {endpoint} {age} s ago, past the {STALE_HANDSHAKE_SECONDS} s after which \
+                 WireGuard drops a session it could not rekey"
+            )),
+            None if rx == 0 && tx > HANDSHAKE_INITIATION_BYTES => blocked(format!(
+                "no handshake with {endpoint}: sent {tx} bytes (~{} handshake initiations, one every 5 s) and \
+                 received none",
+                tx / HANDSHAKE_INITIATION_BYTES
+            )),
+            None => Finding::ok(
+                "handshakes",
+                subject,
+                format!(
+                    "no handshake yet with {endpoint} ({tx} bytes sent, {rx} received): WireGuard starts one when \
+                     traffic or a keepalive needs it"
+                ),
+            ),
+        });
     }
     if findings.is_empty() {
         findings.push(Finding::ok("handshakes", "WireGuard", "no WireGuard peers"));
@@ -380,9 +407,14 @@ pub fn handshakes(status: &serde_json::Value, port: u16) -> Vec<Finding> {
 }
 
 /// What the agent would change now: empty when the node is configured as planned.
-pub fn live_diff(interface: &str, plan: &Plan) -> Finding {
+/// `private` says which private interface the rules were judged with.
+pub fn live_diff(interface: &str, private: &str, plan: &Plan) -> Finding {
     if plan.is_empty() {
-        return Finding::ok("live-diff", interface, "the data plane is configured as planned: nothing to change");
+        return Finding::ok(
+            "live-diff",
+            interface,
+            format!("the data plane is configured as planned ({private}): nothing to change"),
+        );
     }
     let mut kinds: Vec<&str> = plan.operations.iter().map(mesh_core::Operation::kind).collect();
     kinds.sort_unstable();
@@ -392,7 +424,7 @@ pub fn live_diff(interface: &str, plan: &Plan) -> Finding {
         interface,
         format!(
             "{} operations would change the data plane ({}): the agent is not running, is failing to apply \
-             (its log and /status say why), or someone else changes what it owns",
+             (its log and /status say why), or someone else changes what it owns ({private})",
             plan.operations.len(),
             kinds.join(", ")
         ),
@@ -509,37 +541,53 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_without_a_recent_handshake_looks_blocked() {
+    fn a_peer_with_a_stale_handshake_or_unanswered_initiations_looks_blocked() {
         let status = json!({
             "role": {"leader": true},
             "peers": [
-                {"name": "location:b", "endpoint": "198.51.100.21:51820", "latest_handshake_age_seconds": 5},
-                {"name": "location:c", "endpoint": "203.0.113.1:51820", "latest_handshake_age_seconds": null},
-                {"name": "location:d", "endpoint": "192.0.2.4:51820", "latest_handshake_age_seconds": 600},
-                {"name": "laptop", "endpoint": null, "latest_handshake_age_seconds": null},
+                {"name": "location:b", "endpoint": "198.51.100.21:51820", "latest_handshake_age_seconds": 5,
+                 "rx_bytes": 92, "tx_bytes": 148},
+                {"name": "location:c", "endpoint": "203.0.113.1:51820", "latest_handshake_age_seconds": null,
+                 "rx_bytes": 0, "tx_bytes": 444},
+                {"name": "location:d", "endpoint": "192.0.2.4:51820", "latest_handshake_age_seconds": 600,
+                 "rx_bytes": 4096, "tx_bytes": 8192},
+                {"name": "laptop", "endpoint": null, "latest_handshake_age_seconds": null,
+                 "rx_bytes": 0, "tx_bytes": 0},
+                {"name": "location:e", "endpoint": "192.0.2.5:51820", "latest_handshake_age_seconds": null,
+                 "rx_bytes": 0, "tx_bytes": 148},
+                {"name": "location:f", "endpoint": "192.0.2.6:51820", "latest_handshake_age_seconds": null,
+                 "rx_bytes": 0, "tx_bytes": 0},
             ],
         });
         let findings = handshakes(&status, 51820);
         let verdicts: Vec<Verdict> = findings.iter().map(|finding| finding.verdict).collect();
-        assert_eq!(verdicts, [Verdict::Ok, Verdict::Problem, Verdict::Problem, Verdict::Ok]);
-        assert!(
-            findings[1]
-                .evidence
-                .contains("no handshake with 203.0.113.1:51820: UDP 51820 to 203.0.113.1:51820 looks blocked")
+        assert_eq!(
+            verdicts,
+            [Verdict::Ok, Verdict::Problem, Verdict::Problem, Verdict::Ok, Verdict::Ok, Verdict::Ok],
+            "{findings:#?}"
         );
-        assert!(findings[2].evidence.contains("latest handshake 600 s ago"));
+        assert_eq!(
+            findings[1].evidence,
+            "no handshake with 203.0.113.1:51820: sent 444 bytes (~3 handshake initiations, one every 5 s) and \
+             received none: UDP 51820 to 203.0.113.1:51820 looks blocked"
+        );
+        assert!(findings[1].fix.as_deref().unwrap().starts_with("allow UDP 51820 in both directions"));
+        assert!(findings[2].evidence.contains("latest handshake with 192.0.2.4:51820 600 s ago"));
+        assert!(findings[4].evidence.starts_with("no handshake yet"), "one initiation may still be answered");
         let follower = handshakes(&json!({"role": {"leader": false}, "peers": []}), 51820);
         assert_eq!(follower[0].verdict, Verdict::Ok);
     }
 
     #[test]
     fn the_live_diff_is_a_problem_when_the_agent_would_change_something() {
-        assert_eq!(live_diff("kilo0", &Plan::default()).verdict, Verdict::Ok);
+        let ok = live_diff("kilo0", "private interface eth1 (--private-iface)", &Plan::default());
+        assert_eq!(ok.verdict, Verdict::Ok);
+        assert!(ok.evidence.contains("(private interface eth1 (--private-iface))"), "{}", ok.evidence);
         let plan = Plan {
             operations: vec![Operation::SetMtu(1420), Operation::RemovePeer(Key::from_bytes([1; 32]))],
             ..Plan::default()
         };
-        let finding = live_diff("kilo0", &plan);
+        let finding = live_diff("kilo0", "no private interface", &plan);
         assert_eq!(finding.verdict, Verdict::Problem);
         assert!(finding.evidence.starts_with("2 operations would change the data plane (remove_peer, set_mtu)"));
     }

@@ -33,6 +33,7 @@
 mod dataplane;
 mod error;
 mod firewall;
+mod handshake;
 pub mod host;
 mod link;
 mod netns;

@@ -154,10 +154,11 @@ pub fn nat_keepalive(snapshot: &ClusterSnapshot) -> Vec<Finding> {
     findings
 }
 
-/// `kilo.squat.ai/allowed-location-ips` on some nodes of a location but not all: Cozystack's
-/// page puts them on the leader only. Under Kilo's rule they vanish with that node's heartbeat,
-/// so a failover loses the ranges; with fast failover (`fast_failover`: every ready node runs
-/// our agent with it on) the location keeps them, and the finding only says so.
+/// `kilo.squat.ai/allowed-location-ips` on some nodes of a location but not all, as Cozystack's
+/// page suggests (on the leader). A suggestion, never a problem: that is Kilo's documented
+/// setup. Under Kilo's rule the ranges vanish with that node's heartbeat, so the finding says to
+/// annotate the other nodes too; with fast failover (`fast_failover`: every ready node runs our
+/// agent with it on) the location keeps them, and the finding says what would lose them.
 pub fn allowed_location_ips_on_every_candidate(snapshot: &ClusterSnapshot, fast_failover: bool) -> Vec<Finding> {
     const CHECK: &str = "allowed-location-ips-candidates";
     let mut locations: BTreeMap<&str, Vec<&NodeSpec>> = BTreeMap::new();
@@ -178,29 +179,21 @@ pub fn allowed_location_ips_on_every_candidate(snapshot: &ClusterSnapshot, fast_
             nodes.iter().map(|node| node.name.as_str()).collect::<Vec<_>>().join(separator)
         };
         let (annotated, bare) = (names(&annotated, ", "), names(&bare, " "));
-        let subject = format!("location {location}");
-        if fast_failover {
-            findings.push(Finding::ok(
-                CHECK,
-                subject,
-                format!(
-                    "only {annotated} carry {ALLOWED_LOCATION_IPS} ({ranges}): fast failover keeps them routed to \
-                     the location when the leader dies; a node running Kilo, or the fast path turned off, would \
-                     lose them with {annotated}'s heartbeat"
-                ),
-            ));
+        let annotate = format!("kubectl annotate node {bare} {ALLOWED_LOCATION_IPS}={ranges}");
+        let evidence = if fast_failover {
+            format!(
+                "only {annotated} carry {ALLOWED_LOCATION_IPS} ({ranges}): fast failover keeps them routed to the \
+                 location when the leader dies; should a node run Kilo or the fast path be turned off, they would \
+                 vanish with {annotated}'s heartbeat, unless every node that can lead carries them ({annotate})"
+            )
         } else {
-            findings.push(Finding::problem(
-                CHECK,
-                subject,
-                format!(
-                    "only {annotated} carry {ALLOWED_LOCATION_IPS} ({ranges}) and leaders follow Kilo's rule here (a \
-                     ready node lacks the failover capability, or the fast path is off): when {annotated} fail, the \
-                     ranges are no longer routed to the location until they are back"
-                ),
-                format!("kubectl annotate node {bare} {ALLOWED_LOCATION_IPS}={ranges}"),
-            ));
-        }
+            format!(
+                "only {annotated} carry {ALLOWED_LOCATION_IPS} ({ranges}) and leaders follow Kilo's rule (a ready \
+                 node lacks the failover capability, or the fast path is off): when {annotated} fail, the ranges are \
+                 not routed to the location until they are back; suggested: {annotate}"
+            )
+        };
+        findings.push(Finding::ok(CHECK, format!("location {location}"), evidence));
     }
     if findings.is_empty() {
         findings.push(Finding::ok(
@@ -603,12 +596,12 @@ mod tests {
     }
 
     #[test]
-    fn allowed_location_ips_on_the_leader_only_are_a_problem_under_kilos_rule() {
-        let node = |name: &str, location: &str, ranges: &[&str]| mesh_core::NodeSpec {
+    fn allowed_location_ips_on_the_leader_only_suggest_annotating_the_others() {
+        let node = |name: &str, location: &str, ranges: &[&str]| NodeSpec {
             name: name.to_owned(),
             location: location.to_owned(),
             allowed_location_ips: ranges.iter().map(|range| range.parse().unwrap()).collect(),
-            ..mesh_core::NodeSpec::default()
+            ..NodeSpec::default()
         };
         let snapshot = ClusterSnapshot {
             nodes: vec![
@@ -622,21 +615,19 @@ mod tests {
             ],
             ..ClusterSnapshot::default()
         };
+        let annotate = "kubectl annotate node a2 a3 kilo.squat.ai/allowed-location-ips=10.99.0.0/24";
         let kilo = allowed_location_ips_on_every_candidate(&snapshot, false);
         assert_eq!(kilo.len(), 1, "{kilo:?}");
-        assert_eq!((kilo[0].verdict, kilo[0].subject.as_str()), (Verdict::Problem, "location a"));
+        assert_eq!((kilo[0].verdict, kilo[0].subject.as_str()), (Verdict::Ok, "location a"));
         assert!(kilo[0].evidence.starts_with("only a1 carry kilo.squat.ai/allowed-location-ips (10.99.0.0/24)"));
-        assert_eq!(
-            kilo[0].fix.as_deref(),
-            Some("kubectl annotate node a2 a3 kilo.squat.ai/allowed-location-ips=10.99.0.0/24")
-        );
+        assert!(kilo[0].evidence.ends_with(&format!("suggested: {annotate}")), "{kilo:?}");
 
         let fast = allowed_location_ips_on_every_candidate(&snapshot, true);
         assert_eq!((fast.len(), fast[0].verdict, fast[0].subject.as_str()), (1, Verdict::Ok, "location a"));
-        assert!(fast[0].evidence.contains("fast failover keeps them"), "{fast:?}");
+        assert!(fast[0].evidence.contains("fast failover keeps them") && fast[0].evidence.contains(annotate));
 
         let everywhere = ClusterSnapshot { nodes: snapshot.nodes[3..].to_vec(), ..ClusterSnapshot::default() };
         let fine = allowed_location_ips_on_every_candidate(&everywhere, false);
-        assert_eq!((fine.len(), fine[0].verdict, fine[0].subject.as_str()), (1, Verdict::Ok, "locations"));
+        assert_eq!((fine.len(), fine[0].subject.as_str()), (1, "locations"));
     }
 }

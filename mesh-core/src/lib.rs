@@ -73,7 +73,7 @@ pub use model::{
     ClusterSnapshot, Granularity, MAX_CLOCK_SKEW_SECONDS, NodeSpec, NotReady, PeerSpec, READINESS_WINDOW_SECONDS,
 };
 pub use options::{Compatibility, Encapsulation, KILO_TABLE, MAIN_TABLE, Options, RULE_PRIORITY};
-pub use plan::{Operation, Plan};
+pub use plan::{HandshakeStart, Operation, Plan};
 pub use routes::{Dev, DeviceNames, Route, Rule};
 pub use state::{DataplaneState, DesiredState, ObservedState, RouteKey, Routes};
 pub use topology::{ComputeError, Topology};

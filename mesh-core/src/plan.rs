@@ -1,7 +1,7 @@
 //! The minimal, ordered list of operations that turns the observed data plane into the desired one.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -132,6 +132,25 @@ pub struct KeptEndpoint {
     pub reason: KeepReason,
 }
 
+/// A WireGuard peer to send one packet to once the plan is applied, so that WireGuard initiates
+/// a handshake with it at once.
+///
+/// When two nodes add each other as peers (a new leader and the other locations' leaders after
+/// a failover), the first initiation of the side that is configured first reaches a side that
+/// does not know it yet and is dropped; WireGuard waits `REKEY_TIMEOUT` (5 s) before it tries
+/// again, and the other side only initiates when a packet for the peer happens to come along.
+/// The side configured last starting the handshake at once closes that gap: by then both sides
+/// know each other. Sending a packet never resets a session: with one established, it is sent
+/// in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct HandshakeStart {
+    /// The peer.
+    pub public_key: Key,
+    /// Where to send the packet: an address of the peer's most specific allowed IP, so that
+    /// WireGuard's cryptokey routing sends it to this peer and no other.
+    pub address: IpAddr,
+}
+
 /// An ordered list of operations: deletions first, then the interface, WireGuard, the tunnel,
 /// additions, and the firewall's minimal edit (see [`FirewallEdit`]). Empty when the data plane already is as desired.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -140,6 +159,12 @@ pub struct Plan {
     pub operations: Vec<Operation>,
     /// Endpoints that differ from the configuration but were kept on purpose.
     pub kept_endpoints: Vec<KeptEndpoint>,
+    /// Peers to start a handshake with once the operations are applied: those the plan adds or
+    /// gives a new endpoint, when they have an endpoint (see [`HandshakeStart`]). Not an
+    /// operation: it changes no state, so [`Plan::apply_to`] ignores it and a plan with only
+    /// handshakes does not exist.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub handshakes: Vec<HandshakeStart>,
 }
 
 impl Plan {
@@ -193,14 +218,22 @@ impl Plan {
             }
         }
         for (key, wanted) in &desired.peers {
-            match current.peers.get(key) {
-                None => ops.push(Operation::AddPeer(wanted.clone())),
+            let new_endpoint = match current.peers.get(key) {
+                None => {
+                    ops.push(Operation::AddPeer(wanted.clone()));
+                    wanted.endpoint.is_some()
+                }
                 Some(existing) => {
                     let update = peer_update(observed, existing, wanted, &mut plan.kept_endpoints);
+                    let new_endpoint = update.endpoint.is_some();
                     if !update.is_empty() {
                         ops.push(Operation::UpdatePeer(update));
                     }
+                    new_endpoint
                 }
+            };
+            if new_endpoint && let Some(address) = handshake_address(&wanted.allowed_ips) {
+                plan.handshakes.push(HandshakeStart { public_key: *key, address });
             }
         }
 
@@ -296,6 +329,13 @@ fn merge<'a>(left: &'a Routes, right: &'a Routes) -> impl Iterator<Item = (Optio
             std::cmp::Ordering::Equal => Some((left.next(), right.next())),
         },
     })
+}
+
+/// An address of the most specific of `allowed_ips` (IPv4 first: the WireGuard IP, or the node's
+/// internal IP, is a host route), or `None` when the peer has no allowed IP.
+fn handshake_address(allowed_ips: &BTreeSet<IpNet>) -> Option<IpAddr> {
+    let most_specific = allowed_ips.iter().min_by_key(|net| (net.addr().is_ipv6(), u8::MAX - net.prefix_len()))?;
+    most_specific.hosts().next().or(Some(most_specific.network()))
 }
 
 fn peer_update(

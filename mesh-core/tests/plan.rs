@@ -173,3 +173,57 @@ fn tunnel_address_is_the_first_pod_ip_when_encapsulating_locally() {
     let topology = Topology::compute(&snapshot(), &opts).unwrap();
     assert_eq!(DesiredState::from_topology(&topology, &opts).0.tunnel_address, None);
 }
+
+#[test]
+fn a_handshake_starts_with_each_added_peer_that_has_an_endpoint() {
+    // Peer "a" has no endpoint (a key of its own; the fixture reuses node d's): nothing to send to.
+    let mut snapshot = snapshot();
+    snapshot.peers[0].public_key = Some(key_n(6));
+    let opts = options("a", Granularity::Full, true, Encapsulation::Always);
+    let state = DesiredState::from_topology(&Topology::compute(&snapshot, &opts).unwrap(), &opts).0;
+    let plan = Plan::between(&ObservedState::default(), &state);
+    // Peer "b" lost its only allowed IP to "a" (same range): nothing would route to it either.
+    let reachable: Vec<_> =
+        state.peers.values().filter(|peer| peer.endpoint.is_some() && !peer.allowed_ips.is_empty()).collect();
+    assert_eq!(reachable.len() + 2, state.peers.len(), "the fixture has peers without endpoint or allowed IPs");
+    assert_eq!(plan.handshakes.len(), reachable.len());
+    for (start, peer) in plan.handshakes.iter().zip(&reachable) {
+        assert_eq!(start.public_key, peer.public_key);
+        // A host route of the peer (its WireGuard IP) when it has one: only this peer is sent to.
+        let host_route = peer.allowed_ips.iter().find(|net| net.prefix_len() == 32).unwrap();
+        assert_eq!(start.address, host_route.addr(), "{peer:?}");
+    }
+    // Steady state: nothing is sent.
+    assert!(Plan::between(&ObservedState::of(state.clone()), &state).handshakes.is_empty());
+}
+
+#[test]
+fn a_leader_swap_starts_a_handshake_with_the_new_leader_only() {
+    let before = desired("a", Granularity::Location);
+    let mut snapshot = snapshot();
+    snapshot.nodes[2].leader = true; // c takes location 2 over from b
+    let opts = options("a", Granularity::Location, true, Encapsulation::Always);
+    let after = DesiredState::from_topology(&Topology::compute(&snapshot, &opts).unwrap(), &opts).0;
+    let plan = Plan::between(&ObservedState::of(before), &after);
+    assert!(plan.operations.contains(&Operation::RemovePeer(key_n(2))));
+    let keys: Vec<_> = plan.handshakes.iter().map(|start| start.public_key).collect();
+    assert_eq!(keys, [key_n(3)]);
+    assert!(after.peers[&key_n(3)].allowed_ips.iter().any(|net| net.contains(&plan.handshakes[0].address)));
+}
+
+#[test]
+fn a_new_endpoint_starts_a_handshake_and_other_peer_changes_do_not() {
+    let state = desired("a", Granularity::Full);
+    let mut observed = ObservedState::of(state.clone());
+    let peer = observed.state.peers.get_mut(&key_n(2)).unwrap();
+    peer.endpoint = Some("203.0.113.50:40000".parse().unwrap());
+    observed.state.peers.get_mut(&key_n(3)).unwrap().persistent_keepalive = 7;
+    let plan = Plan::between(&observed, &state);
+    assert_eq!(plan.operations.len(), 2, "{plan:?}");
+    let keys: Vec<_> = plan.handshakes.iter().map(|start| start.public_key).collect();
+    assert_eq!(keys, [key_n(2)]);
+    // A kept (roamed) endpoint is no new endpoint: its session is alive.
+    observed.observed_at = 10_000;
+    observed.peer_stats.insert(key_n(2), PeerStats { last_handshake: Some(9_990), ..PeerStats::default() });
+    assert!(Plan::between(&observed, &state).handshakes.is_empty());
+}

@@ -15,6 +15,7 @@ use wireguard_control::DeviceUpdate;
 
 use crate::error::{Error, Result, RouteConflict};
 use crate::firewall;
+use crate::handshake;
 use crate::link::{self, Link};
 use crate::netns::Namespace;
 use crate::route::{self, ROUTE_PROTOCOL};
@@ -289,10 +290,29 @@ impl LinuxDataplane {
         if !conflicts.is_empty() {
             failed.push((Part::RoutesAndRules, Error::RouteConflicts(conflicts)));
         }
+        if !plan.handshakes.is_empty() && !failed.iter().any(|(part, _)| *part == Part::Peers) {
+            self.start_handshakes(plan);
+        }
         match failed.len() {
             0 => Ok(()),
             1 => Err(failed.remove(0).1),
             _ => Err(Error::PartlyApplied { failures: failed.into_iter().map(|(_, error)| error).collect() }),
+        }
+    }
+
+    /// Starts the plan's handshakes ([`Plan::handshakes`]). A handshake that cannot be started
+    /// is not an error of the plan: WireGuard still starts it with the first packet for the
+    /// peer, so it is only logged.
+    fn start_handshakes(&self, plan: &Plan) {
+        let kilo = &self.names.kilo;
+        match handshake::start(&self.config.namespace, kilo, &plan.handshakes) {
+            Ok(failures) => {
+                for (start, error) in failures {
+                    tracing::warn!(peer = %start.public_key, address = %start.address, %error,
+                        "could not start a WireGuard handshake through {kilo}; it starts with the peer's first packet");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not start WireGuard handshakes through {kilo}"),
         }
     }
 

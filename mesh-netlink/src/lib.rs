@@ -37,6 +37,7 @@
 mod dataplane;
 mod error;
 mod firewall;
+mod handshake;
 pub mod host;
 mod link;
 mod link_watch;

@@ -4,14 +4,14 @@
 mod common;
 mod fixtures;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Netns, WireGuardGo, dataplane, keypair, require_netns_prerequisites};
 use fixtures::*;
 use mesh_core::backend::Dataplane;
 use mesh_core::plan::PeerUpdate;
 use mesh_core::state::InterfaceState;
-use mesh_core::{DesiredState, Dev, Encapsulation, Family, Operation, Plan};
+use mesh_core::{DesiredState, Dev, Encapsulation, Family, HandshakeStart, Operation, Plan};
 use mesh_netlink::{LinuxDataplane, ROUTE_PROTOCOL};
 
 /// One reconcile pass: observe, plan, apply; returns the plan and the state it started from.
@@ -221,6 +221,66 @@ async fn netns_wireguard_tunnels_carry_traffic_and_a_peer_update_keeps_other_ses
     assert!(hub.pings("10.4.0.2"), "b no longer answers over its existing session");
     assert_eq!(a_plane.observe().await.unwrap().peer_stats[&key_b].last_handshake, b_stats.last_handshake);
     assert!(eventually_pings(&hub, "10.4.0.3", 3));
+}
+
+/// Whether `plane`'s WireGuard has had a handshake with `peer`.
+async fn handshook(plane: &mut LinuxDataplane, peer: mesh_core::Key) -> bool {
+    plane.observe().await.unwrap().peer_stats.get(&peer).is_some_and(|stats| stats.last_handshake.is_some())
+}
+
+/// Two nodes that add each other a moment apart, as after a leader swap. The first one's
+/// initiation reaches a node that does not know it yet and is dropped, and WireGuard retries
+/// only after 5 s; the node configured last starts the handshake when its plan is applied, so
+/// the session is up at once, without any packet of the test's own. The peers' allowed IPs
+/// have no route in the namespaces: the datagram leaves through the interface it is bound to.
+#[tokio::test]
+async fn netns_the_node_configured_last_starts_the_handshake_at_once() {
+    require_netns_prerequisites();
+    let a = Netns::new("kt-nl-hs-a");
+    let b = Netns::new("kt-nl-hs-b");
+    a.veth("kths-a", &b, "kths-b");
+    a.address("kths-a", "172.30.5.1/24");
+    b.address("kths-b", "172.30.5.2/24");
+    let _daemons = [WireGuardGo::start(&a, "kths-a0"), WireGuardGo::start(&b, "kths-b0")];
+    let ((private_a, key_a), (private_b, key_b)) = (keypair(31), keypair(32));
+    let desired_a = wireguard_node("10.4.0.1/16", vec![peer(key_b, Some("172.30.5.2:51820"), &["10.9.2.0/24"], 0)]);
+    let desired_b = wireguard_node("10.4.0.2/16", vec![peer(key_a, Some("172.30.5.1:51820"), &["10.9.1.0/24"], 0)]);
+    let alone_a = wireguard_node("10.4.0.1/16", Vec::new());
+    let alone_b = wireguard_node("10.4.0.2/16", Vec::new());
+    let mut a_plane = dataplane(&a, "kths-a0", None, private_a).await;
+    let mut b_plane = dataplane(&b, "kths-b0", None, private_b).await;
+
+    // Control: the same plans without their handshakes leave both sides silent.
+    for (plane, desired) in [(&mut a_plane, &desired_a), (&mut b_plane, &desired_b)] {
+        let mut plan = Plan::between(&plane.observe().await.unwrap(), desired);
+        assert_eq!(plan.handshakes.len(), 1, "{plan:?}");
+        plan.handshakes.clear();
+        plane.apply(&plan).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(!handshook(&mut a_plane, key_b).await, "WireGuard handshook without any packet to send");
+
+    // b forgets a; a re-adds b: a's initiation reaches b, which drops it.
+    reconcile(&mut b_plane, &alone_b).await;
+    reconcile(&mut a_plane, &alone_a).await;
+    let (plan, _) = reconcile(&mut a_plane, &desired_a).await;
+    let expected = HandshakeStart { public_key: key_b, address: "10.9.2.1".parse().unwrap() };
+    assert_eq!(plan.handshakes, [expected]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!handshook(&mut a_plane, key_b).await, "b answered a before it knew a");
+
+    // b adds a last: the handshake completes at once, not after a's retry 5 s after its first try.
+    let configured = Instant::now();
+    reconcile(&mut b_plane, &desired_b).await;
+    while !handshook(&mut b_plane, key_a).await {
+        assert!(configured.elapsed() < Duration::from_secs(2), "no handshake 2 s after b added a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(handshook(&mut a_plane, key_b).await);
+
+    // Steady state: no operation, no handshake to start.
+    let (plan, _) = reconcile(&mut b_plane, &desired_b).await;
+    assert!(plan.is_empty() && plan.handshakes.is_empty(), "{plan:?}");
 }
 
 /// A rule plus a table-1107 route really steer traffic, for IPv4 and IPv6: without them the

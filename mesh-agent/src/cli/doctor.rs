@@ -77,6 +77,8 @@ pub(super) async fn run(args: DoctorArgs, out: &mut dyn std::io::Write) -> Resul
         skipped.extend(topology.skipped.iter().cloned());
         warnings.extend(topology.warnings.iter().cloned());
         findings.extend(checks::leader_findings(&view.cluster.snapshot, topology));
+        findings
+            .extend(checks::allowed_location_ips_on_every_candidate(&view.cluster.snapshot, topology.fast_failover));
     } else {
         findings.push(Finding::problem(
             "nodes",

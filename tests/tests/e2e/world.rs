@@ -6,7 +6,7 @@
 //! Failures are values ([`Outcome`]) rather than panics, so that a failing scenario can still be
 //! reported in the summary table before the test fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -601,6 +601,31 @@ fn is_fresh(binary: &Path, workspace: &Path) -> bool {
         ["mesh-core", "mesh-netlink", "mesh-kube", "mesh-agent"].map(|name| workspace.join(name).join("Cargo.toml")),
     );
     sources.len() > 2 + 4 && sources.iter().all(|source| modified(source).is_some_and(|time| time <= built))
+}
+
+/// The scenarios `KTE_SCENARIOS` asks for (numbers such as `1,5a,5b`), or all when it is unset.
+pub struct ChosenScenarios(Option<BTreeSet<String>>);
+
+impl ChosenScenarios {
+    /// Whether the scenario labelled `label` (its number, a space, its title) runs; says so when not.
+    pub fn includes(&self, label: &str) -> bool {
+        let Some(chosen) = &self.0 else { return true };
+        let number = label.split(' ').next().unwrap_or_default();
+        let included = chosen.contains(number);
+        if !included {
+            progress(&format!("{label}: left out (KTE_SCENARIOS)"));
+        }
+        included
+    }
+}
+
+/// Reads `KTE_SCENARIOS`.
+pub fn chosen_scenarios() -> ChosenScenarios {
+    ChosenScenarios(
+        std::env::var("KTE_SCENARIOS")
+            .ok()
+            .map(|list| list.split(',').map(|number| number.trim().to_owned()).filter(|n| !n.is_empty()).collect()),
+    )
 }
 
 /// Runs one scenario, catching panics, and records its row.

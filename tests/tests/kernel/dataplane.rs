@@ -7,8 +7,9 @@
 //! 1. `kernel: wireguard per-peer updates via mesh-netlink`: two namespaces joined by a veth, a
 //!    [`LinuxDataplane`] in each (kernel WireGuard, `kilo0` created by it), desired states
 //!    computed by mesh-core from a two-location cluster. Apply creates a kernel `wireguard`
-//!    `kilo0`; `observe()` equals the desired state; the next plan is empty and applying it
-//!    writes nothing; pings cross the tunnel (WireGuard IP, and pod to pod over the topology's
+//!    `kilo0`; the handshake starts when b, configured last, applies its plan (before any ping:
+//!    `Plan::handshakes`); `observe()` equals the desired state; the next plan is empty and
+//!    applying it writes nothing; pings cross the tunnel (WireGuard IP, and pod to pod over the topology's
 //!    routes). Adding a VPN peer plans only that peer's operations (its peer, route and NAT
 //!    exception) and leaves the established session alone: the same latest handshake on both
 //!    sides (`wg show kilo0 latest-handshakes`) before and after a new ping, counters not reset.
@@ -137,8 +138,19 @@ async fn wireguard_scenario(world: &World, a: &str, b: &str) -> Outcome<String> 
     let mut plane_a = kernel_dataplane(a, private_a, Compatibility::None).await?;
     let mut plane_b = kernel_dataplane(b, private_b, Compatibility::None).await?;
     let first = reconcile(&mut plane_a, &desired_a).await?;
-    reconcile(&mut plane_b, &desired_b).await?;
+    let configured = Instant::now();
+    let second = reconcile(&mut plane_b, &desired_b).await?;
     let first_writes = plane_a.writes();
+    ensure(first.handshakes.len() == 1 && second.handshakes.len() == 1, || {
+        format!("each side's first plan starts one handshake: {:?} {:?}", first.handshakes, second.handshakes)
+    })?;
+    // a's datagram reached b before b had kilo0; b's, sent once its plan is applied, makes the
+    // handshake with no packet of the test's own.
+    poll("the handshake started by b's plan", Duration::from_secs(3), Duration::from_millis(50), || {
+        let handshakes = in_ns(a, "wg show kilo0 latest-handshakes")?;
+        if handshake(&handshakes, &key_b)? > 0 { Ok(()) } else { Err(format!("none yet: {handshakes}")) }
+    })?;
+    let handshake_started = configured.elapsed();
 
     let link = run(Command::new("ip").args(["-n", a, "-d", "link", "show", "kilo0"]))?;
     ensure(link.lines().any(|line| line.trim_start().starts_with("wireguard")), || {
@@ -230,9 +242,11 @@ async fn wireguard_scenario(world: &World, a: &str, b: &str) -> Outcome<String> 
 
     let kinds: Vec<&str> = plan.operations.iter().map(Operation::kind).collect();
     Ok(format!(
-        "kilo0 kernel wireguard ({ip_a} <-> {ip_b}); first apply {} ops/{first_writes} writes, resync 0 writes; first ping {:.2}s; \
-         +peer: {} ({change_writes} writes), b's session kept (same handshake on both sides), rx {}->{} B",
+        "kilo0 kernel wireguard ({ip_a} <-> {ip_b}); first apply {} ops/{first_writes} writes, resync 0 writes; \
+         handshake started by b's plan in {:.2}s (no packet of ours); first ping {:.2}s; +peer: {} \
+         ({change_writes} writes), b's session kept (same handshake on both sides), rx {}->{} B",
         first.operations.len(),
+        handshake_started.as_secs_f64(),
         first_ping.as_secs_f64(),
         kinds.join(","),
         stats_before.rx_bytes,

@@ -1,11 +1,11 @@
 //! The doctor's judgments: values in, findings out. Reading the cluster and the host is
 //! elsewhere ([`super::host`]), so every check is tested on values.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use k8s_openapi::api::core::v1::Node;
-use mesh_core::{ClusterSnapshot, ObjectKind, Plan, Skipped, Topology, Warning};
+use mesh_core::{ClusterSnapshot, NodeSpec, ObjectKind, Plan, Skipped, Topology, Warning};
 use mesh_kube::annotations::{ALLOWED_LOCATION_IPS, LOCATION, PERSISTENT_KEEPALIVE};
 use serde::Serialize;
 
@@ -149,6 +149,57 @@ pub fn nat_keepalive(snapshot: &ClusterSnapshot) -> Vec<Finding> {
             "nat-keepalive",
             "nodes",
             "every node discovered behind NAT has a persistent keepalive",
+        ));
+    }
+    findings
+}
+
+/// `kilo.squat.ai/allowed-location-ips` on some nodes of a location but not all, as Cozystack's
+/// page suggests (on the leader). A suggestion, never a problem: that is Kilo's documented
+/// setup. Under Kilo's rule the ranges vanish with that node's heartbeat, so the finding says to
+/// annotate the other nodes too; with fast failover (`fast_failover`: every ready node runs our
+/// agent with it on) the location keeps them, and the finding says what would lose them.
+pub fn allowed_location_ips_on_every_candidate(snapshot: &ClusterSnapshot, fast_failover: bool) -> Vec<Finding> {
+    const CHECK: &str = "allowed-location-ips-candidates";
+    let mut locations: BTreeMap<&str, Vec<&NodeSpec>> = BTreeMap::new();
+    for node in snapshot.nodes.iter().filter(|node| !node.location.is_empty()) {
+        locations.entry(node.location.as_str()).or_default().push(node);
+    }
+    let mut findings = Vec::new();
+    for (location, members) in locations {
+        let (annotated, bare): (Vec<&&NodeSpec>, Vec<_>) =
+            members.iter().partition(|node| !node.allowed_location_ips.is_empty());
+        if annotated.is_empty() || bare.is_empty() {
+            continue;
+        }
+        let ranges: BTreeSet<String> =
+            annotated.iter().flat_map(|node| node.allowed_location_ips.iter().map(ToString::to_string)).collect();
+        let ranges = ranges.into_iter().collect::<Vec<_>>().join(",");
+        let names = |nodes: &[&&NodeSpec], separator: &str| {
+            nodes.iter().map(|node| node.name.as_str()).collect::<Vec<_>>().join(separator)
+        };
+        let (annotated, bare) = (names(&annotated, ", "), names(&bare, " "));
+        let annotate = format!("kubectl annotate node {bare} {ALLOWED_LOCATION_IPS}={ranges}");
+        let evidence = if fast_failover {
+            format!(
+                "only {annotated} carry {ALLOWED_LOCATION_IPS} ({ranges}): fast failover keeps them routed to the \
+                 location when the leader dies; should a node run Kilo or the fast path be turned off, they would \
+                 vanish with {annotated}'s heartbeat, unless every node that can lead carries them ({annotate})"
+            )
+        } else {
+            format!(
+                "only {annotated} carry {ALLOWED_LOCATION_IPS} ({ranges}) and leaders follow Kilo's rule (a ready \
+                 node lacks the failover capability, or the fast path is off): when {annotated} fail, the ranges are \
+                 not routed to the location until they are back; suggested: {annotate}"
+            )
+        };
+        findings.push(Finding::ok(CHECK, format!("location {location}"), evidence));
+    }
+    if findings.is_empty() {
+        findings.push(Finding::ok(
+            CHECK,
+            "locations",
+            format!("each location has {ALLOWED_LOCATION_IPS} on every node that can lead it, or on none"),
         ));
     }
     findings
@@ -590,5 +641,41 @@ mod tests {
         let finding = live_diff("kilo0", "no private interface", &plan);
         assert_eq!(finding.verdict, Verdict::Problem);
         assert!(finding.evidence.starts_with("2 operations would change the data plane (remove_peer, set_mtu)"));
+    }
+
+    #[test]
+    fn allowed_location_ips_on_the_leader_only_suggest_annotating_the_others() {
+        let node = |name: &str, location: &str, ranges: &[&str]| NodeSpec {
+            name: name.to_owned(),
+            location: location.to_owned(),
+            allowed_location_ips: ranges.iter().map(|range| range.parse().unwrap()).collect(),
+            ..NodeSpec::default()
+        };
+        let snapshot = ClusterSnapshot {
+            nodes: vec![
+                node("a1", "a", &["10.99.0.0/24"]),
+                node("a2", "a", &[]),
+                node("a3", "a", &[]),
+                node("b1", "b", &["10.98.0.0/24"]),
+                node("b2", "b", &["10.98.0.0/24"]),
+                node("c1", "c", &[]),
+                node("c2", "c", &[]),
+            ],
+            ..ClusterSnapshot::default()
+        };
+        let annotate = "kubectl annotate node a2 a3 kilo.squat.ai/allowed-location-ips=10.99.0.0/24";
+        let kilo = allowed_location_ips_on_every_candidate(&snapshot, false);
+        assert_eq!(kilo.len(), 1, "{kilo:?}");
+        assert_eq!((kilo[0].verdict, kilo[0].subject.as_str()), (Verdict::Ok, "location a"));
+        assert!(kilo[0].evidence.starts_with("only a1 carry kilo.squat.ai/allowed-location-ips (10.99.0.0/24)"));
+        assert!(kilo[0].evidence.ends_with(&format!("suggested: {annotate}")), "{kilo:?}");
+
+        let fast = allowed_location_ips_on_every_candidate(&snapshot, true);
+        assert_eq!((fast.len(), fast[0].verdict, fast[0].subject.as_str()), (1, Verdict::Ok, "location a"));
+        assert!(fast[0].evidence.contains("fast failover keeps them") && fast[0].evidence.contains(annotate));
+
+        let everywhere = ClusterSnapshot { nodes: snapshot.nodes[3..].to_vec(), ..ClusterSnapshot::default() };
+        let fine = allowed_location_ips_on_every_candidate(&everywhere, false);
+        assert_eq!((fine.len(), fine[0].subject.as_str()), (1, "locations"));
     }
 }

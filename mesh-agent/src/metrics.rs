@@ -277,6 +277,8 @@ pub struct Status {
     pub errors: Vec<String>,
     /// The errors of the pass in flight.
     errors_in_flight: Vec<String>,
+    /// While the agent cannot see the cluster (it fails static): since when, in Unix seconds.
+    pub cluster_lost_since: Option<i64>,
 }
 
 impl Status {
@@ -301,6 +303,8 @@ impl Status {
             Report::AnnounceFailed { error, .. } => {
                 self.errors_in_flight.push(format!("failed to publish the local node: {error}"));
             }
+            Report::ClusterLost { since, .. } => self.cluster_lost_since = Some(*since),
+            Report::ClusterRegained { .. } => self.cluster_lost_since = None,
             _ => {}
         }
     }

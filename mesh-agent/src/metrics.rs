@@ -310,6 +310,8 @@ pub struct Status {
     errors_in_flight: Vec<String>,
     /// Routes the data plane refuses because a route that is not the mesh's holds their place.
     pub route_conflicts: Vec<RouteConflict>,
+    /// While the agent cannot see the cluster (it fails static): since when, in Unix seconds.
+    pub cluster_lost_since: Option<i64>,
 }
 
 impl Status {
@@ -336,6 +338,8 @@ impl Status {
             Report::AnnounceFailed { error, .. } => {
                 self.errors_in_flight.push(format!("failed to publish the local node: {error}"));
             }
+            Report::ClusterLost { since, .. } => self.cluster_lost_since = Some(*since),
+            Report::ClusterRegained { .. } => self.cluster_lost_since = None,
             _ => {}
         }
     }

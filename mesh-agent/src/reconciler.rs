@@ -474,7 +474,7 @@ impl Reconciler {
             return;
         };
         // Readiness is judged when the cluster was last seen while it cannot be seen.
-        let snapshot = ClusterSnapshot { now: self.view.readiness_time(now.unix), ..snapshot.clone() };
+        let snapshot = self.view.judged(snapshot, now.unix);
         self.actions.push_back(Action::Resolve(snapshot));
         self.pass = Some(Pass { started: now.instant, check_in, apply_error: None, stage: Stage::Resolving });
     }

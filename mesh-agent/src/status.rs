@@ -4,6 +4,7 @@
 //! {
 //!   "hostname": "a1",
 //!   "healthy": true,
+//!   "cluster": {"visible": true, "lost_since": null},
 //!   "role": {"leader": true, "segment": "location:a", "reason": "annotated kilo.squat.ai/leader …"},
 //!   "leaders": [{"segment": "location:a", "node": "a1", "reason": "…"}],
 //!   "peers": [{"name": "location:b", "kind": "segment", "public_key": "…", "endpoint": "192.0.2.2:51820",
@@ -17,6 +18,8 @@
 //! }
 //! ```
 //!
+//! `cluster.visible` is false while the agent cannot see the cluster and fails static (the data
+//! plane is kept as it is); `lost_since` is then when it last saw it (Unix seconds).
 //! `pending_plan` lists the operations of the last computed plan while they have not reached
 //! the data plane (after a failed apply, or during one). `route_conflicts` lists the routes the
 //! data plane leaves out because a route that is not the mesh's holds their place.
@@ -35,6 +38,7 @@ pub fn render(status: &Status, now: i64) -> Value {
     json!({
         "hostname": pass.map(|pass| pass.hostname.as_str()).or(topology.map(|t| t.hostname.as_str())),
         "healthy": status.healthy,
+        "cluster": {"visible": status.cluster_lost_since.is_none(), "lost_since": status.cluster_lost_since},
         "role": pass.map(role),
         "leaders": pass.map_or_else(Vec::new, |pass| pass
             .leaders
@@ -106,4 +110,22 @@ fn peers(topology: Option<&Topology>, pass: Option<&PassStatus>, now: i64) -> Ve
         entry(&peer.name, "peer", &peer.public_key, endpoint)
     }));
     peers
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::reconciler::Report;
+
+    #[test]
+    fn says_whether_the_cluster_is_seen_and_since_when_not() {
+        let mut status = Status::default();
+        assert_eq!(render(&status, 100)["cluster"], json!({"visible": true, "lost_since": null}));
+        status.record(&Report::ClusterLost { reason: "reading the cluster failed", since: 90 });
+        assert_eq!(render(&status, 100)["cluster"], json!({"visible": false, "lost_since": 90}));
+        status.record(&Report::ClusterRegained { outage: Duration::from_secs(200) });
+        assert_eq!(render(&status, 300)["cluster"], json!({"visible": true, "lost_since": null}));
+    }
 }

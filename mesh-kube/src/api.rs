@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt as _, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
@@ -249,18 +249,28 @@ impl KubeBackend {
             () = sleep_until_or_forever(deadline) => false,
         };
         self.dirty |= changed;
+        // One resource failed: take what the other has ready as well (the answer to a request
+        // sent while the API server still failed), so both failures make one error. Reported
+        // one after the other, each would pause the agent's reads once more, and the agent
+        // would see the cluster again seconds later than it could.
+        if nodes.fresh_error.is_some() || peers.fresh_error.is_some() {
+            let ready = [nodes.step_if_ready(), peers.step_if_ready()];
+            self.dirty |= ready.into_iter().flatten().any(|changed| changed);
+        }
     }
 
     /// A list or watch failed since the last call: the agent must know it cannot see the
     /// cluster (it fails static). The next complete list is returned as a snapshot even if
     /// nothing changed, so the agent learns at once that it sees the cluster again.
     fn fail_on_read_error(&mut self) -> Result<(), BackendError> {
-        let Some(error) = self.nodes.fresh_error.take().or_else(|| self.peers.fresh_error.take()) else {
+        let errors: Vec<String> =
+            [self.nodes.fresh_error.take(), self.peers.fresh_error.take()].into_iter().flatten().collect();
+        if errors.is_empty() {
             return Ok(());
-        };
+        }
         self.last = None;
         self.blind_since = Some(self.watch_pacing.established());
-        Err(BackendError::new("failed to read the cluster", error))
+        Err(BackendError::new("failed to read the cluster", errors.join("; ")))
     }
 
     fn build(&self) -> Translated {
@@ -449,6 +459,15 @@ where
                 false
             }
         }
+    }
+
+    /// [`Self::step`] if it finishes at once (an answer has arrived already); `None` when it
+    /// would wait, or when a failure is still to be reported.
+    fn step_if_ready(&mut self) -> Option<bool> {
+        if self.fresh_error.is_some() {
+            return None;
+        }
+        self.step().now_or_never()
     }
 
     fn apply(&mut self, event: Event<K>) -> bool {

@@ -672,3 +672,35 @@ async fn the_first_accepted_watch_after_an_outage_returns_a_snapshot() {
     })
     .await;
 }
+
+/// Both watches fail while the agent is not reading (it pauses after each read error): one
+/// error names both, so the agent pauses once, not once per resource, and the next read finds
+/// no stale failure and sees the cluster again.
+#[tokio::test]
+async fn watches_that_failed_together_make_one_error() {
+    let (client, mut server) = ApiServer::start();
+    let mut backend = backend(client);
+    within_timeout(async {
+        sync(&mut backend, &mut server).await;
+        let mut read = Box::pin(backend.next_snapshot());
+        let (nodes, peers) = tokio::select! {
+            result = &mut read => panic!("a read before the watches were answered: {result:?}"),
+            requests = async {
+                let (_, nodes) = server.expect("GET", NODES, &watch_query("100")).await;
+                let (_, peers) = server.expect("GET", PEERS, &watch_query("200")).await;
+                (nodes, peers)
+            } => requests,
+        };
+        nodes.send_response(json_response(503, &status(503, "ServiceUnavailable", "down")));
+        peers.send_response(json_response(503, &status(503, "ServiceUnavailable", "down")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let error = read.await.expect_err("the failed watches").to_string();
+        assert!(error.contains("failed to watch nodes") && error.contains("failed to watch peers"), "{error}");
+
+        let (snapshot, ()) = tokio::join!(backend.next_snapshot(), async {
+            server.watch_events(NODES, "100", &[]).await;
+        });
+        assert!(snapshot.is_ok(), "no stale failure after the API server is back: {snapshot:?}");
+    })
+    .await;
+}

@@ -53,8 +53,17 @@ impl Namespace {
     }
 
     /// Runs `f` inside the namespace on a new thread (or on the calling thread for
-    /// [`Namespace::Current`]), blocking until it returns.
-    pub(crate) fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+    /// [`Namespace::Current`]), blocking until it returns. A socket `f` creates belongs to the
+    /// namespace for its whole life, wherever it is used afterwards.
+    ///
+    /// ```no_run
+    /// use mesh_netlink::Namespace;
+    ///
+    /// // A listener inside `ip netns add blue`, served from any thread of this process.
+    /// let listener = Namespace::named("blue").run(|| std::net::TcpListener::bind("127.0.0.1:8080"))??;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         let Namespace::Path(path) = self else { return Ok(f()) };
         let target = self.open(path)?;
         std::thread::scope(|scope| {

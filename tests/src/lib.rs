@@ -1,6 +1,8 @@
 //! Shared fixtures for the cross-crate tests in `tests/tests/` and the agent's tests.
 #![warn(missing_docs)]
 
+pub mod fake_api;
+
 use mesh_core::backend::{BackendError, Dataplane};
 use mesh_core::{ClusterSnapshot, DataplaneState, Endpoint, Key, NodeSpec, ObservedState, Plan};
 

@@ -240,16 +240,7 @@ impl Mesh {
     }
 
     fn http_get(&self, node: &str, path: &str) -> Outcome<String> {
-        let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/{METRICS_PORT} && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
-        );
-        let response =
-            run(Command::new("ip").args(["netns", "exec", &self.ns(node), "timeout", "5", "bash", "-c", &script]))?;
-        if response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200") {
-            Ok(response)
-        } else {
-            Err(format!("GET {path} on {node}: {}", response.lines().next().unwrap_or("no response")))
-        }
+        world::http_get(&self.ns(node), METRICS_PORT, path)
     }
 
     fn probes(&self) -> Vec<Probe> {

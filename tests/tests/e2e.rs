@@ -343,21 +343,7 @@ impl Mesh {
         }
         interfaces.push(("wg-peer".to_owned(), peer.clone(), self.peer_iface()));
         for (label, namespace, interface) in &interfaces {
-            let socket = PathBuf::from(format!("/var/run/wireguard/{interface}.sock"));
-            self.world.own_file(socket);
-            self.world.spawn_with_env(
-                label,
-                namespace,
-                Path::new("wireguard-go"),
-                &["-f".to_owned(), interface.clone()],
-                &[("WG_PROCESS_FOREGROUND", "1")],
-            )?;
-        }
-        for (label, _, interface) in &interfaces {
-            let socket = PathBuf::from(format!("/var/run/wireguard/{interface}.sock"));
-            poll(&format!("the UAPI socket of {label}"), Duration::from_secs(10), Duration::from_millis(50), || {
-                if socket.exists() { Ok(()) } else { Err(format!("{} missing", socket.display())) }
-            })?;
+            self.world.spawn_wireguard_go(label, namespace, interface)?;
         }
 
         // The cluster: one Node file per node, the Peer, and a directory for the agents' keys.
@@ -442,16 +428,7 @@ impl Mesh {
 
     /// GET `path` from `node`'s agent, from inside its namespace.
     fn http_get(&self, node: &str, path: &str) -> Outcome<String> {
-        let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/{METRICS_PORT} && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
-        );
-        let response =
-            run(Command::new("ip").args(["netns", "exec", &self.ns(node), "timeout", "5", "bash", "-c", &script]))?;
-        if response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200") {
-            Ok(response)
-        } else {
-            Err(format!("GET {path} on {node}: {}", response.lines().next().unwrap_or("no response")))
-        }
+        world::http_get(&self.ns(node), METRICS_PORT, path)
     }
 
     fn metrics(&self, node: &str) -> Outcome<String> {
@@ -1303,26 +1280,7 @@ impl Mesh {
             // a1 was killed by the failover scenario: bring it back, so that it can clean up.
             in_ns(&self.ns("a1"), "ip link set loc0 up; ip link set inet0 up")?;
             if !self.world.is_running("wg-a1") {
-                let interface = self.iface("a1");
-                // The killed wireguard-go left its socket behind: waiting for the socket must
-                // wait for the new process's, or a1's agent starts before its interface exists.
-                let socket = PathBuf::from(format!("/var/run/wireguard/{interface}.sock"));
-                match std::fs::remove_file(&socket) {
-                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(format!("remove the stale {}: {error}", socket.display()));
-                    }
-                    _ => {}
-                }
-                self.world.spawn_with_env(
-                    "wg-a1",
-                    &self.ns("a1"),
-                    Path::new("wireguard-go"),
-                    &["-f".to_owned(), interface.clone()],
-                    &[("WG_PROCESS_FOREGROUND", "1")],
-                )?;
-                poll("a1's UAPI socket", Duration::from_secs(10), Duration::from_millis(50), || {
-                    if socket.exists() { Ok(()) } else { Err(format!("{} missing", socket.display())) }
-                })?;
+                self.world.spawn_wireguard_go("wg-a1", &self.ns("a1"), &self.iface("a1"))?;
             }
             self.start_agent(node_def("a1"))?;
             poll("a1's agent to reconcile", Duration::from_secs(20), Duration::from_millis(250), || {

@@ -660,6 +660,36 @@ fn an_outage_of_the_cluster_keeps_every_peer_and_route_and_recovers_at_once() {
     assert!(!removals(&world.take_actions()).is_empty(), "a node that is really gone is removed");
 }
 
+/// Once the cluster is back every node heartbeats again: those fresh heartbeats are not taken
+/// for heartbeats from the future of the forgiven clock (that would drop each node just as it
+/// shows it is alive), while one an hour ahead is still refused.
+#[test]
+fn fresh_heartbeats_after_an_outage_keep_their_nodes() {
+    let (mut reconciler, mut world, start) = start();
+    reconciler.handle_event(Event::Snapshot(snapshot()), start);
+    world.serve(&mut reconciler, start);
+    world.take_actions();
+    let now = start.after(Duration::from_secs(5));
+    reconciler.handle_event(Event::ClusterReadFailed(failure("failed to list nodes")), now);
+    world.serve(&mut reconciler, now);
+    let now = advance(&mut reconciler, &mut world, now, start.instant + Duration::from_secs(185));
+    assert!(!reconciler.sees_cluster());
+    assert!(removals(&world.take_actions()).is_empty());
+
+    let mut back = snapshot();
+    back.now = now.unix;
+    back.nodes.iter_mut().for_each(|node| node.last_seen = Some(now.unix));
+    reconciler.handle_event(Event::Snapshot(back.clone()), now);
+    world.serve(&mut reconciler, now);
+    assert!(reconciler.sees_cluster());
+    assert!(removals(&world.take_actions()).is_empty(), "fresh heartbeats keep their nodes");
+
+    back.nodes.iter_mut().filter(|node| node.name == "b").for_each(|node| node.last_seen = Some(now.unix + 3600));
+    reconciler.handle_event(Event::Snapshot(back), now);
+    world.serve(&mut reconciler, now);
+    assert!(!removals(&world.take_actions()).is_empty(), "a heartbeat an hour ahead is refused");
+}
+
 /// Fail static too when the node's own heartbeat cannot be written; the heartbeat is retried
 /// within seconds, and a success ends it.
 #[test]

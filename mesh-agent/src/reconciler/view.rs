@@ -11,6 +11,8 @@
 
 use std::time::Duration;
 
+use mesh_core::{ClusterSnapshot, MAX_CLOCK_SKEW_SECONDS};
+
 /// Why the cluster cannot be seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Blindness {
@@ -86,8 +88,26 @@ impl ClusterView {
         Some(Change::Regained { outage })
     }
 
+    /// `snapshot` as readiness is judged at `now`: its clock set to the readiness time, and
+    /// every heartbeat published after that time (but not beyond the clock-skew limit of the
+    /// real clock) counted as fresh at it. Judged against the earlier time, a node that
+    /// heartbeats while this agent is blind, or right after (every node does once the cluster is
+    /// back), would look as if its heartbeat came from the future and be dropped just as it
+    /// shows it is alive. A heartbeat far in the future of the real clock is still refused.
+    pub(super) fn judged(&self, snapshot: &ClusterSnapshot, now: i64) -> ClusterSnapshot {
+        let at = self.readiness_time(now);
+        let mut judged = ClusterSnapshot { now: at, ..snapshot.clone() };
+        let plausible = now.saturating_add(MAX_CLOCK_SKEW_SECONDS);
+        for last_seen in judged.nodes.iter_mut().filter_map(|node| node.last_seen.as_mut()) {
+            if *last_seen > at && *last_seen <= plausible {
+                *last_seen = at;
+            }
+        }
+        judged
+    }
+
     /// The time (Unix seconds) at which readiness is judged now.
-    pub(super) fn readiness_time(&self, now: i64) -> i64 {
+    fn readiness_time(&self, now: i64) -> i64 {
         match (self.lost_since, self.forgiven) {
             (Some(since), _) => since,
             (None, Some((outage, until))) if now < until => now.saturating_sub(outage),

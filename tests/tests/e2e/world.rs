@@ -107,9 +107,22 @@ pub fn file_backend_agent_args(
     resync: Duration,
     internal_cidr: &str,
 ) -> Vec<String> {
+    let mut args = vec!["--backend=file".to_owned(), format!("--cluster-dir={}", cluster.display())];
+    args.extend(agent_args(hostname, interface, key, port, resync, internal_cidr));
+    args
+}
+
+/// The flags of [`file_backend_agent_args`] without the backend's: a test agent with a
+/// wireguard-go interface it does not create.
+pub fn agent_args(
+    hostname: &str,
+    interface: &str,
+    key: &Path,
+    port: u16,
+    resync: Duration,
+    internal_cidr: &str,
+) -> Vec<String> {
     vec![
-        "--backend=file".to_owned(),
-        format!("--cluster-dir={}", cluster.display()),
         format!("--hostname={hostname}"),
         format!("--interface={interface}"),
         "--create-interface=false".to_owned(),
@@ -282,6 +295,31 @@ impl World {
         self.processes.insert(label.to_owned(), child);
         self.logs.insert(label.to_owned(), path);
         Ok(pid)
+    }
+
+    /// Starts `wireguard-go` for `interface` in `namespace` as process `label` and waits for
+    /// its UAPI socket (removed on drop).
+    pub fn spawn_wireguard_go(&mut self, label: &str, namespace: &str, interface: &str) -> Outcome {
+        let socket = PathBuf::from(format!("/var/run/wireguard/{interface}.sock"));
+        self.own_file(socket.clone());
+        // A killed wireguard-go leaves its socket behind: waiting for the socket must wait for the
+        // new process's, or an agent started next finds no interface yet.
+        match std::fs::remove_file(&socket) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("remove the stale {}: {error}", socket.display()));
+            }
+            _ => {}
+        }
+        self.spawn_with_env(
+            label,
+            namespace,
+            Path::new("wireguard-go"),
+            &["-f".to_owned(), interface.to_owned()],
+            &[("WG_PROCESS_FOREGROUND", "1")],
+        )?;
+        poll(&format!("the UAPI socket of {label}"), Duration::from_secs(10), Duration::from_millis(50), || {
+            if socket.exists() { Ok(()) } else { Err(format!("{} missing", socket.display())) }
+        })
     }
 
     /// Whether process `label` was started and has not exited.
@@ -532,6 +570,20 @@ pub fn reach(probes: &[Probe], timeout: Duration) -> Outcome<(Duration, String)>
             ));
         }
         std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// GET `path` from the HTTP server on 127.0.0.1:`port` inside `namespace` (bash's `/dev/tcp`,
+/// no client to install): the whole response, or an error unless the status is 200.
+pub fn http_get(namespace: &str, port: u16, path: &str) -> Outcome<String> {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let response = run(Command::new("ip").args(["netns", "exec", namespace, "timeout", "5", "bash", "-c", &script]))?;
+    if response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200") {
+        Ok(response)
+    } else {
+        Err(format!("GET {path} in {namespace}: {}", response.lines().next().unwrap_or("no response")))
     }
 }
 

@@ -664,17 +664,9 @@ fn findings(report: &serde_json::Value, verdict: &str) -> Vec<serde_json::Value>
     all.into_iter().filter(|finding| finding["verdict"] == verdict).collect()
 }
 
-/// GET `path` from the agent in `namespace` (bash's /dev/tcp: no HTTP client needed).
+/// GET `path` from the agent in `namespace`.
 fn http_get(namespace: &str, path: &str) -> Outcome<String> {
-    let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/{AGENT_PORT} && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
-    );
-    let response = run(Command::new("ip").args(["netns", "exec", namespace, "timeout", "5", "bash", "-c", &script]))?;
-    if response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200") {
-        Ok(response)
-    } else {
-        Err(format!("GET {path}: {}", response.lines().next().unwrap_or("no response")))
-    }
+    crate::world::http_get(namespace, AGENT_PORT, path)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -123,6 +123,17 @@ struct Retry {
     at: Option<Instant>,
 }
 
+/// Failed publications in a row, when the next one is due (`None` once it may go), and whether
+/// the last one that failed was a changed announcement: then the next one is the heartbeat of
+/// the state already published, so that a change the API server refuses cannot also stop the
+/// heartbeat.
+#[derive(Clone, Copy, Debug)]
+struct PublishRetry {
+    failures: u32,
+    at: Option<Instant>,
+    after_change: bool,
+}
+
 /// Where a pass is, and what it carries to its next step.
 #[derive(Debug)]
 enum Stage {
@@ -186,7 +197,7 @@ pub struct Reconciler {
     /// Whether the cluster can be seen (fail static while not).
     view: view::ClusterView,
     /// While the heartbeat cannot be written: failures in a row, and when it is tried again.
-    heartbeat_retry: Option<Retry>,
+    heartbeat_retry: Option<PublishRetry>,
     /// Failed cluster reads in a row, and until when reading pauses.
     cluster_failures: u32,
     cluster_paused_until: Option<Instant>,
@@ -397,7 +408,13 @@ impl Reconciler {
     pub fn handle_event(&mut self, event: Event, now: Now) {
         match event {
             Event::Snapshot(snapshot) => {
-                self.cluster_failures = 0;
+                let reads_were_failing = std::mem::take(&mut self.cluster_failures) > 0;
+                if reads_were_failing && let Some(retry) = &mut self.heartbeat_retry {
+                    // The API server answers again: publish the heartbeat now, not when its
+                    // pause ends.
+                    retry.at = None;
+                    self.check_in_pass_due = true;
+                }
                 self.snapshot = Some(snapshot);
                 self.pass_due = true;
                 let change = self.view.seen(view::Blindness::ReadFailed, now.unix, self.forgiveness());
@@ -643,12 +660,20 @@ impl Reconciler {
             LocalAnnouncement { last_seen: 0, ..previous.clone() }
                 != LocalAnnouncement { last_seen: 0, ..announcement.clone() }
         });
-        if !(changed || self.check_in_due) {
+        let heartbeat_first = changed && self.heartbeat_retry.is_some_and(|retry| retry.after_change);
+        if !(changed || self.check_in_due) || self.announcing_paused(now) || heartbeat_first {
+            // A check-in pass then falls back to the heartbeat when it ends.
             return self.pass_succeeded(Some(topology), now);
         }
         self.actions.push_back(Action::Announce(announcement.clone()));
         let pass = self.pass.as_mut().expect("a pass is in flight");
         pass.stage = Stage::Announcing { announcement, topology };
+    }
+
+    /// Whether announcements wait for the retry timer: the last one failed and its pause has
+    /// not ended. Passes in between keep the data plane without writing to the API.
+    fn announcing_paused(&self, now: Now) -> bool {
+        self.heartbeat_retry.is_some_and(|retry| retry.at.is_some_and(|at| at > now.instant))
     }
 
     fn announced_result(&mut self, result: Result<(), BackendError>, now: Now) {
@@ -686,9 +711,12 @@ impl Reconciler {
                 // Others will soon judge this node not ready: try again soon, not at the next
                 // check-in, and keep the data plane meanwhile.
                 let failures = self.heartbeat_retry.map_or(0, |retry| retry.failures);
-                let retry_in = self.config.read_retry.delay(failures);
-                self.heartbeat_retry =
-                    Some(Retry { failures: failures.saturating_add(1), at: Some(now.instant + retry_in) });
+                let retry_in = self.config.announce_retry.delay(failures);
+                self.heartbeat_retry = Some(PublishRetry {
+                    failures: failures.saturating_add(1),
+                    at: Some(now.instant + retry_in),
+                    after_change: !heartbeat,
+                });
                 let change = self.view.blind(view::Blindness::HeartbeatFailed, now.unix);
                 self.view_changed(change, view::Blindness::HeartbeatFailed);
             }
@@ -750,6 +778,7 @@ impl Reconciler {
         self.reports.push_back(Report::Reconciled { duration: now.instant.duration_since(pass.started), healthy });
         if pass.check_in
             && self.check_in_due
+            && !self.announcing_paused(now)
             && let Some(previous) = &self.announced
         {
             let announcement = LocalAnnouncement { last_seen: now.unix, ..previous.clone() };

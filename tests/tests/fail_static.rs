@@ -631,6 +631,10 @@ fn api_server_fails(world: &mut World, agent_binary: &Path, fault: Mode) -> Outc
     let lost = Instant::now();
     let held = hold_through_outage(&agents, &names, &converged, &[], lost, label)?;
     let requests = server.requests() - requests_before;
+    let rate = requests as f64 / OUTAGE.as_secs_f64();
+    if rate >= 1.0 {
+        return Err(format!("{requests} requests in the {}s outage ({rate:.2}/s): at most 1/s", OUTAGE.as_secs()));
+    }
 
     let (_, late_key) = key_pair()?;
     server.set_peer(peer_object("late", &late_key, LATE_PEER_IP));
@@ -652,7 +656,7 @@ fn api_server_fails(world: &mut World, agent_binary: &Path, fault: Mode) -> Outc
     ));
     keep_after_recovery(&agents, &names, &converged)?;
     let answered = if fault == Mode::Failing {
-        format!("{requests} requests answered 500 ({:.2}/s)", requests as f64 / OUTAGE.as_secs_f64())
+        format!("{requests} requests answered 500 ({rate:.2}/s, limit 1/s)")
     } else {
         "every connection refused".to_owned()
     };

@@ -53,10 +53,14 @@ pub struct Config {
     /// Delays before retrying a failed pass, and before reading the cluster again after a read
     /// error.
     pub retry: Backoff,
-    /// Pauses between cluster reads after read errors, and between heartbeat retries while the
-    /// heartbeat cannot be written: short, so the agent sees the cluster again within seconds
-    /// of its return (the backends pace their own requests).
+    /// Pauses between cluster reads after read errors: short, so the agent sees the cluster
+    /// again within seconds of its return (the backends pace their own requests).
     pub read_retry: Backoff,
+    /// Pauses between announcements while the node cannot be published. Each announcement is
+    /// itself a few requests (the backend retries within it), so the cap keeps a node under one
+    /// request a second against a failing API server while still trying several times within
+    /// Kilo's 60 s readiness window. Reading the cluster again ends the pause at once.
+    pub announce_retry: Backoff,
     /// Keep the CNI configuration's pod range equal to the node's pod CIDR (`--cni`): ask for
     /// [`Action::UpdateCni`] at every pass.
     pub update_cni: bool,
@@ -77,7 +81,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Kilo's timing: resync every 30 s, check-in every 30 s, retries from 1 s doubling to 30 s,
+    /// Kilo's timing: resync every 30 s, check-in every 30 s, retries from 1 s doubling to 30 s
+    /// (announcements to 15 s, cluster reads to 4 s),
     /// clean-up on, no CNI file; an announcement may take 10 s, a data-plane step 60 s.
     pub fn new(options: Options) -> Self {
         Config {
@@ -86,6 +91,7 @@ impl Config {
             check_in_period: Duration::from_secs(30),
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             read_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(4)),
+            announce_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(15)),
             update_cni: false,
             clean_up: true,
             clean_up_timeout: Duration::from_secs(8),

@@ -66,11 +66,11 @@ impl Topology {
             .collect()
     }
 
-    /// One warning per entry that gets no WireGuard peer because an earlier one owns its key.
-    pub(crate) fn duplicate_key_warnings(&self) -> Vec<Warning> {
-        let owners = self.key_owners();
+    /// One warning per entry that gets no WireGuard peer because an earlier one owns its key,
+    /// from the [`Topology::key_owners`] of this topology.
+    pub(crate) fn duplicate_key_warnings(&self, owners: &[Option<Entry>]) -> Vec<Warning> {
         self.key_entries()
-            .zip(owners)
+            .zip(owners.iter().copied())
             .filter_map(|((entry, key), owner)| {
                 let owner = owner?;
                 let (kind, name, annotation) = match entry {

@@ -142,6 +142,10 @@ pub struct Topology {
     /// Leaders were elected with failover claims ([`crate::failover`]): the option is on, the
     /// granularity is `location` and every ready node announced the capability.
     pub fast_failover: bool,
+    /// Positions in the local WireGuard configuration (Kilo's `Conf()` order) of the entries
+    /// whose key an earlier entry or the local node owns: they get no WireGuard peer. Almost
+    /// always empty; computed once, with the warnings that name them.
+    pub(crate) shadowed_keys: Vec<usize>,
 }
 
 /// A node that passed the readiness check, with its required fields unwrapped.
@@ -300,11 +304,14 @@ impl Topology {
             skipped,
             warnings,
             fast_failover,
+            shadowed_keys: Vec::new(),
         };
         // Last, so that what other nodes must agree on stays Kilo's: refusing is local.
         crate::hijack::refuse_hijacks(&mut topology, snapshot, options);
-        let duplicate_keys = topology.duplicate_key_warnings();
+        let owners = topology.key_owners();
+        let duplicate_keys = topology.duplicate_key_warnings(&owners);
         topology.warnings.extend(duplicate_keys);
+        topology.shadowed_keys = owners.iter().enumerate().filter_map(|(at, owner)| owner.map(|_| at)).collect();
         Ok(topology)
     }
 

@@ -155,8 +155,9 @@ impl Topology {
     /// entry per public key, none with the local node's own (see `key_owners`), allowed IPs not
     /// yet copied.
     pub(crate) fn wireguard_peer_sources(&self) -> impl Iterator<Item = PeerSource<'_>> {
-        // `key_owners` lists the entries of `kilo_peer_sources`, in its order.
-        self.kilo_peer_sources().zip(self.key_owners()).filter_map(|(source, owner)| owner.is_none().then_some(source))
+        // `shadowed_keys` are positions in `kilo_peer_sources`, in increasing order.
+        let shadowed = |at: &usize| self.shadowed_keys.binary_search(at).is_ok();
+        self.kilo_peer_sources().enumerate().filter(move |(at, _)| !shadowed(at)).map(|(_, source)| source)
     }
 
     /// [`Topology::wireguard_peers`], with the allowed IPs not yet copied.

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(wireguard-tools wireguard-go iptables nftables iproute2 iputils-ping graphviz
+packages=(util-linux wireguard-tools wireguard-go iptables nftables iproute2 iputils-ping graphviz
     podman runc mmdebstrap uidmap python3-venv python3-pip)
 missing=()
 for package in "${packages[@]}"; do

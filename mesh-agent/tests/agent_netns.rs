@@ -1,6 +1,8 @@
 //! The real `mesh-agent` binary with the file backend, in a network namespace with a userspace
 //! WireGuard interface (wireguard-go): it reconciles, serves /health and /metrics, publishes its
-//! node, and cleans up on SIGTERM. Needs root, `ip` and `wireguard-go`; fails loudly without them.
+//! node, keeps serving and reconciling with 300 idle HTTP clients under a 256 open-files limit,
+//! and cleans up on SIGTERM. Needs root, `ip`, `wireguard-go` and `prlimit`; fails loudly without
+//! them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,6 +32,9 @@ impl Drop for World {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The agent's open-files limit (soft and hard): below the 300 idle clients of the test.
+const OPEN_FILES: u32 = 256;
 
 fn sh(command: &str) -> String {
     let output = Command::new("sh").arg("-c").arg(command).output().expect("sh runs");
@@ -80,7 +85,7 @@ fn write_node(dir: &Path, name: &str, body: &str) {
 #[test]
 fn netns_agent_with_file_backend_reconciles_serves_and_cleans_up() {
     assert!(nix_is_root(), "this test needs root (network namespaces, WireGuard, iptables)");
-    for tool in ["ip", "wireguard-go", "wg", "iptables-save", "bash"] {
+    for tool in ["ip", "wireguard-go", "wg", "iptables-save", "bash", "prlimit"] {
         require(tool);
     }
     let id = std::process::id() % 100_000;
@@ -131,8 +136,10 @@ fn netns_agent_with_file_backend_reconciles_serves_and_cleans_up() {
     let port = 20_000 + u16::try_from(id % 10_000).unwrap();
     let log = std::fs::File::create(world.dir.join("agent.log")).unwrap();
     world.agent = Some(
-        Command::new("ip")
-            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_mesh-agent")])
+        // A low open-files limit, as in a tight container: idle HTTP clients must not use it up.
+        Command::new("prlimit")
+            .arg(format!("--nofile={OPEN_FILES}:{OPEN_FILES}"))
+            .args(["--", "ip", "netns", "exec", &ns, env!("CARGO_BIN_EXE_mesh-agent")])
             .args(["--backend=file", "--hostname", "node-a", "--encapsulate=never", "--cni=false"])
             .arg(format!("--cluster-dir={}", world.dir.display()))
             .arg(format!("--interface={}", world.interface))
@@ -184,6 +191,28 @@ fn netns_agent_with_file_backend_reconciles_serves_and_cleans_up() {
     let routes = in_ns(&ns, "ip route show proto 107");
     assert!(routes.contains(&format!("10.42.2.0/24 via 10.4.0.2 dev {}", world.interface)), "{routes}");
     assert!(in_ns(&ns, "iptables-save -t nat").contains(":KILO-NAT"));
+
+    // 300 clients connect to the agent's port and send nothing (more than its open-files limit):
+    // /health still answers and reconciles go on.
+    let idle = mesh_netlink::Namespace::named(&ns)
+        .run(|| (0..300).map(|_| std::net::TcpStream::connect(("127.0.0.1", port))).collect::<Result<Vec<_>, _>>())
+        .expect("enter the namespace")
+        .expect("300 idle clients connect");
+    let before = metric(&http_get(&ns, port, "/metrics").expect("/metrics with idle clients"), "kilo_reconciles_total")
+        .expect("kilo_reconciles_total");
+    for _ in 0..3 {
+        let health = http_get(&ns, port, "/health").expect("/health answers with 300 idle clients");
+        assert!(health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"), "{health}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    wait_for("reconciles with 300 idle clients", Duration::from_secs(10), || {
+        http_get(&ns, port, "/metrics").and_then(|m| metric(&m, "kilo_reconciles_total")).filter(|n| *n >= before + 2.0)
+    });
+    let metrics = http_get(&ns, port, "/metrics").unwrap();
+    assert_eq!(metric(&metrics, "kilo_errors_total{event=\"apply\"}").unwrap_or(0.0), 0.0, "{metrics}");
+    let log = std::fs::read_to_string(world.dir.join("agent.log")).unwrap();
+    assert!(!log.contains("Too many open files"), "{log}");
+    drop(idle);
 
     // SIGTERM: clean-up, exit within 10 s.
     let agent = world.agent.as_mut().unwrap();

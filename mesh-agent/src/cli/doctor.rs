@@ -149,7 +149,15 @@ async fn node_checks(
         }
     }
     match host::fetch_status(&args.status_url) {
-        Ok(status) => findings.extend(checks::handshakes(&status, mesh.port)),
+        Ok(status) => {
+            // A stale handshake is an idle peer or a blocked path: a second look tells which.
+            let mut later = None;
+            if checks::needs_second_sample(&status) {
+                tokio::time::sleep(checks::RESAMPLE_AFTER).await;
+                later = host::fetch_status(&args.status_url).ok();
+            }
+            findings.extend(checks::handshakes(&status, later.as_ref(), mesh.port));
+        }
         Err(error) => findings.push(Finding::skipped(
             "handshakes",
             "agent",

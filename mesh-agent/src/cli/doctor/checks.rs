@@ -390,11 +390,27 @@ pub const STALE_HANDSHAKE_SECONDS: u64 = 180;
 /// one initiation went unanswered for 5 s, which a working path never does.
 pub const HANDSHAKE_INITIATION_BYTES: u64 = 148;
 
+/// How long to wait before reading `/status` again when a handshake is stale: longer than
+/// WireGuard's 5 s between handshake initiations, so a peer with traffic to send shows one.
+pub const RESAMPLE_AFTER: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// Whether [`handshakes`] needs a second `/status`, [`RESAMPLE_AFTER`] later: a peer's handshake
+/// is stale, which an idle peer without keepalive and a blocked path both show.
+pub fn needs_second_sample(status: &serde_json::Value) -> bool {
+    let peers = status["peers"].as_array().map(Vec::as_slice).unwrap_or_default();
+    peers.iter().any(|peer| {
+        peer["endpoint"].is_string()
+            && peer["latest_handshake_age_seconds"].as_u64().is_some_and(|age| age > STALE_HANDSHAKE_SECONDS)
+    })
+}
+
 /// The agent's `/status` peers: a leader's peer with an endpoint is unreachable over UDP when
-/// its handshake is stale, or when it never completed one although initiations went out
-/// unanswered. A peer that never handshook and was never sent an initiation has had no traffic
-/// and no keepalive yet: nothing says the path is blocked.
-pub fn handshakes(status: &serde_json::Value, port: u16) -> Vec<Finding> {
+/// initiations go out unanswered: it never completed a handshake although it sent more than
+/// one initiation and received nothing, or its handshake is stale and in the `later` sample
+/// it sent initiations and received nothing. A peer that sent nothing has had no traffic and
+/// no keepalive (idle): nothing says the path is blocked. Without a later sample, a stale
+/// handshake is reported as blocked.
+pub fn handshakes(status: &serde_json::Value, later: Option<&serde_json::Value>, port: u16) -> Vec<Finding> {
     let peers = status["peers"].as_array().cloned().unwrap_or_default();
     if status["role"]["leader"] == false {
         return vec![Finding::ok(
@@ -432,10 +448,41 @@ pub fn handshakes(status: &serde_json::Value, port: u16) -> Vec<Finding> {
             Some(age) if age <= STALE_HANDSHAKE_SECONDS => {
                 Finding::ok("handshakes", subject, format!("latest handshake {age} s ago"))
             }
-            Some(age) => blocked(format!(
-                "latest handshake with {endpoint} {age} s ago, past the {STALE_HANDSHAKE_SECONDS} s after which \
-                 WireGuard drops a session it could not rekey"
-            )),
+            Some(age) => {
+                let stale = format!(
+                    "latest handshake with {endpoint} {age} s ago, past the {STALE_HANDSHAKE_SECONDS} s after which \
+                     WireGuard drops a session it could not rekey"
+                );
+                let later = later
+                    .and_then(|later| later["peers"].as_array()?.iter().find(|other| other["name"] == peer["name"]));
+                match later {
+                    None => blocked(stale),
+                    Some(later)
+                        if later["latest_handshake_age_seconds"]
+                            .as_u64()
+                            .is_some_and(|age| age <= STALE_HANDSHAKE_SECONDS) =>
+                    {
+                        Finding::ok("handshakes", subject, format!("{stale}; then a new handshake"))
+                    }
+                    Some(later) => {
+                        let sent = later["tx_bytes"].as_u64().unwrap_or(tx).saturating_sub(tx);
+                        let received = later["rx_bytes"].as_u64().unwrap_or(rx).saturating_sub(rx);
+                        let seconds = RESAMPLE_AFTER.as_secs();
+                        if received == 0 && sent >= HANDSHAKE_INITIATION_BYTES {
+                            blocked(format!("{stale}; in the next {seconds} s it sent {sent} bytes and received none"))
+                        } else {
+                            Finding::ok(
+                                "handshakes",
+                                subject,
+                                format!(
+                                    "idle: {stale}; in the next {seconds} s it sent {sent} bytes and received \
+                                     {received}: WireGuard handshakes again when traffic or a keepalive needs it"
+                                ),
+                            )
+                        }
+                    }
+                }
+            }
             None if rx == 0 && tx > HANDSHAKE_INITIATION_BYTES => blocked(format!(
                 "no handshake with {endpoint}: sent {tx} bytes (~{} handshake initiations, one every 5 s) and \
                  received none",
@@ -610,7 +657,7 @@ mod tests {
                  "rx_bytes": 0, "tx_bytes": 0},
             ],
         });
-        let findings = handshakes(&status, 51820);
+        let findings = handshakes(&status, None, 51820);
         let verdicts: Vec<Verdict> = findings.iter().map(|finding| finding.verdict).collect();
         assert_eq!(
             verdicts,
@@ -625,8 +672,31 @@ mod tests {
         assert!(findings[1].fix.as_deref().unwrap().starts_with("allow UDP 51820 in both directions"));
         assert!(findings[2].evidence.contains("latest handshake with 192.0.2.4:51820 600 s ago"));
         assert!(findings[4].evidence.starts_with("no handshake yet"), "one initiation may still be answered");
-        let follower = handshakes(&json!({"role": {"leader": false}, "peers": []}), 51820);
+        let follower = handshakes(&json!({"role": {"leader": false}, "peers": []}), None, 51820);
         assert_eq!(follower[0].verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn a_stale_handshake_is_blocked_only_when_the_next_sample_shows_unanswered_initiations() {
+        let peer = |name: &str, age: u64, rx: u64, tx: u64| {
+            json!({"name": name, "endpoint": "192.0.2.4:51820", "latest_handshake_age_seconds": age,
+                   "rx_bytes": rx, "tx_bytes": tx})
+        };
+        let first = json!({"role": {"leader": true}, "peers": [
+            peer("idle", 600, 4096, 8192), peer("blocked", 600, 4096, 8192), peer("rekeyed", 600, 4096, 8192),
+        ]});
+        assert!(needs_second_sample(&first));
+        let later = json!({"role": {"leader": true}, "peers": [
+            peer("idle", 606, 4096, 8192), peer("blocked", 606, 4096, 8192 + 148), peer("rekeyed", 1, 4188, 8340),
+        ]});
+        let findings = handshakes(&first, Some(&later), 51820);
+        let verdicts: Vec<Verdict> = findings.iter().map(|finding| finding.verdict).collect();
+        assert_eq!(verdicts, [Verdict::Ok, Verdict::Problem, Verdict::Ok], "{findings:#?}");
+        assert!(findings[0].evidence.starts_with("idle: "), "{}", findings[0].evidence);
+        assert!(findings[1].evidence.contains("in the next 6 s it sent 148 bytes and received none"));
+        assert!(findings[1].evidence.ends_with("UDP 51820 to 192.0.2.4:51820 looks blocked"));
+        let fresh = json!({"role": {"leader": true}, "peers": [peer("fresh", 5, 1, 1)]});
+        assert!(!needs_second_sample(&fresh));
     }
 
     #[test]

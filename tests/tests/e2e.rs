@@ -869,14 +869,7 @@ impl Mesh {
             .args([format!("--status-url=http://127.0.0.1:{METRICS_PORT}/status")])
             .output()
             .map_err(|error| format!("cannot run doctor: {error}"))?;
-        let report = serde_json::from_slice(&output.stdout).map_err(|error| {
-            format!(
-                "doctor on {node}: {error}: {}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })?;
-        Ok((output.status.code(), report))
+        world::doctor_report(&output, &format!("on {node}"))
     }
 
     /// The problems of a doctor report, as `check subject: evidence`.

@@ -715,3 +715,15 @@ pub fn annotations_in(path: &Path) -> Outcome<BTreeMap<String, String>> {
         .map(|(key, value)| (key.clone(), value.as_str().map_or_else(|| value.to_string(), str::to_owned)))
         .collect())
 }
+
+/// The exit code and the JSON report of a finished `mesh-agent doctor -o json`, run for `what`.
+pub fn doctor_report(output: &std::process::Output, what: &str) -> Outcome<(Option<i32>, serde_json::Value)> {
+    let report = serde_json::from_slice(&output.stdout).map_err(|error| {
+        format!(
+            "doctor {what}: {error}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    Ok((output.status.code(), report))
+}

@@ -648,14 +648,7 @@ fn doctor(world: &World, agent: &Path, namespace: &str, label: &str) -> Outcome<
         .args(["-o", "json", &format!("--status-url=http://127.0.0.1:{AGENT_PORT}/status")])
         .output()
         .map_err(|error| format!("cannot run doctor: {error}"))?;
-    let report = serde_json::from_slice(&output.stdout).map_err(|error| {
-        format!(
-            "doctor in {namespace}: {error}: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })?;
-    Ok((output.status.code(), report))
+    crate::world::doctor_report(&output, &format!("in {namespace}"))
 }
 
 /// The findings of a doctor report with `verdict` (`ok`, `problem`, `skipped`).

@@ -123,12 +123,12 @@ struct Retry {
     at: Option<Instant>,
 }
 
-/// Failed publications in a row, when the next one is due (`None` once it may go), and whether
+/// Failed announcements in a row, when the next one is due (`None` once it may go), and whether
 /// the last one that failed was a changed announcement: then the next one is the heartbeat of
 /// the state already published, so that a change the API server refuses cannot also stop the
 /// heartbeat.
 #[derive(Clone, Copy, Debug)]
-struct PublishRetry {
+struct AnnounceRetry {
     failures: u32,
     at: Option<Instant>,
     after_change: bool,
@@ -196,8 +196,8 @@ pub struct Reconciler {
     retry: Option<Retry>,
     /// Whether the cluster can be seen (fail static while not).
     view: view::ClusterView,
-    /// While the heartbeat cannot be written: failures in a row, and when it is tried again.
-    heartbeat_retry: Option<PublishRetry>,
+    /// While announcements fail: failures in a row, and when the next one may go.
+    failed_announcements: Option<AnnounceRetry>,
     /// Failed cluster reads in a row, and until when reading pauses.
     cluster_failures: u32,
     cluster_paused_until: Option<Instant>,
@@ -243,7 +243,7 @@ impl Reconciler {
             snapshot: None,
             retry: None,
             view: view::ClusterView::default(),
-            heartbeat_retry: None,
+            failed_announcements: None,
             cluster_failures: 0,
             cluster_paused_until: None,
             pass: None,
@@ -348,7 +348,7 @@ impl Reconciler {
             Some(self.resync.next),
             Some(self.check_in.next),
             self.retry.and_then(|retry| retry.at),
-            self.heartbeat_retry.and_then(|retry| retry.at),
+            self.failed_announcements.and_then(|retry| retry.at),
             self.cluster_paused_until,
             self.failover.poll_timeout(),
             self.links.poll_timeout(),
@@ -394,7 +394,7 @@ impl Reconciler {
             self.pass_due = true;
         }
         self.failover.handle_timeout(now.instant, &mut self.actions);
-        if let Some(retry) = &mut self.heartbeat_retry
+        if let Some(retry) = &mut self.failed_announcements
             && retry.at.is_some_and(|at| at <= now.instant)
         {
             retry.at = None;
@@ -409,7 +409,7 @@ impl Reconciler {
         match event {
             Event::Snapshot(snapshot) => {
                 let reads_were_failing = std::mem::take(&mut self.cluster_failures) > 0;
-                if reads_were_failing && let Some(retry) = &mut self.heartbeat_retry {
+                if reads_were_failing && let Some(retry) = &mut self.failed_announcements {
                     // The API server answers again: publish the heartbeat now, not when its
                     // pause ends.
                     retry.at = None;
@@ -660,7 +660,7 @@ impl Reconciler {
             LocalAnnouncement { last_seen: 0, ..previous.clone() }
                 != LocalAnnouncement { last_seen: 0, ..announcement.clone() }
         });
-        let heartbeat_first = changed && self.heartbeat_retry.is_some_and(|retry| retry.after_change);
+        let heartbeat_first = changed && self.failed_announcements.is_some_and(|retry| retry.after_change);
         if !(changed || self.check_in_due) || self.announcing_paused(now) || heartbeat_first {
             // A check-in pass then falls back to the heartbeat when it ends.
             return self.pass_succeeded(Some(topology), now);
@@ -673,7 +673,7 @@ impl Reconciler {
     /// Whether announcements wait for the retry timer: the last one failed and its pause has
     /// not ended. Passes in between keep the data plane without writing to the API.
     fn announcing_paused(&self, now: Now) -> bool {
-        self.heartbeat_retry.is_some_and(|retry| retry.at.is_some_and(|at| at > now.instant))
+        self.failed_announcements.is_some_and(|retry| retry.at.is_some_and(|at| at > now.instant))
     }
 
     fn announced_result(&mut self, result: Result<(), BackendError>, now: Now) {
@@ -702,7 +702,7 @@ impl Reconciler {
             Ok(()) => {
                 self.announced = Some(announcement);
                 self.check_in_due = false;
-                self.heartbeat_retry = None;
+                self.failed_announcements = None;
                 let change = self.view.seen(view::Blindness::HeartbeatFailed, now.unix, self.forgiveness());
                 self.view_changed(change, view::Blindness::HeartbeatFailed);
             }
@@ -710,9 +710,9 @@ impl Reconciler {
                 self.reports.push_back(Report::AnnounceFailed { error: error.to_string(), heartbeat });
                 // Others will soon judge this node not ready: try again soon, not at the next
                 // check-in, and keep the data plane meanwhile.
-                let failures = self.heartbeat_retry.map_or(0, |retry| retry.failures);
+                let failures = self.failed_announcements.map_or(0, |retry| retry.failures);
                 let retry_in = self.config.announce_retry.delay(failures);
-                self.heartbeat_retry = Some(PublishRetry {
+                self.failed_announcements = Some(AnnounceRetry {
                     failures: failures.saturating_add(1),
                     at: Some(now.instant + retry_in),
                     after_change: !heartbeat,

@@ -719,7 +719,7 @@ fn a_heartbeat_that_cannot_be_written_fails_static_and_is_retried_with_bounded_b
     let in_any_minute = tries.iter().map(|t| tries.iter().filter(|u| (*t..*t + 60).contains(*u)).count());
     assert!(in_any_minute.take(tries.len() - 4).all(|n| n >= 4), "several tries within Kilo's readiness window");
     world.announces.clear();
-    let retry = reconciler.heartbeat_retry.and_then(|retry| retry.at).expect("a heartbeat retry is due");
+    let retry = reconciler.failed_announcements.and_then(|retry| retry.at).expect("a heartbeat retry is due");
     assert!(retry - now.instant <= Duration::from_secs(15));
     advance(&mut reconciler, &mut world, now, retry);
     assert!(reconciler.sees_cluster());
@@ -738,7 +738,7 @@ fn the_heartbeat_goes_out_as_soon_as_the_cluster_can_be_read_again() {
         reconciler.handle_event(Event::ClusterReadFailed(failure("failed to list nodes")), now);
     }
     world.serve(&mut reconciler, now);
-    let paused_until = reconciler.heartbeat_retry.and_then(|retry| retry.at);
+    let paused_until = reconciler.failed_announcements.and_then(|retry| retry.at);
     assert!(paused_until.is_some_and(|at| at > now.instant), "the heartbeat is paused");
     // It is back: the first snapshot brings the heartbeat with it, not the end of the pause.
     world.announces.clear();

@@ -401,7 +401,7 @@ fn log(report: &Report) {
         Report::RouteConflictResolved(conflict) => {
             info!(wanted = %conflict.wanted, "route conflict resolved: the route is in place or no longer wanted");
         }
-        Report::LinkChanged(change) => info!(%change, "a device of the data plane changed; reconciling"),
+        Report::LinkChanged(change) => info!(%change, "the data plane changed under the agent; reconciling"),
         Report::Applied { .. }
         | Report::IptablesApplied { .. }
         | Report::Planned(_)

@@ -18,8 +18,9 @@
 //! check-in; also after a failed apply, which the data plane makes partial: the parts that
 //! could be applied are, and the node must stay in the mesh while the rest is retried). A pass runs on every snapshot, on the resync period, at check-in, when a failed
 //! pass is retried (bounded exponential [`Backoff`](mesh_core::time::Backoff)) and when a device
-//! of the data plane changed ([`Event::LinkChanged`]: a WireGuard device that came back is
-//! repaired at once, whatever the backoff). Routes the data plane refuses ([`Event::RouteConflicts`])
+//! of the data plane changed or a route it wants was deleted ([`Event::LinkChanged`]: a
+//! WireGuard device that came back, or a route deleted by hand, is repaired at once, whatever
+//! the backoff). Routes the data plane refuses ([`Event::RouteConflicts`])
 //! are reported once and fail nothing. At check-in, if the pass could not publish
 //! (a failed apply), the last announcement goes out again with a fresh `last-seen`: the node is
 //! alive and must not be dropped by the others while it retries.
@@ -75,10 +76,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::iptables_operations::IptablesOperation;
-use mesh_core::backend::{BackendError, LocalAnnouncement, SnapshotDiagnostics};
+use mesh_core::backend::{BackendError, LinkChange, LocalAnnouncement, SnapshotDiagnostics};
 use mesh_core::plan::KeepReason;
 use mesh_core::{
-    ClusterSnapshot, DesiredState, Key, NodeSpec, ObjectKind, ObservedState, Plan, Skipped, Topology, Warning,
+    ClusterSnapshot, DesiredState, Key, NodeSpec, ObjectKind, ObservedState, Plan, Routes, Skipped, Topology, Warning,
 };
 
 mod conflicts;
@@ -225,6 +226,9 @@ pub struct Reconciler {
     failover: failover::Failover,
     /// Changes of the data plane's devices that have not started their pass yet.
     links: links::LinkBurst,
+    /// The routes the last computed plan wants: a deleted one of these is put back at once;
+    /// the deletion of any other is the agent's own (or of a route it no longer wants).
+    wanted_routes: Routes,
     /// Routes the data plane refuses because a route that is not the mesh's holds their place.
     conflicts: conflicts::RouteConflicts,
 }
@@ -236,6 +240,7 @@ impl Reconciler {
         Reconciler {
             failover: failover::Failover::new(config.failover),
             links: links::LinkBurst::new(config.link_settling),
+            wanted_routes: Routes::default(),
             conflicts: conflicts::RouteConflicts::default(),
             resync: Periodic::new(config.resync_period, now),
             check_in: Periodic::new(config.check_in_period, now),
@@ -421,10 +426,7 @@ impl Reconciler {
                 self.view_changed(change, view::Blindness::ReadFailed);
             }
             Event::BackendDiagnostics(diagnostics) => self.backend_diagnostics = diagnostics,
-            Event::LinkChanged(change) => {
-                self.reports.push_back(Report::LinkChanged(change));
-                self.links.changed(now.instant);
-            }
+            Event::LinkChanged(change) => self.link_changed(change, now.instant),
             Event::RouteConflicts(conflicts) => self.conflicts.refused(conflicts),
             Event::ClusterReadFailed(error) => {
                 // Back off, so a backend that fails at once cannot make the loop spin.
@@ -459,7 +461,20 @@ impl Reconciler {
     fn stop(&mut self) {
         if self.shutdown == Shutdown::Running {
             self.shutdown = Shutdown::Requested;
+            // The clean-up deletes them: nothing to put back from now on.
+            self.wanted_routes = Routes::default();
         }
+    }
+
+    fn link_changed(&mut self, change: LinkChange, now: Instant) {
+        if let LinkChange::RouteDeleted(route) = &change
+            && !self.wanted_routes.contains_key(route)
+        {
+            // Deleted by the agent's own plan, or not wanted any more: nothing to put back.
+            return;
+        }
+        self.reports.push_back(Report::LinkChanged(change));
+        self.links.changed(now);
     }
 
     /// Starts the pass that is due, or the clean-up, when nothing is in flight.
@@ -604,6 +619,7 @@ impl Reconciler {
             warnings: warnings.len(),
         });
         let plan = Plan::between(observed, &desired);
+        self.wanted_routes = desired.routes;
         self.reports.push_back(Report::Planned(Arc::new(status::PassStatus::of(snapshot, &topology, observed, &plan))));
         self.report_roamed(&plan, snapshot);
         if plan.is_empty() {

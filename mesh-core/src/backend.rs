@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
-use crate::{ClusterSnapshot, Endpoint, Granularity, Key, NodeSpec, ObservedState, Plan, Route, Skipped, Warning};
+use crate::{
+    ClusterSnapshot, Endpoint, Granularity, Key, NodeSpec, ObservedState, Plan, Route, RouteKey, Skipped, Warning,
+};
 
 /// An error from a backend, naming the operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -125,8 +127,8 @@ impl std::fmt::Display for RouteConflict {
 }
 
 /// A network device the data plane uses (the WireGuard interface, the private interface, the
-/// tunnel) appeared, disappeared or changed state, as the kernel announced it. The agent
-/// reconciles at once instead of waiting for its next timer.
+/// tunnel) appeared, disappeared or changed state, or a route of the mesh was deleted, as the
+/// kernel announced it. The agent reconciles at once instead of waiting for its next timer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkChange {
     /// The device appeared (created, renamed to its name, moved into the namespace).
@@ -148,6 +150,9 @@ pub enum LinkChange {
         /// Its MTU.
         mtu: Option<u32>,
     },
+    /// A route of the mesh (protocol 107, or in table 1107) was deleted: by the agent itself,
+    /// or by someone else (`ip route del`, a network manager), and then it is put back.
+    RouteDeleted(RouteKey),
     /// Notifications were lost (the socket's buffer overflowed): anything may have changed.
     Missed,
 }
@@ -164,7 +169,8 @@ impl std::fmt::Display for LinkChange {
                     None => Ok(()),
                 }
             }
-            LinkChange::Missed => f.write_str("link notifications were lost"),
+            LinkChange::RouteDeleted(route) => write!(f, "route {} in table {} deleted", route.dst, route.table),
+            LinkChange::Missed => f.write_str("notifications of links and routes were lost"),
         }
     }
 }

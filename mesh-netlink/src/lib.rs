@@ -24,9 +24,10 @@
 //! naming both routes ([`Error::RouteConflicts`]). A route through the WireGuard interface
 //! counts as the mesh's whatever its protocol, so a route Kilo left there is replaced.
 //!
-//! [`LinkWatch`] turns the kernel's link notifications into [`mesh_core::backend::LinkChange`]s
-//! for the devices the data plane uses, so that the agent repairs a device that came back (a
-//! restarted wireguard-go) at once.
+//! [`LinkWatch`] turns the kernel's link and route notifications into
+//! [`mesh_core::backend::LinkChange`]s for the devices the data plane uses and the mesh's routes,
+//! so that the agent repairs at once a device that came back (a restarted wireguard-go) or a
+//! route deleted by hand.
 //!
 //! Several network namespaces can be driven from one process ([`Namespace`]): the rtnetlink
 //! socket is opened inside the namespace, and `iptables-restore` and WireGuard calls run on a

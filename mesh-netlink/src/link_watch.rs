@@ -1,7 +1,9 @@
-//! The kernel's link notifications (`RTNLGRP_LINK`, what `ip monitor link` prints), narrowed to
-//! the devices the data plane uses: when the WireGuard interface, the private interface or the
-//! tunnel appears, disappears or changes state, the agent reconciles at once instead of waiting
-//! for its next timer (a restarted wireguard-go brings back an empty device).
+//! The kernel's link and route notifications (`RTNLGRP_LINK`, `RTNLGRP_IPV4_ROUTE`,
+//! `RTNLGRP_IPV6_ROUTE`: what `ip monitor link route` prints), narrowed to what the data plane
+//! owns: when the WireGuard interface, the private interface or the tunnel appears, disappears
+//! or changes state, or a route of the mesh is deleted, the agent reconciles at once instead of
+//! waiting for its next timer (a restarted wireguard-go brings back an empty device; a route
+//! deleted by hand is put back, as Kilo does).
 
 use std::collections::HashMap;
 
@@ -12,12 +14,14 @@ use mesh_core::backend::LinkChange;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::sys::SocketAddr;
 use rtnetlink::{MulticastGroup, new_multicast_connection};
 
 use crate::dataplane::DataplaneConfig;
 use crate::error::{Error, Result, netlink_io};
 use crate::netns::Namespace;
+use crate::route;
 
 /// What a notification can change about a watched device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,8 +63,9 @@ struct Watched {
 }
 
 impl Watched {
-    /// The change `message` makes to a watched device, if any. Notifications that change
-    /// nothing the data plane depends on (statistics, other devices) give none.
+    /// The change `message` makes to a watched device or to the mesh's routes, if any.
+    /// Notifications that change nothing the data plane depends on (statistics, other devices,
+    /// routes added, routes of others) give none.
     fn change(&mut self, message: &NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkChange> {
         match &message.payload {
             NetlinkPayload::Overrun(_) => Some(LinkChange::Missed),
@@ -69,6 +74,7 @@ impl Watched {
                 let gone = self.known.remove(&link.header.index)?;
                 Some(LinkChange::Disappeared { interface: gone.name })
             }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(deleted)) => route_deleted(deleted),
             _ => None,
         }
     }
@@ -94,7 +100,17 @@ impl Watched {
     }
 }
 
-/// The kernel's notifications about the devices the data plane uses, as [`LinkChange`]s.
+/// A deleted route of the mesh. The agent's own deletions are reported too: the agent tells
+/// them apart by what its last plan wants.
+fn route_deleted(deleted: &RouteMessage) -> Option<LinkChange> {
+    if !route::is_ours(deleted) {
+        return None;
+    }
+    route::key(deleted).map(LinkChange::RouteDeleted)
+}
+
+/// The kernel's notifications about the devices the data plane uses and the mesh's routes, as
+/// [`LinkChange`]s.
 ///
 /// ```no_run
 /// # async fn example(config: mesh_netlink::DataplaneConfig) -> mesh_netlink::Result<()> {
@@ -113,12 +129,14 @@ pub struct LinkWatch {
 }
 
 impl LinkWatch {
-    /// Watches `interfaces` in `namespace`. Must be called inside a Tokio runtime: the netlink
-    /// socket runs as a task.
+    /// Watches `interfaces` and the mesh's routes in `namespace`. Must be called inside a Tokio
+    /// runtime: the netlink socket runs as a task.
     pub async fn new(namespace: &Namespace, interfaces: Vec<String>) -> Result<Self> {
-        let (connection, handle, messages) = namespace
-            .enter(|| new_multicast_connection(&[MulticastGroup::Link]))?
-            .map_err(|source| Error::netlink(format!("subscribe to link notifications in {namespace}"), source))?;
+        let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route];
+        let (connection, handle, messages) =
+            namespace.enter(|| new_multicast_connection(&groups))?.map_err(|source| {
+                Error::netlink(format!("subscribe to link and route notifications in {namespace}"), source)
+            })?;
         tokio::spawn(connection);
         let mut watched = Watched { names: interfaces, known: HashMap::new() };
         // Subscribed first, listed second: a device that comes or goes in between is in the
@@ -146,7 +164,8 @@ impl LinkWatch {
         LinkWatch::new(&config.namespace, interfaces).await
     }
 
-    /// The next change to a watched device; `None` once the kernel's socket is closed.
+    /// The next change to a watched device or deletion of a route of the mesh; `None` once the
+    /// kernel's socket is closed.
     pub async fn next(&mut self) -> Option<LinkChange> {
         loop {
             let (message, _) = self.messages.next().await?;
@@ -160,6 +179,7 @@ impl LinkWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_core::RouteKey;
     use rtnetlink::packet_core::NetlinkHeader;
 
     fn link(index: u32, name: &str, flags: LinkFlags, mtu: u32) -> LinkMessage {
@@ -211,6 +231,39 @@ mod tests {
         assert_eq!(renamed, Some(LinkChange::Appeared { interface: "eth0".into() }));
         let away = watched.change(&new(link(4, "lan0", LinkFlags::Up, 1500)));
         assert_eq!(away, Some(LinkChange::Disappeared { interface: "eth0".into() }));
+    }
+
+    fn deleted_route(dst: &str, table: u32, protocol: u8) -> NetlinkMessage<RouteNetlinkMessage> {
+        let dst: ipnet::Ipv4Net = dst.parse().unwrap();
+        let mut route = RouteMessage::default();
+        route.header.address_family = rtnetlink::packet_route::AddressFamily::Inet;
+        route.header.destination_prefix_length = dst.prefix_len();
+        route.header.protocol = protocol.into();
+        route.header.table = u8::try_from(table).unwrap_or(252);
+        route.attributes = vec![
+            rtnetlink::packet_route::route::RouteAttribute::Destination(
+                rtnetlink::packet_route::route::RouteAddress::Inet(dst.addr()),
+            ),
+            rtnetlink::packet_route::route::RouteAttribute::Table(table),
+        ];
+        NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(route)),
+        )
+    }
+
+    #[test]
+    fn deleted_routes_of_the_mesh_are_reported_and_others_are_not() {
+        let mut watched = watched();
+        let ours = watched.change(&deleted_route("10.42.2.0/24", mesh_core::MAIN_TABLE, route::ROUTE_PROTOCOL));
+        let key = |dst: &str, table| RouteKey { table, dst: dst.parse().unwrap() };
+        assert_eq!(ours, Some(LinkChange::RouteDeleted(key("10.42.2.0/24", mesh_core::MAIN_TABLE))));
+        // Anything in table 1107 is the mesh's, whatever its protocol.
+        let in_table = watched.change(&deleted_route("10.4.0.0/16", mesh_core::KILO_TABLE, 4));
+        assert_eq!(in_table, Some(LinkChange::RouteDeleted(key("10.4.0.0/16", mesh_core::KILO_TABLE))));
+        // The host's own routes (boot, static, DHCP) are none of the agent's business.
+        assert_eq!(watched.change(&deleted_route("0.0.0.0/0", mesh_core::MAIN_TABLE, 16)), None);
+        assert_eq!(watched.change(&deleted_route("192.168.0.0/24", mesh_core::MAIN_TABLE, 4)), None);
     }
 
     #[test]

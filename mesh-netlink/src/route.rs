@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use mesh_core::{Dev, KILO_TABLE, Route};
+use mesh_core::{Dev, KILO_TABLE, Route, RouteKey};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -216,6 +216,11 @@ fn destination(message: &RouteMessage) -> Option<IpNet> {
             _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         });
     IpNet::new(dst, message.header.destination_prefix_length).ok()
+}
+
+/// The kernel's identity of a route: its table and destination.
+pub(crate) fn key(message: &RouteMessage) -> Option<RouteKey> {
+    Some(RouteKey { table: table(message), dst: destination(message)?.trunc() })
 }
 
 /// A kernel route as `ip route` prints it, e.g. `default via 192.168.1.1 dev eth0 proto dhcp metric 100`.

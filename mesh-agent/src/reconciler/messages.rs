@@ -192,10 +192,11 @@ pub enum Event {
         /// A reply came in time.
         reachable: bool,
     },
-    /// A device the data plane uses appeared, disappeared or changed state (the kernel's link
-    /// notifications). A pass starts once the burst of changes settled
-    /// ([`Config::link_settling`]), and the backoff of failed passes starts over: a device that
-    /// came back is repaired at once.
+    /// A device the data plane uses appeared, disappeared or changed state, or a route of the
+    /// mesh was deleted (the kernel's link and route notifications). A pass starts once the
+    /// burst of changes settled ([`Config::link_settling`]), and the backoff of failed passes
+    /// starts over: a device that came back, or a route deleted by hand, is repaired at once.
+    /// The deletion of a route the last plan does not want (the agent's own) changes nothing.
     LinkChanged(LinkChange),
     /// Stop: finish the pass in flight, clean up if configured, then [`Reconciler::is_stopped`].
     ShutdownRequested,

@@ -1,7 +1,9 @@
 //! The data plane's devices with time as a value: a WireGuard device that vanished and came
 //! back (a restarted wireguard-go) is repaired as soon as its notifications settle, not when a
-//! backoff that grew while it was gone ends; a burst of notifications is one pass.
+//! backoff that grew while it was gone ends; a burst of notifications is one pass; a route
+//! deleted by hand is put back, and the agent's own deletions start nothing.
 
+use mesh_core::RouteKey;
 use mesh_core::backend::LinkChange;
 
 use super::*;
@@ -117,4 +119,50 @@ fn a_change_during_a_pass_runs_another_pass_after_it() {
     reconciler.handle_timeout(settled);
     world.serve(&mut reconciler, settled);
     assert_eq!(passes(&world.take_actions()), 2, "the pass in flight, then the device's");
+}
+
+#[test]
+fn a_route_deleted_by_hand_is_put_back_and_the_agents_own_deletions_start_nothing() {
+    let (mut reconciler, mut world, start) = start();
+    reconciler.handle_event(Event::Snapshot(snapshot()), start);
+    world.serve(&mut reconciler, start);
+    let to_b: RouteKey = RouteKey { table: mesh_core::MAIN_TABLE, dst: "10.2.2.0/24".parse().unwrap() };
+    assert!(world.dataplane.state.routes.contains_key(&to_b), "a routes b's pods through the mesh");
+    world.take_actions();
+    world.take_reports();
+
+    // `ip route del 10.2.2.0/24`: put back as soon as the notification settles.
+    world.dataplane.state.routes.remove(&to_b);
+    reconciler.handle_event(Event::LinkChanged(LinkChange::RouteDeleted(to_b)), start);
+    let settled = start.after(Duration::from_millis(100));
+    assert_eq!(reconciler.poll_timeout(), Some(settled.instant));
+    let now = advance(&mut reconciler, &mut world, start, settled.instant);
+    let actions = world.take_actions();
+    assert_eq!(passes(&actions), 1);
+    let added = World::applies(&actions)
+        .iter()
+        .flat_map(|plan| &plan.operations)
+        .any(|operation| matches!(operation, mesh_core::Operation::AddRoute(route) if route.key() == to_b));
+    assert!(added, "the deleted route is added again: {actions:?}");
+    assert!(world.dataplane.state.routes.contains_key(&to_b));
+    let reports = world.take_reports();
+    assert!(reports.iter().any(|report| matches!(report, Report::LinkChanged(LinkChange::RouteDeleted(_)))));
+
+    // b leaves: the agent deletes its routes, and the kernel announces those deletions too.
+    let before = world.dataplane.state.routes.clone();
+    let mut without_b = snapshot();
+    without_b.nodes.retain(|node| node.name != "b");
+    reconciler.handle_event(Event::Snapshot(without_b), now);
+    world.serve(&mut reconciler, now);
+    let deleted: Vec<RouteKey> = before.keys().filter(|key| !world.dataplane.state.routes.contains_key(key)).collect();
+    assert!(deleted.contains(&to_b), "the plan deleted the route to b's pods");
+    world.take_actions();
+    world.take_reports();
+    let next_timer = reconciler.poll_timeout();
+    for route in deleted {
+        reconciler.handle_event(Event::LinkChanged(LinkChange::RouteDeleted(route)), now);
+    }
+    assert_eq!(reconciler.poll_timeout(), next_timer, "no pass for the agent's own deletions");
+    assert!(reconciler.poll_action().is_none());
+    assert!(reconciler.poll_report().is_none(), "nothing to log or count either");
 }

@@ -676,7 +676,10 @@ impl Reconciler {
             LocalAnnouncement { last_seen: 0, ..previous.clone() }
                 != LocalAnnouncement { last_seen: 0, ..announcement.clone() }
         });
-        let heartbeat_first = changed && self.failed_announcements.is_some_and(|retry| retry.after_change);
+        // After a failed change, the heartbeat of what was published goes first; before the
+        // first success nothing was published, and the change itself is retried.
+        let heartbeat_first =
+            changed && self.announced.is_some() && self.failed_announcements.is_some_and(|retry| retry.after_change);
         if !(changed || self.check_in_due) || self.announcing_paused(now) || heartbeat_first {
             // A check-in pass then falls back to the heartbeat when it ends.
             return self.pass_succeeded(Some(topology), now);

@@ -312,6 +312,28 @@ fn a_failed_announcement_is_retried_as_a_heartbeat_at_check_in() {
     assert!(reconciler.is_healthy(), "a failed announcement does not fail the pass");
 }
 
+/// At start-up nothing is published yet: a failed first announcement has no heartbeat to fall
+/// back to, so the announcement itself is retried after its pause until it goes through.
+#[test]
+fn a_first_announcement_that_fails_is_retried_until_the_node_is_published() {
+    let (mut reconciler, mut world, start) = start();
+    world.announces = (0..2).map(|_| Err(failure("failed to patch node a"))).collect();
+    reconciler.handle_event(Event::Snapshot(snapshot()), start);
+    world.serve(&mut reconciler, start);
+    assert_eq!(reconciler.announced(), None);
+    assert!(!reconciler.sees_cluster(), "blind while the node cannot publish itself");
+    // Pauses of 1 and 2 s after the two failures: published 3 s after the start.
+    let now = advance(&mut reconciler, &mut world, start, start.instant + Duration::from_secs(5));
+    let tries: Vec<i64> =
+        World::announcements(&world.take_actions()).iter().map(|a| a.last_seen - START_UNIX).collect();
+    assert_eq!(tries, [0, 1, 3], "the first announcement, then its retries");
+    assert_eq!(reconciler.announced().map(|a| a.last_seen), Some(START_UNIX + 3));
+    assert!(reconciler.sees_cluster());
+    assert!(reconciler.failed_announcements.is_none());
+    advance(&mut reconciler, &mut world, now, start.instant + Duration::from_secs(29));
+    assert!(World::announcements(&world.take_actions()).is_empty(), "then nothing until the check-in");
+}
+
 #[test]
 fn cluster_read_errors_pause_reading_with_backoff_and_a_snapshot_resets_it() {
     let (mut reconciler, mut world, start) = start();

@@ -231,7 +231,8 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
                     }
                 },
                 Some(probed) = self.probes.join_next(), if !self.probes.is_empty() => {
-                    // A probe task that panicked counts as no reply.
+                    // Each task answers for its probe (see `next_action`): only a cancelled task
+                    // gives no answer, and tasks are cancelled only when the driver is dropped.
                     if let Ok((ip, reachable)) = probed {
                         self.reconciler.handle_event(Event::Probed { ip, reachable }, now());
                     }
@@ -244,8 +245,7 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
     /// in flight is abandoned (answered as failed) when `shutdown` completes; `true` then.
     async fn perform_actions_unless(&mut self, mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
         loop {
-            self.flush_reports();
-            let Some(action) = self.reconciler.poll_action() else { return false };
+            let Some(action) = self.next_action() else { return false };
             if !matches!(action, Action::Announce(_)) {
                 let event = self.perform(action).await;
                 self.reconciler.handle_event(event, now());
@@ -268,16 +268,27 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
 
     /// Performs the reconciler's actions, one at a time, until it asks for none.
     async fn perform_actions(&mut self) {
-        loop {
-            self.flush_reports();
-            let Some(action) = self.reconciler.poll_action() else { return };
-            if let Action::Probe { ip, timeout } = action {
-                let probe = self.host.probe(ip, timeout);
-                self.probes.spawn(async move { (ip, probe.await) });
-                continue;
-            }
+        while let Some(action) = self.next_action() {
             let event = self.perform(action).await;
             self.reconciler.handle_event(event, now());
+        }
+    }
+
+    /// The reconciler's next action to perform in turn, its reports flushed first. Probes are
+    /// not performed in turn but started in the background, their answers taken by
+    /// [`Driver::run`]: a probe of a dead leader waits for its whole timeout, and must hold up
+    /// neither a pass nor shutdown.
+    fn next_action(&mut self) -> Option<Action> {
+        loop {
+            self.flush_reports();
+            match self.reconciler.poll_action()? {
+                Action::Probe { ip, timeout } => {
+                    let probe = tokio::spawn(self.host.probe(ip, timeout));
+                    // A probe that panicked counts as no reply, so the address is probed again.
+                    self.probes.spawn(async move { (ip, probe.await.unwrap_or(false)) });
+                }
+                action => return Some(action),
+            }
         }
     }
 
@@ -308,7 +319,7 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
                 let operation = format!("announce node {:?}", announcement.hostname);
                 Event::Announced(bounded(timeout, &operation, self.cluster.announce(&announcement)).await)
             }
-            Action::Probe { ip, timeout } => Event::Probed { ip, reachable: self.host.probe(ip, timeout).await },
+            Action::Probe { .. } => unreachable!("probes run in the background (Driver::next_action)"),
             Action::CleanUpDataplane => {
                 let timeout = self.reconciler.config().clean_up_timeout;
                 Event::CleanedUp(bounded(timeout, "clean up the data plane", self.dataplane.clean_up()).await)

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_agent::driver::{Driver, Host};
-use mesh_agent::reconciler::Config;
+use mesh_agent::reconciler::{Config, Report};
 use mesh_core::backend::{BackendError, ClusterBackend, LocalAnnouncement};
 use mesh_core::time::unix_seconds;
 use mesh_core::{ClusterSnapshot, Endpoint, Key, NodeSpec, Options};
@@ -102,4 +102,60 @@ async fn the_successor_claims_a_leader_that_never_answers_and_announces_it() {
     assert_eq!(probes, vec!["192.168.1.1".parse::<IpAddr>().expect("valid"); 3]);
     assert_eq!(driver.reconciler().failover_claim(), Some("x1"));
     assert_eq!(driver.reconciler().leaders()["location:x"], "x2");
+}
+
+/// A host on which every probe waits forever, as one of a dead leader does until its timeout.
+struct SilentHost;
+
+impl Host for SilentHost {
+    fn probe(&self, _ip: IpAddr, _timeout: Duration) -> Pin<Box<dyn Future<Output = bool> + Send + 'static>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// Snapshots, each at its time, then silence. Cancel safe, as the driver needs: a snapshot is
+/// taken off the list only when it is returned.
+struct Snapshots(std::collections::VecDeque<(tokio::time::Instant, ClusterSnapshot)>);
+
+#[async_trait::async_trait]
+impl ClusterBackend for Snapshots {
+    async fn next_snapshot(&mut self) -> Result<Option<ClusterSnapshot>, BackendError> {
+        let Some(&(at, _)) = self.0.front() else { return std::future::pending().await };
+        tokio::time::sleep_until(at).await;
+        Ok(self.0.pop_front().map(|(_, snapshot)| snapshot))
+    }
+
+    async fn announce(&mut self, _announcement: &LocalAnnouncement) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn clean_up(&mut self, _node: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_never_answers_holds_up_neither_passes_nor_shutdown() {
+    let now = unix_seconds(std::time::SystemTime::now());
+    let x = ClusterSnapshot { nodes: vec![node("x1", 1, now), node("x2", 2, now)], peers: vec![], now };
+    let mut with_y = x.clone();
+    with_y.nodes.push(NodeSpec { location: "y".into(), ..node("y1", 3, now) });
+    let start = tokio::time::Instant::now();
+    let cluster = Snapshots([(start, x), (start + Duration::from_secs(2), with_y)].into());
+    let mut config = Config::new(Options::for_host("x2"));
+    config.clean_up = false;
+    let passes = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&passes);
+    let sink = move |report: &Report| {
+        if let Report::Mesh { nodes, .. } = report {
+            seen.lock().expect("not poisoned").push(*nodes);
+        }
+    };
+    let mut driver = Driver::new(cluster, MemoryDataplane::default(), SilentHost, config).with_sink(sink);
+    let shutdown = tokio::time::sleep(Duration::from_secs(4));
+    tokio::time::timeout(Duration::from_secs(10), driver.run(shutdown))
+        .await
+        .expect("shutdown within its bound while probes hang");
+    let passes = passes.lock().expect("not poisoned").clone();
+    assert_eq!(passes.last(), Some(&3), "the second snapshot had its pass: nodes in each pass {passes:?}");
 }

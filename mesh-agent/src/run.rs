@@ -369,8 +369,10 @@ async fn watch_links(config: &DataplaneConfig) -> Option<tokio::sync::mpsc::Rece
     let (sender, receiver) = tokio::sync::mpsc::channel(LINK_CHANGES_QUEUED);
     tokio::spawn(async move {
         while let Some(change) = watch.next().await {
-            // A full queue already holds a change that will start the pass this one would.
-            if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = sender.try_send(change) {
+            // Waits for room rather than dropping: the queue may hold only deletions the
+            // reconciler ignores (its own), so a dropped change could be the one that matters.
+            // Meanwhile the notifications wait in the watch's own buffer.
+            if sender.send(change).await.is_err() {
                 return;
             }
         }
@@ -378,7 +380,7 @@ async fn watch_links(config: &DataplaneConfig) -> Option<tokio::sync::mpsc::Rece
     Some(receiver)
 }
 
-/// Link changes waiting for the driver; more would start no other pass.
+/// Link changes waiting for the driver.
 const LINK_CHANGES_QUEUED: usize = 64;
 
 async fn serve<C: ClusterBackend, D: Dataplane>(

@@ -8,12 +8,13 @@
 //! would change now), `ip_forward` and `rp_filter` on a leader, `cilium_tunl` with
 //! `--compatibility=cilium`, and the handshakes the agent's `/status` reports.
 //!
-//! Exit status: 0 without problems, 3 with at least one.
+//! Exit status: 0 without problems, 4 with at least one.
 
 mod checks;
 mod host;
 
 use std::fmt::Write as _;
+use std::time::SystemTime;
 
 use mesh_core::{Compatibility, DesiredState, Plan};
 
@@ -136,13 +137,16 @@ async fn node_checks(
         Some(name) => Ok(host::PrivateInterface::Given(name.clone())),
         None => host::private_interface(hostname, interface, mesh.compatibility, &args.internal_cidrs).await,
     };
-    let observed = match &private {
-        Ok(private) => host::observe(interface, private.name(), mesh.compatibility).await,
-        Err(error) => Err(error.clone()),
+    let observe = || async {
+        match &private {
+            Ok(private) => host::observe(interface, private.name(), mesh.compatibility).await,
+            Err(error) => Err(error.clone()),
+        }
     };
-    match (observed, private) {
+    let observed = observe().await;
+    match (&observed, &private) {
         (Ok(observed), Ok(private)) => {
-            findings.push(checks::live_diff(interface, &private.to_string(), &Plan::between(&observed, &desired)));
+            findings.push(checks::live_diff(interface, &private.to_string(), &Plan::between(observed, &desired)));
         }
         (Err(error), _) | (_, Err(error)) => {
             findings.push(Finding::skipped("live-diff", interface, format!("cannot observe the data plane: {error}")))
@@ -150,11 +154,27 @@ async fn node_checks(
     }
     match host::fetch_status(&args.status_url) {
         Ok(status) => {
+            // /status has the counters of the agent's last pass, up to a resync old: when the
+            // device can be read here, both samples are read from it now.
+            let live = |status: &serde_json::Value, observed: &mesh_core::ObservedState| {
+                checks::with_live_counters(
+                    status,
+                    &observed.peer_stats,
+                    mesh_core::time::unix_seconds(SystemTime::now()),
+                )
+            };
+            let status = match &observed {
+                Ok(observed) => live(&status, observed),
+                Err(_) => status,
+            };
             // A stale handshake is an idle peer or a blocked path: a second look tells which.
             let mut later = None;
             if checks::needs_second_sample(&status) {
                 tokio::time::sleep(checks::RESAMPLE_AFTER).await;
-                later = host::fetch_status(&args.status_url).ok();
+                later = match observed {
+                    Ok(_) => observe().await.ok().map(|observed| live(&status, &observed)),
+                    Err(_) => host::fetch_status(&args.status_url).ok(),
+                };
             }
             findings.extend(checks::handshakes(&status, later.as_ref(), mesh.port));
         }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use k8s_openapi::api::core::v1::Node;
+use mesh_core::state::PeerStats;
 use mesh_core::{ClusterSnapshot, NodeSpec, ObjectKind, Plan, Skipped, Topology, Warning};
 use mesh_kube::annotations::{ALLOWED_LOCATION_IPS, LOCATION, PERSISTENT_KEEPALIVE};
 use serde::Serialize;
@@ -394,7 +395,27 @@ pub const HANDSHAKE_INITIATION_BYTES: u64 = 148;
 /// WireGuard's 5 s between handshake initiations, so a peer with traffic to send shows one.
 pub const RESAMPLE_AFTER: std::time::Duration = std::time::Duration::from_secs(6);
 
-/// Whether [`handshakes`] needs a second `/status`, [`RESAMPLE_AFTER`] later: a peer's handshake
+/// `status` with each peer's handshake age and byte counters taken from `stats`, read from the
+/// WireGuard device at `now` (Unix seconds). A peer the device does not hold has had no
+/// handshake and no bytes.
+pub fn with_live_counters(
+    status: &serde_json::Value,
+    stats: &BTreeMap<mesh_core::Key, PeerStats>,
+    now: i64,
+) -> serde_json::Value {
+    let by_key: BTreeMap<String, &PeerStats> = stats.iter().map(|(key, stats)| (key.to_base64(), stats)).collect();
+    let mut status = status.clone();
+    for peer in status["peers"].as_array_mut().into_iter().flatten() {
+        let stats = peer["public_key"].as_str().and_then(|key| by_key.get(key)).copied().copied().unwrap_or_default();
+        let age = stats.last_handshake.map(|at| now.saturating_sub(at).max(0));
+        peer["latest_handshake_age_seconds"] = serde_json::json!(age);
+        peer["rx_bytes"] = serde_json::json!(stats.rx_bytes);
+        peer["tx_bytes"] = serde_json::json!(stats.tx_bytes);
+    }
+    status
+}
+
+/// Whether [`handshakes`] needs a second sample, [`RESAMPLE_AFTER`] later: a peer's handshake
 /// is stale, which an idle peer without keepalive and a blocked path both show.
 pub fn needs_second_sample(status: &serde_json::Value) -> bool {
     let peers = status["peers"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -697,6 +718,38 @@ mod tests {
         assert!(findings[1].evidence.ends_with("UDP 51820 to 192.0.2.4:51820 looks blocked"));
         let fresh = json!({"role": {"leader": true}, "peers": [peer("fresh", 5, 1, 1)]});
         assert!(!needs_second_sample(&fresh));
+    }
+
+    /// Two samples of `/status` taken a few seconds apart often show the same counters (those
+    /// of the agent's last pass): the device's own counters tell the blocked path.
+    #[test]
+    fn live_counters_from_the_device_replace_those_of_the_agents_last_pass() {
+        let (stale, blocked, gone) = (Key::from_bytes([1; 32]), Key::from_bytes([2; 32]), Key::from_bytes([3; 32]));
+        let peer = |key: &Key| {
+            json!({"name": key.to_base64(), "public_key": key.to_base64(), "endpoint": "192.0.2.4:51820",
+                   "latest_handshake_age_seconds": 600, "rx_bytes": 4096, "tx_bytes": 8192})
+        };
+        let status = json!({"role": {"leader": true}, "peers": [peer(&stale), peer(&blocked), peer(&gone)]});
+        let now = 1_767_225_600;
+        let device = |blocked_tx: u64| {
+            BTreeMap::from([
+                (stale, PeerStats { last_handshake: Some(now - 610), rx_bytes: 4096, tx_bytes: 8192 }),
+                (blocked, PeerStats { last_handshake: Some(now - 610), rx_bytes: 4096, tx_bytes: blocked_tx }),
+            ])
+        };
+        let first = with_live_counters(&status, &device(8192), now);
+        assert_eq!(first["peers"][0]["latest_handshake_age_seconds"], 610);
+        assert_eq!(first["peers"][2]["latest_handshake_age_seconds"], serde_json::Value::Null, "not on the device");
+        assert_eq!(
+            (first["peers"][2]["rx_bytes"].as_u64(), first["peers"][2]["tx_bytes"].as_u64()),
+            (Some(0), Some(0))
+        );
+        // Six seconds later the agent's /status would still say 8192 for both.
+        let later = with_live_counters(&status, &device(8192 + 148), now + 6);
+        let findings = handshakes(&first, Some(&later), 51820);
+        let verdicts: Vec<Verdict> = findings.iter().map(|finding| finding.verdict).collect();
+        assert_eq!(verdicts[..2], [Verdict::Ok, Verdict::Problem], "{findings:#?}");
+        assert!(findings[1].evidence.contains("sent 148 bytes and received none"), "{}", findings[1].evidence);
     }
 
     #[test]

@@ -1350,6 +1350,9 @@ fn netns_e2e_multi_location_mesh_with_nat_peer_failover_and_clean_up() {
         scenario("5a leader's agent alone crashes: no switch", &mut |mesh| mesh.scenario_agent_crash());
         scenario("5b leader dies hard: fast failover", &mut |mesh| mesh.scenario_failover());
         scenario("6 graceful shutdown cleans up", &mut |mesh| mesh.scenario_clean_up());
+        if let Err(error) = chosen.check_all_offered() {
+            panic!("{error}");
+        }
     }
 
     let total = started.elapsed();

@@ -113,6 +113,21 @@ fn apply_errors(node: &Node) -> Outcome<f64> {
     Ok(world::series(&http_get(&node.namespace, "/metrics")?, "kilo_errors_total{event=\"apply\"}"))
 }
 
+/// The kernel's changes the agent reacted to: a repair within seconds could also come from a
+/// timer (a resync, a check-in), so each repair must show up here too.
+fn link_changes(node: &Node) -> Outcome<f64> {
+    Ok(world::series(&http_get(&node.namespace, "/metrics")?, "mesh_link_changes_total"))
+}
+
+fn ensure_noticed(node: &Node, before: f64, what: &str) -> Outcome {
+    let after = link_changes(node)?;
+    if after > before {
+        Ok(())
+    } else {
+        Err(format!("{} repaired {what} without noticing it (mesh_link_changes_total {before} -> {after})", node.name))
+    }
+}
+
 #[test]
 fn netns_agent_restores_the_wireguard_device_and_a_deleted_route_within_seconds_root() {
     prerequisites();
@@ -206,12 +221,14 @@ fn scenario(world: &mut World, id: &str) -> Outcome {
 
     // The device comes back, empty: no key, no peer, no address, down.
     progress(&format!("A failed {failed_passes} passes; starting its wireguard-go again"));
+    let changes_before = link_changes(a)?;
     start_wireguard(world, a)?;
     let back = Instant::now();
     poll("A's peers and routes", RESTORE_LIMIT, Duration::from_millis(20), || restored(a, &b_key, b))?;
     let configured = back.elapsed();
     poll("A to reach B's pod again", RESTORE_LIMIT, Duration::from_millis(20), || ping(a, b))?;
     let reachable = back.elapsed();
+    ensure_noticed(a, changes_before, "its device")?;
     progress(&format!(
         "device back: peers and routes restored after {:.2} s, B's pod reachable after {:.2} s",
         configured.as_secs_f64(),
@@ -223,10 +240,12 @@ fn scenario(world: &mut World, id: &str) -> Outcome {
     }
 
     // Someone deletes the mesh's route to B's pods (`ip` fails unless it deleted one).
+    let changes_before = link_changes(a)?;
     in_ns(&a.namespace, &format!("ip route del {} proto 107", b.pod_cidr))?;
     let deleted = Instant::now();
     poll("A's route to B's pods again", RESTORE_LIMIT, Duration::from_millis(20), || restored(a, &b_key, b))?;
     let route_back = deleted.elapsed();
+    ensure_noticed(a, changes_before, "the deleted route")?;
     poll("A to reach B's pod again", RESTORE_LIMIT, Duration::from_millis(20), || ping(a, b))?;
     progress(&format!("route deleted by hand: back after {:.2} s", route_back.as_secs_f64()));
     Ok(())

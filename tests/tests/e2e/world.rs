@@ -655,29 +655,48 @@ fn is_fresh(binary: &Path, workspace: &Path) -> bool {
     sources.len() > 2 + 4 && sources.iter().all(|source| modified(source).is_some_and(|time| time <= built))
 }
 
-/// The scenarios `KTE_SCENARIOS` asks for (numbers such as `1,5a,5b`), or all when it is unset.
-pub struct ChosenScenarios(Option<BTreeSet<String>>);
+/// The scenarios `KTE_SCENARIOS` asks for (numbers such as `1,5a,5b`), or all when it is unset,
+/// and the numbers of the scenarios offered so far.
+pub struct ChosenScenarios {
+    chosen: Option<BTreeSet<String>>,
+    offered: std::cell::RefCell<BTreeSet<String>>,
+}
 
 impl ChosenScenarios {
     /// Whether the scenario labelled `label` (its number, a space, its title) runs; says so when not.
     pub fn includes(&self, label: &str) -> bool {
-        let Some(chosen) = &self.0 else { return true };
         let number = label.split(' ').next().unwrap_or_default();
+        self.offered.borrow_mut().insert(number.to_owned());
+        let Some(chosen) = &self.chosen else { return true };
         let included = chosen.contains(number);
         if !included {
             progress(&format!("{label}: left out (KTE_SCENARIOS)"));
         }
         included
     }
+
+    /// Fails when `KTE_SCENARIOS` names a scenario that was never offered (a typo such as `5`
+    /// for `5a`), so that a run of nothing cannot pass.
+    pub fn check_all_offered(&self) -> Outcome {
+        let offered = self.offered.borrow();
+        let unknown: Vec<&str> =
+            self.chosen.iter().flatten().filter(|number| !offered.contains(*number)).map(String::as_str).collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let known: Vec<&str> = offered.iter().map(String::as_str).collect();
+        Err(format!("KTE_SCENARIOS names no scenario {}; the scenarios are {}", unknown.join(","), known.join(",")))
+    }
 }
 
 /// Reads `KTE_SCENARIOS`.
 pub fn chosen_scenarios() -> ChosenScenarios {
-    ChosenScenarios(
-        std::env::var("KTE_SCENARIOS")
+    ChosenScenarios {
+        chosen: std::env::var("KTE_SCENARIOS")
             .ok()
             .map(|list| list.split(',').map(|number| number.trim().to_owned()).filter(|n| !n.is_empty()).collect()),
-    )
+        offered: std::cell::RefCell::default(),
+    }
 }
 
 /// Runs one scenario, catching panics, and records its row.

@@ -162,7 +162,7 @@ impl Metrics {
         let link_changes = Counter::default();
         registry.register(
             "mesh_link_changes",
-            "Changes of the data plane's devices (WireGuard interface, private interface, tunnel) the kernel announced; each burst starts a reconcile.",
+            "Changes of the data plane's devices (WireGuard interface, private interface, tunnel) and deletions of the mesh's routes by others, as the kernel announced them; each burst starts a reconcile.",
             link_changes.clone(),
         );
         registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));

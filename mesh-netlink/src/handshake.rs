@@ -32,17 +32,13 @@ pub(crate) fn start(
     let mut failures = Vec::new();
     for start in starts {
         let socket = if start.address.is_ipv4() { &mut v4 } else { &mut v6 };
-        if socket.is_none() {
-            *socket = Some(namespace.enter(|| bound_socket(interface, start.address))?);
-        }
-        let sent = match socket.as_ref() {
-            Some(Ok(socket)) => {
-                socket.send_to(&[], &SockAddr::from(SocketAddr::new(start.address, DISCARD_PORT))).map(drop)
-            }
-            Some(Err(error)) => {
-                Err(io::Error::new(error.kind(), format!("open a UDP socket bound to {interface}: {error}")))
-            }
-            None => continue,
+        let socket = match socket {
+            Some(socket) => socket,
+            None => socket.insert(namespace.enter(|| bound_socket(interface, start.address))?),
+        };
+        let sent = match socket {
+            Ok(socket) => socket.send_to(&[], &SockAddr::from(SocketAddr::new(start.address, DISCARD_PORT))).map(drop),
+            Err(error) => Err(io::Error::new(error.kind(), format!("open a UDP socket bound to {interface}: {error}"))),
         };
         if let Err(error) = sent {
             failures.push((*start, error));

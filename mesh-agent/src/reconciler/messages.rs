@@ -50,8 +50,7 @@ pub struct Config {
     pub resync_period: Duration,
     /// How often the node re-publishes its heartbeat (Kilo: 30 s).
     pub check_in_period: Duration,
-    /// Delays before retrying a failed pass, and before reading the cluster again after a read
-    /// error.
+    /// Delays before retrying a failed pass.
     pub retry: Backoff,
     /// Pauses between cluster reads after read errors: short, so the agent sees the cluster
     /// again within seconds of its return (the backends pace their own requests).

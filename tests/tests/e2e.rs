@@ -855,6 +855,12 @@ impl Mesh {
         Ok(path)
     }
 
+    /// The cluster as it is now, for `doctor --nodes`: doctor judges readiness by the clock, so a
+    /// list written once would hold heartbeats that age past the 60 s readiness window.
+    fn healthy_cluster(&self) -> Outcome<PathBuf> {
+        self.cluster_list("doctor-healthy.json", |_| {})
+    }
+
     /// `mesh-agent doctor -o json` in `node`'s namespace, with the agents' flags (no
     /// `--private-iface`: it finds the private interface as the agent does): its exit code and report.
     fn doctor(&self, node: &str, cluster: &Path) -> Outcome<(Option<i32>, Value)> {
@@ -902,7 +908,6 @@ impl Mesh {
     /// forwarding off on a leader, keepalive missing behind NAT, location only as a label, UDP
     /// blocked by the router in front of C.
     fn scenario_doctor(&self) -> Outcome<String> {
-        let healthy = self.cluster_list("doctor-healthy.json", |_| {})?;
         let mut clean = Vec::new();
         for node in ["a1", "a2", "c1"] {
             // Polled: a peer that learns another's endpoint from discovered-endpoints (the laptop,
@@ -913,7 +918,7 @@ impl Mesh {
                 Duration::from_secs(30),
                 Duration::from_secs(1),
                 || {
-                    let (code, report) = self.doctor(node, &healthy)?;
+                    let (code, report) = self.doctor(node, &self.healthy_cluster()?)?;
                     let problems = Self::problems(&report);
                     if code != Some(0) || !problems.is_empty() {
                         return Err(format!("doctor on the healthy {node} (exit {code:?}): {problems:?}"));
@@ -943,7 +948,7 @@ impl Mesh {
         let set_forwarding =
             |value: &str| world::sh(&format!("ip netns exec {} sh -c 'echo {value} > {forwarding}'", self.ns("a1")));
         set_forwarding("0")?;
-        let result = self.doctor("a1", &healthy);
+        let result = self.healthy_cluster().and_then(|healthy| self.doctor("a1", &healthy));
         set_forwarding("1")?;
         let (code, report) = result?;
         let forwarding_off = Self::expect_problem(
@@ -982,7 +987,7 @@ impl Mesh {
             "node b2",
             "kubectl annotate node b2 kilo.squat.ai/location=",
         )?;
-        let blocked = self.udp_blocked_at_the_router(&healthy)?;
+        let blocked = self.udp_blocked_at_the_router()?;
         Ok(format!(
             "healthy: {}; forwarding off: {forwarding_off}; no keepalive: {nat}; label only: {label}; UDP blocked: \
              {blocked}",
@@ -995,7 +1000,7 @@ impl Mesh {
     /// joins): c1's keepalive needs a handshake, its initiations go unanswered, and doctor on c1
     /// says UDP to a1 looks blocked. Once the rule is gone, the handshake completes and doctor is
     /// silent again.
-    fn udp_blocked_at_the_router(&self, cluster: &Path) -> Outcome<String> {
+    fn udp_blocked_at_the_router(&self) -> Outcome<String> {
         const RULE: &str = "FORWARD -p udp --dport 51820 -j DROP";
         let (router, subject) = (self.router(), format!("peer location:{}", LOC_A.name));
         let a1 = node_def("a1").internet.and_then(|net| net.split('/').next()).ok_or("a1 has no internet address")?;
@@ -1004,7 +1009,7 @@ impl Mesh {
         let started = Instant::now();
         let found = run(Command::new("wg").args(["set", &self.iface("c1"), "peer", &a_key, "remove"])).and_then(|_| {
             poll("doctor on c1 to find UDP blocked to a1", Duration::from_secs(30), Duration::from_secs(1), || {
-                let (code, report) = self.doctor("c1", cluster)?;
+                let (code, report) = self.doctor("c1", &self.healthy_cluster()?)?;
                 let problem = Self::expect_problem(&report, code, "handshakes", &subject, "allow UDP 51820")?;
                 if problem.contains("handshake initiations") && problem.contains(&format!("UDP 51820 to {a1}:51820")) {
                     Ok(problem)
@@ -1018,7 +1023,7 @@ impl Mesh {
         unblocked?;
         let seen_after = started.elapsed();
         poll("doctor on c1 to pass once UDP flows", Duration::from_secs(30), Duration::from_secs(1), || {
-            let (code, report) = self.doctor("c1", cluster)?;
+            let (code, report) = self.doctor("c1", &self.healthy_cluster()?)?;
             let problems = Self::problems(&report);
             if code == Some(0) && problems.is_empty() { Ok(()) } else { Err(format!("exit {code:?}: {problems:?}")) }
         })?;

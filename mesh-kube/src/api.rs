@@ -44,9 +44,11 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 5 tries, 200 ms doubling to at most 4 s, jittered: a write gives up after about 3 s; a
-    /// watcher facing a long outage settles at one try per 2 to 4 s per resource, so the agent
-    /// sees the cluster again within seconds of its return (under one request per second).
+    /// 5 tries, 200 ms doubling to at most 4 s, jittered: a write gives up after about 3 s. A
+    /// watcher facing a long outage waits its backoff (2 to 4 s) after a failed watch, and the
+    /// watch that follows waits the pacing of watches that end at once (2 to 4 s more, see
+    /// `pacing`): one try per 4 to 8 s per resource, so the agent sees the cluster again within
+    /// about 8 s of its return, under one request per second.
     fn default() -> Self {
         RetryPolicy { attempts: 5, initial: Duration::from_millis(200), max: Duration::from_secs(4) }
     }

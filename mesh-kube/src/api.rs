@@ -80,8 +80,8 @@ impl RetryPolicy {
 /// and a restart of the watcher when the API server answers the watch request itself with 410).
 /// Each failure is returned once by `next_snapshot` (the agent then fails static); it never
 /// returns an empty or partial cluster because of an error. The first complete list after a
-/// failure, or the first watch established after it, is returned as a snapshot even if
-/// nothing changed.
+/// failure, or the first watch of each failed resource established after it, is returned as a
+/// snapshot even if nothing changed.
 pub struct KubeBackend {
     hostname: String,
     nodes_api: Api<Node>,
@@ -93,9 +93,10 @@ pub struct KubeBackend {
     debounce: Duration,
     retry: RetryPolicy,
     watch_pacing: WatchPacing,
-    /// After a read error: the number of watches established then (see
-    /// [`WatchPacing::established`]); cleared by the next one.
-    blind_since: Option<u64>,
+    /// After a read error, per resource that failed: its URL and the number of its watches
+    /// established then (see [`WatchPacing::established`]). Cleared once each of them has
+    /// established another: one resource served again says nothing of the other.
+    blind: Vec<(String, u64)>,
     last: Option<Translated>,
     diagnostics: Diagnostics,
 }
@@ -144,7 +145,7 @@ impl KubeBackend {
             debounce: Self::DEFAULT_DEBOUNCE,
             retry,
             watch_pacing,
-            blind_since: None,
+            blind: Vec::new(),
             last: None,
             diagnostics: Diagnostics::default(),
         }
@@ -265,14 +266,27 @@ impl KubeBackend {
     /// cluster (it fails static). The next complete list is returned as a snapshot even if
     /// nothing changed, so the agent learns at once that it sees the cluster again.
     fn fail_on_read_error(&mut self) -> Result<(), BackendError> {
-        let errors: Vec<String> =
-            [self.nodes.fresh_error.take(), self.peers.fresh_error.take()].into_iter().flatten().collect();
+        let failed = [
+            self.nodes.fresh_error.take().map(|error| (self.nodes.api.resource_url(), error)),
+            self.peers.fresh_error.take().map(|error| (self.peers.api.resource_url(), error)),
+        ];
+        let mut errors = Vec::new();
+        for (resource, error) in failed.into_iter().flatten() {
+            if !self.blind.iter().any(|(blind, _)| blind == resource) {
+                self.blind.push((resource.to_owned(), self.watch_pacing.established(resource)));
+            }
+            errors.push(error);
+        }
         if errors.is_empty() {
             return Ok(());
         }
         self.last = None;
-        self.blind_since = Some(self.watch_pacing.established());
         Err(BackendError::new("failed to read the cluster", errors.join("; ")))
+    }
+
+    /// Whether every resource that failed has established a watch since.
+    fn served_again(&self) -> bool {
+        self.blind.iter().all(|(resource, mark)| self.watch_pacing.established(resource) > *mark)
     }
 
     fn build(&self) -> Translated {
@@ -292,13 +306,12 @@ impl ClusterBackend for KubeBackend {
             while !(self.is_synced() && self.dirty) {
                 // While blind, look every half second whether a watch got through again: a
                 // watch that starts brings no event until something changes.
-                let deadline = self.blind_since.map(|_| Instant::now() + Duration::from_millis(500));
+                let blind = !self.blind.is_empty();
+                let deadline = blind.then(|| Instant::now() + Duration::from_millis(500));
                 self.step(deadline).await;
                 self.fail_on_read_error()?;
-                if let Some(mark) = self.blind_since
-                    && self.watch_pacing.established() > mark
-                {
-                    self.blind_since = None;
+                if blind && self.served_again() {
+                    self.blind.clear();
                     self.dirty = true;
                 }
             }

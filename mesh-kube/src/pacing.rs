@@ -25,19 +25,19 @@ use tokio::time::Instant;
 /// A watch that ends sooner than this after it started ended "at once".
 pub(crate) const QUICK_END: Duration = Duration::from_secs(5);
 
-/// Per watched path: when the last watch started, and how many in a row ended at once.
+/// Per watched path: when the last watch started, how many in a row ended at once, and how
+/// many watch requests the API server accepted.
 #[derive(Debug, Default)]
 struct WatchHistory {
     started: Option<Instant>,
     quick_ends: u32,
+    established: u64,
 }
 
 #[derive(Debug)]
 struct PacingState {
     backoff: Backoff,
     paths: BTreeMap<String, WatchHistory>,
-    /// Watch requests the API server accepted.
-    established: u64,
 }
 
 /// The pacing of one backend's watches, shared by its client and the backend (which sets the
@@ -48,7 +48,7 @@ pub(crate) struct WatchPacing(Arc<Mutex<PacingState>>);
 impl WatchPacing {
     /// Pacing with `backoff` between watches that end at once.
     pub(crate) fn new(backoff: Backoff) -> Self {
-        WatchPacing(Arc::new(Mutex::new(PacingState { backoff, paths: BTreeMap::new(), established: 0 })))
+        WatchPacing(Arc::new(Mutex::new(PacingState { backoff, paths: BTreeMap::new() })))
     }
 
     /// Sets the backoff between watches that end at once.
@@ -56,15 +56,18 @@ impl WatchPacing {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).backoff = backoff;
     }
 
-    /// How many watch requests the API server accepted so far: a watch that starts brings no
-    /// event, but it shows the API server answers again.
-    pub(crate) fn established(&self) -> u64 {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).established
+    /// How many watch requests of `path` (a resource's URL, as [`kube::Api::resource_url`]
+    /// gives it) the API server accepted so far: a watch that starts brings no event, but it
+    /// shows the API server serves that resource again.
+    pub(crate) fn established(&self, path: &str) -> u64 {
+        let state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        state.paths.get(path).map_or(0, |history| history.established)
     }
 
-    fn accepted(&self) {
+    fn accepted(&self, path: &str) {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        state.established = state.established.saturating_add(1);
+        let history = state.paths.entry(path.to_owned()).or_default();
+        history.established = history.established.saturating_add(1);
     }
 
     /// The wait before a watch of `path` starting `now`, and the start recorded.
@@ -117,8 +120,11 @@ impl tower_service::Service<Request<Body>> for PacedWatches {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let watch = is_watch(&request);
-        let wait = if watch { self.pacing.wait_before(request.uri().path(), Instant::now()) } else { Duration::ZERO };
+        let watched = is_watch(&request).then(|| request.uri().path().to_owned());
+        let wait = match &watched {
+            Some(path) => self.pacing.wait_before(path, Instant::now()),
+            None => Duration::ZERO,
+        };
         let client = self.client.clone();
         let pacing = self.pacing.clone();
         Box::pin(async move {
@@ -131,8 +137,10 @@ impl tower_service::Service<Request<Body>> for PacedWatches {
                 tokio::time::sleep(wait).await;
             }
             let response = client.send(request).await;
-            if watch && response.as_ref().is_ok_and(|response| response.status().is_success()) {
-                pacing.accepted();
+            if let Some(path) = watched
+                && response.as_ref().is_ok_and(|response| response.status().is_success())
+            {
+                pacing.accepted(&path);
             }
             response
         })

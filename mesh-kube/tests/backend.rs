@@ -699,8 +699,36 @@ async fn watches_that_failed_together_make_one_error() {
 
         let (snapshot, ()) = tokio::join!(backend.next_snapshot(), async {
             server.watch_events(NODES, "100", &[]).await;
+            server.watch_events(PEERS, "200", &[]).await;
         });
         assert!(snapshot.is_ok(), "no stale failure after the API server is back: {snapshot:?}");
+    })
+    .await;
+}
+
+/// Only Nodes fail: a Peers watch that the API server accepts meanwhile (as it does every few
+/// minutes) says nothing about Nodes. The agent stays blind until a Nodes watch gets through.
+#[tokio::test]
+async fn a_watch_of_another_resource_does_not_end_the_blindness() {
+    let (client, mut server) = ApiServer::start();
+    let mut backend = backend(client);
+    within_timeout(async {
+        let before = sync(&mut backend, &mut server).await;
+        let (error, ()) = tokio::join!(backend.next_snapshot(), async {
+            server.answer("GET", NODES, &watch_query("100"), 503, status(503, "ServiceUnavailable", "down")).await;
+        });
+        assert!(error.is_err(), "{error:?}");
+        let mut read = Box::pin(backend.next_snapshot());
+        tokio::select! {
+            result = &mut read => panic!("a snapshot while Nodes still fail: {result:?}"),
+            () = async {
+                server.watch_events(PEERS, "200", &[]).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            } => {}
+        }
+        let (snapshot, ()) = tokio::join!(read, server.watch_events(NODES, "100", &[]));
+        let snapshot = snapshot.expect("a snapshot once Nodes are served").expect("not the end");
+        assert_eq!((&snapshot.nodes, &snapshot.peers), (&before.nodes, &before.peers));
     })
     .await;
 }

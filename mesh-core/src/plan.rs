@@ -332,9 +332,14 @@ fn merge<'a>(left: &'a Routes, right: &'a Routes) -> impl Iterator<Item = (Optio
 }
 
 /// An address of the most specific of `allowed_ips` (IPv4 first: the WireGuard IP, or the node's
-/// internal IP, is a host route), or `None` when the peer has no allowed IP.
+/// internal IP, is a host route), or `None` when the peer has no allowed IP but a default route
+/// (`0.0.0.0/0`, `::/0`): no address of it is both sendable and only this peer's, and WireGuard
+/// handshakes with such a peer on its first packet.
 fn handshake_address(allowed_ips: &BTreeSet<IpNet>) -> Option<IpAddr> {
-    let most_specific = allowed_ips.iter().min_by_key(|net| (net.addr().is_ipv6(), u8::MAX - net.prefix_len()))?;
+    let most_specific = allowed_ips
+        .iter()
+        .filter(|net| net.prefix_len() > 0)
+        .min_by_key(|net| (net.addr().is_ipv6(), u8::MAX - net.prefix_len()))?;
     most_specific.hosts().next().or(Some(most_specific.network()))
 }
 

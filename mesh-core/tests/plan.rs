@@ -198,6 +198,17 @@ fn a_handshake_starts_with_each_added_peer_that_has_an_endpoint() {
 }
 
 #[test]
+fn a_peer_reached_only_through_a_default_route_gets_no_datagram() {
+    let mut state = desired("a", Granularity::Full);
+    let peer = state.peers.get_mut(&key_n(2)).unwrap();
+    peer.allowed_ips = ["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()].into();
+    let plan = Plan::between(&ObservedState::default(), &state);
+    assert!(plan.operations.contains(&Operation::AddPeer(state.peers[&key_n(2)].clone())), "{plan:?}");
+    assert!(plan.handshakes.iter().all(|start| start.public_key != key_n(2)), "{:?}", plan.handshakes);
+    assert!(plan.handshakes.iter().any(|start| start.public_key == key_n(3)), "the others still get theirs");
+}
+
+#[test]
 fn a_leader_swap_starts_a_handshake_with_the_new_leader_only() {
     let before = desired("a", Granularity::Location);
     let mut snapshot = snapshot();

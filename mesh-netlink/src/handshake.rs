@@ -3,10 +3,12 @@
 //! WireGuard (kernel module and wireguard-go alike) initiates a handshake with a peer when a
 //! packet for it is queued and no session exists. So one empty UDP datagram, sent through the
 //! WireGuard interface to an address in the peer's allowed IPs, starts it. The socket is bound
-//! to the interface: the datagram leaves through it whatever the routes say (Linux treats the
-//! destination as on-link when no route through the bound device matches), so this works
-//! before the routes of the plan exist and with any compatibility mode. With a session, the
-//! datagram travels in it and changes nothing. The receiving node drops it (port 9, discard).
+//! to the interface: an IPv4 datagram leaves through it whatever the routes say (Linux treats
+//! the destination as on-link when no route through the bound device matches), so this works
+//! before the routes of the plan exist and with any compatibility mode. IPv6 has no such
+//! fallback: without a route the send fails, which is logged, and WireGuard then handshakes on
+//! the peer's first packet as it always does. With a session, the datagram travels in it and
+//! changes nothing. The receiving node drops it (port 9, discard).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

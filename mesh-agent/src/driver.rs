@@ -259,6 +259,8 @@ impl<C: ClusterBackend, D: Dataplane, H: Host, S: ReportSink> Driver<C, D, H, S>
                 () = shutdown.as_mut() => true,
             };
             if interrupted {
+                // Shutdown first: an announcement abandoned on the way out is no failure.
+                self.reconciler.handle_event(Event::ShutdownRequested, now());
                 let error = BackendError::new("failed to announce the node", "interrupted by shutdown");
                 self.reconciler.handle_event(Event::Announced(Err(error)), now());
                 return true;

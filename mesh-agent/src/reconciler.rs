@@ -725,6 +725,9 @@ impl Reconciler {
                 let change = self.view.seen(view::Blindness::HeartbeatFailed, now.unix, self.forgiveness());
                 self.view_changed(change, view::Blindness::HeartbeatFailed);
             }
+            // Abandoned on the way out (the driver interrupts an announcement when asked to
+            // stop): not a failure to count or to fail static over.
+            Err(_) if self.shutdown != Shutdown::Running => {}
             Err(error) => {
                 self.reports.push_back(Report::AnnounceFailed { error: error.to_string(), heartbeat });
                 // Others will soon judge this node not ready: try again soon, not at the next

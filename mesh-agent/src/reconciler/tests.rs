@@ -564,6 +564,32 @@ fn shutdown_cleans_up_the_data_plane_then_the_annotations_then_stops() {
     );
 }
 
+/// The driver interrupts an announcement in flight when asked to stop: shutdown comes first,
+/// and the abandoned announcement is neither counted nor a reason to fail static.
+#[test]
+fn an_announcement_abandoned_for_shutdown_is_no_failure() {
+    let (mut reconciler, mut world, now) = start();
+    reconciler.handle_event(Event::Snapshot(snapshot()), now);
+    let announcing = loop {
+        match reconciler.poll_action().expect("the pass reaches its announcement") {
+            action @ Action::Announce(_) => break action,
+            Action::Resolve(snapshot) => reconciler.handle_event(Event::Resolved(Resolution::unchanged(snapshot)), now),
+            Action::Observe => reconciler.handle_event(Event::Observed(Ok(world.dataplane.clone())), now),
+            Action::Apply(_) => reconciler.handle_event(Event::Applied(Ok(())), now),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(matches!(announcing, Action::Announce(_)));
+    reconciler.handle_event(Event::ShutdownRequested, now);
+    let abandoned = BackendError::new("failed to announce the node", "interrupted by shutdown");
+    reconciler.handle_event(Event::Announced(Err(abandoned)), now);
+    world.serve(&mut reconciler, now);
+    let reports = world.take_reports();
+    assert!(!reports.iter().any(|report| report.error_event().is_some()), "{reports:?}");
+    assert!(!reports.iter().any(|report| matches!(report, Report::ClusterLost { .. })), "{reports:?}");
+    assert!(reconciler.is_stopped(), "the clean-up followed: {reports:?}");
+}
+
 #[test]
 fn without_clean_up_the_end_of_the_cluster_stops_at_once() {
     let mut config = config();

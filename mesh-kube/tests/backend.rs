@@ -651,6 +651,17 @@ async fn check_crd_reads_the_peer_crd() {
     .await;
 }
 
+/// Syncs, then the Nodes watch is answered 503: the read returns the error. The cluster as
+/// synced.
+async fn sync_then_fail_the_nodes_watch(backend: &mut KubeBackend, server: &mut ApiServer) -> ClusterSnapshot {
+    let before = sync(backend, server).await;
+    let (error, ()) = tokio::join!(backend.next_snapshot(), async {
+        server.answer("GET", NODES, &watch_query("100"), 503, status(503, "ServiceUnavailable", "down")).await;
+    });
+    assert!(error.is_err(), "{error:?}");
+    before
+}
+
 /// After a failed watch, the first watch the API server accepts again returns a snapshot
 /// (the same cluster): the agent learns at once that it sees the cluster again, even when
 /// nothing changed.
@@ -659,11 +670,7 @@ async fn the_first_accepted_watch_after_an_outage_returns_a_snapshot() {
     let (client, mut server) = ApiServer::start();
     let mut backend = backend(client);
     within_timeout(async {
-        let before = sync(&mut backend, &mut server).await;
-        let (error, ()) = tokio::join!(backend.next_snapshot(), async {
-            server.answer("GET", NODES, &watch_query("100"), 503, status(503, "ServiceUnavailable", "down")).await;
-        });
-        assert!(error.is_err(), "{error:?}");
+        let before = sync_then_fail_the_nodes_watch(&mut backend, &mut server).await;
         let (snapshot, ()) = tokio::join!(backend.next_snapshot(), async {
             server.watch_events(NODES, "100", &[]).await;
         });
@@ -713,11 +720,7 @@ async fn a_watch_of_another_resource_does_not_end_the_blindness() {
     let (client, mut server) = ApiServer::start();
     let mut backend = backend(client);
     within_timeout(async {
-        let before = sync(&mut backend, &mut server).await;
-        let (error, ()) = tokio::join!(backend.next_snapshot(), async {
-            server.answer("GET", NODES, &watch_query("100"), 503, status(503, "ServiceUnavailable", "down")).await;
-        });
-        assert!(error.is_err(), "{error:?}");
+        let before = sync_then_fail_the_nodes_watch(&mut backend, &mut server).await;
         let mut read = Box::pin(backend.next_snapshot());
         tokio::select! {
             result = &mut read => panic!("a snapshot while Nodes still fail: {result:?}"),

@@ -53,7 +53,7 @@ const OUTAGE: Duration = Duration::from_secs(180);
 const CHECK_EVERY: Duration = Duration::from_secs(10);
 /// From the cluster's return until the agents see it and have applied the change: reads are
 /// retried every 4 to 8 s during the outage, then a pass and a heartbeat follow (measured
-/// 0.3–3.8 s); the margin is for three worlds on two loaded cores.
+/// 0.3–5.8 s); the margin is for three worlds on two loaded cores.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(15);
 /// How long after the recovery the converged peers and routes are watched once more: several
 /// resync periods, in which every node publishes its heartbeat again.

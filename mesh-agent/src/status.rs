@@ -76,22 +76,24 @@ fn role(pass: &PassStatus) -> Value {
     json!({"leader": pass.leader, "segment": pass.segment, "reason": reason})
 }
 
+/// Sets a `/status` peer's handshake age and byte counters from `stats` as of `now` (Unix
+/// seconds). `doctor` uses it too, to put counters read from the device in their place.
+pub(crate) fn set_peer_counters(peer: &mut Value, stats: PeerStats, now: i64) {
+    let PeerStats { last_handshake, rx_bytes, tx_bytes } = stats;
+    peer["latest_handshake_age_seconds"] = json!(last_handshake.map(|at| now.saturating_sub(at).max(0)));
+    peer["rx_bytes"] = json!(rx_bytes);
+    peer["tx_bytes"] = json!(tx_bytes);
+}
+
 /// The WireGuard peers this node has: the other segments' leaders and the Peers (a follower
 /// has none), with what the data plane last said about each.
 fn peers(topology: Option<&Topology>, pass: Option<&PassStatus>, now: i64) -> Vec<Value> {
     let Some(topology) = topology.filter(|topology| topology.leader) else { return Vec::new() };
     let stats = |key| pass.and_then(|pass| pass.peer_stats.get(key)).copied().unwrap_or_default();
     let entry = |name: &str, kind: &str, key, endpoint: Option<String>| {
-        let PeerStats { last_handshake, rx_bytes, tx_bytes } = stats(key);
-        json!({
-            "name": name,
-            "kind": kind,
-            "public_key": key,
-            "endpoint": endpoint,
-            "latest_handshake_age_seconds": last_handshake.map(|at| now.saturating_sub(at).max(0)),
-            "rx_bytes": rx_bytes,
-            "tx_bytes": tx_bytes,
-        })
+        let mut peer = json!({"name": name, "kind": kind, "public_key": key, "endpoint": endpoint});
+        set_peer_counters(&mut peer, stats(key), now);
+        peer
     };
     let endpoint = |configured, key, keepalive| {
         topology.effective_endpoint(configured, key, keepalive).map(|endpoint| endpoint.to_string())

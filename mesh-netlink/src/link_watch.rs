@@ -152,8 +152,9 @@ impl LinkWatch {
         Ok(LinkWatch { messages, watched })
     }
 
-    /// Watches the devices of a data plane configured by `config`: its WireGuard interface,
-    /// its private interface and, when its compatibility mode encapsulates, its tunnel.
+    /// Watches the devices of a data plane configured by `config` (its WireGuard interface,
+    /// its private interface and, when its compatibility mode encapsulates, its tunnel) and
+    /// the mesh's routes.
     pub async fn of(config: &DataplaneConfig) -> Result<Self> {
         let names = config.device_names();
         let mut interfaces = vec![names.kilo];

@@ -407,10 +407,7 @@ pub fn with_live_counters(
     let mut status = status.clone();
     for peer in status["peers"].as_array_mut().into_iter().flatten() {
         let stats = peer["public_key"].as_str().and_then(|key| by_key.get(key)).copied().copied().unwrap_or_default();
-        let age = stats.last_handshake.map(|at| now.saturating_sub(at).max(0));
-        peer["latest_handshake_age_seconds"] = serde_json::json!(age);
-        peer["rx_bytes"] = serde_json::json!(stats.rx_bytes);
-        peer["tx_bytes"] = serde_json::json!(stats.tx_bytes);
+        crate::status::set_peer_counters(peer, stats, now);
     }
     status
 }
